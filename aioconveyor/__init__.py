@@ -1,0 +1,62 @@
+"""aioconveyor: call a producer on the wall-clock grid, fan copies out to many consumers.
+
+``import aioconveyor`` is light: the built-in consumers (and their optional
+dependencies) load only when you touch ``aioconveyor.consumers``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .clock import Clock, SystemClock
+from .conveyor import AioConveyor
+from .errors import (
+    ConsumerTimeout,
+    ConveyorError,
+    RestartBudgetExceeded,
+    RetryAfter,
+    StartupError,
+)
+from .fanout import Batch, Consumer, ConsumerFunc, Overflow, Record, SupportsOpenClose
+from .schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
+from .stats import ConsumerStats, ConveyorStats, LatenessStats
+from .tick import Tick, current_tick
+
+if TYPE_CHECKING:
+    from . import consumers as consumers
+
+__all__ = [
+    "AioConveyor",
+    "Batch",
+    "Clock",
+    "Consumer",
+    "ConsumerFunc",
+    "ConsumerStats",
+    "ConsumerTimeout",
+    "ConveyorError",
+    "ConveyorStats",
+    "CronSchedule",
+    "IntervalSchedule",
+    "LatenessStats",
+    "Misfire",
+    "Overflow",
+    "Record",
+    "RestartBudgetExceeded",
+    "RetryAfter",
+    "Schedule",
+    "StartupError",
+    "SupportsOpenClose",
+    "SystemClock",
+    "Tick",
+    "__version__",
+    "current_tick",
+]
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "consumers":
+        return importlib.import_module(".consumers", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,433 @@
+"""AioConveyor: settings, lifecycle, and the thread facade over one async engine.
+
+``run()`` is the whole conveyor as a coroutine in the caller's loop. ``start()`` runs that
+same coroutine in a fresh event loop on a named daemon thread, so blocking code on either
+side cannot stall the other; ``stop()`` / ``join()`` / ``running`` / ``stats()`` work from
+any thread. No scheduling logic lives in the thread code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import enum
+import logging
+import math
+import random
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from datetime import tzinfo
+from types import TracebackType
+from typing import Any
+
+from . import _validate
+from .clock import Clock, SystemClock
+from .errors import ConveyorError, RestartBudgetExceeded, StartupError
+from .fanout import Consumer, Fanout, Lane, callable_name, make_lanes
+from .schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
+from .scheduler import Scheduler
+from .stats import ConveyorCounters, ConveyorStats
+from .watchdog import LoopMonitor, Supervisor
+
+__all__ = ["AioConveyor"]
+
+logger = logging.getLogger(__name__)
+
+_live: weakref.WeakSet[AioConveyor] = weakref.WeakSet()
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+def _default_timeout(period: float) -> float:
+    return min(60.0, max(1.0, 2.0 * period))
+
+
+class AioConveyor:
+    """Call ``produce(event_time)`` on a wall-clock grid and hand a copy of every result to
+    each consumer ``consumer(data, event_time)``.
+
+    See the README for every argument and the guarantees; in short:
+
+    * ``produce``: sync or async callable taking the tick's grid time (tz-aware UTC
+      ``datetime``); returning ``None`` means "nothing this tick".
+    * ``consumers``: a list of callables ``(data, event_time)`` (sync or async, or objects
+      with async ``open()``/``close()``), each optionally wrapped in :class:`Consumer` for
+      per-consumer settings. An empty list is allowed: the producer still runs each tick.
+    * ``loop_interval`` / ``loop_offset``: tick at ``k * loop_interval + loop_offset``
+      seconds of the UTC epoch (default every 5 s); or ``cron="*/5 * * * *"``; or any
+      :class:`~aioconveyor.schedule.Schedule` via ``schedule=``.
+    """
+
+    def __init__(
+        self,
+        produce: Callable[..., Any],
+        consumers: Sequence[Any] = (),
+        loop_interval: float | None = None,
+        loop_offset: float = 0.0,
+        *,
+        cron: str | None = None,
+        cron_tz: tzinfo | None = None,
+        schedule: Schedule | None = None,
+        eager: bool = False,
+        jitter: float = 0.0,
+        max_ticks: int | None = None,
+        misfire: Misfire | str = Misfire.SKIP,
+        misfire_grace: float | None = None,
+        producer_timeout: float | None = None,
+        error_backoff: float | None = None,
+        consumer_timeout: float | None = None,
+        restart_limit: int = 5,
+        restart_window: float = 60.0,
+        block_threshold: float = 1.0,
+        stop_timeout: float = 5.0,
+        name: str | None = None,
+        clock: Clock | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self.produce = _validate.callable_("produce", produce)
+        if isinstance(consumers, str | bytes) or not isinstance(consumers, Sequence):
+            raise TypeError(
+                "consumers must be a list of callables or Consumer(...) objects, "
+                f"got {consumers!r} ({type(consumers).__name__})"
+            )
+        for i, c in enumerate(consumers):
+            if not isinstance(c, Consumer):
+                _validate.callable_(f"consumers[{i}]", c)
+        self._consumers = [Consumer.wrap(c) for c in consumers]
+
+        given = [n for n, v in (("loop_interval", loop_interval), ("cron", cron),
+                                ("schedule", schedule)) if v is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of loop_interval, cron and schedule, got {given}")
+        if schedule is not None:
+            if not isinstance(schedule, Schedule):
+                raise TypeError(f"schedule must have next_fire/prev_fire/count_between, got {schedule!r}")
+            self.schedule: Schedule = schedule
+        elif cron is not None:
+            if loop_offset:
+                raise ValueError(f"loop_offset applies to loop_interval, not cron; got {loop_offset!r}")
+            self.schedule = CronSchedule(cron) if cron_tz is None else CronSchedule(cron, cron_tz)
+        else:
+            self.schedule = IntervalSchedule(5.0 if loop_interval is None else loop_interval,
+                                             loop_offset)
+        if not isinstance(eager, bool):
+            raise TypeError(f"eager must be a bool, got {eager!r}")
+        now = time.time()
+        period = self.schedule.next_fire(now) - self.schedule.prev_fire(now)
+        jitter = _validate.non_negative("jitter", jitter)
+        if jitter >= period:
+            raise ValueError(f"jitter must be smaller than the tick period ({period:g} s), got {jitter!r}")
+        self.max_ticks = _validate.optional_integer("max_ticks", max_ticks, minimum=1)
+        misfire = _validate.choice("misfire", misfire, Misfire)
+        if misfire_grace is not None:
+            _validate.non_negative("misfire_grace", misfire_grace)
+        self.producer_timeout = self._timeout("producer_timeout", producer_timeout, period)
+        self.consumer_timeout = self._timeout("consumer_timeout", consumer_timeout, period)
+        self.error_backoff = _validate.optional_positive("error_backoff", error_backoff)
+        self.restart_limit = _validate.integer("restart_limit", restart_limit, minimum=0)
+        self.restart_window = _validate.positive("restart_window", restart_window)
+        self.block_threshold = _validate.positive("block_threshold", block_threshold)
+        self.stop_timeout = _validate.positive("stop_timeout", stop_timeout)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self.name = name or callable_name(produce)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must provide time(), monotonic() and sleep_until(), got {clock!r}")
+        self.clock: Clock = clock or SystemClock()
+        if seed is not None:
+            _validate.integer("seed", seed, minimum=-(2**63))
+        self.planner = Planner(self.schedule, misfire=misfire, misfire_grace=misfire_grace,
+                               jitter=jitter, eager=eager, rng=random.Random(seed))
+        # settings of every consumer are resolved (and checked) now, not in the thread
+        make_lanes(self._consumers, lambda n: ConveyorCounters(n).lane(n), self.name,
+                   self.consumer_timeout)
+
+        self._counters = ConveyorCounters(self.name)
+        self._state = _State.NEW
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._engine: _Engine | None = None
+        self._exception: BaseException | None = None
+
+    @staticmethod
+    def _timeout(name: str, value: float | None, period: float) -> float:
+        if value is None:
+            return _default_timeout(period)
+        if value == math.inf:
+            return math.inf
+        return _validate.positive(name, value)
+
+    def __repr__(self) -> str:
+        return f"<AioConveyor {self.name!r} {self._state.value} {self.schedule!r}>"
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True from a successful start until the conveyor has completely stopped."""
+        return self._state in (_State.RUNNING, _State.STOPPING)
+
+    @property
+    def exception(self) -> BaseException | None:
+        """Why the conveyor ended on its own (start-up failure, restart budget), else None."""
+        return self._exception
+
+    def stats(self) -> ConveyorStats:
+        """A consistent snapshot of the counters; safe from any thread at any time."""
+        return self._counters.snapshot()
+
+    def _claim(self, how: str) -> None:
+        with self._lock:
+            if self._state is not _State.NEW:
+                raise RuntimeError(
+                    f"cannot {how} conveyor {self.name!r}: it is {self._state.value}; "
+                    "a conveyor runs once, create a new one to run again"
+                )
+            self._state = _State.STARTING
+
+    # -- asyncio face ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the conveyor in the current event loop until stopped (or ``max_ticks``).
+
+        Raises :class:`StartupError` if it cannot start, and the watchdog's
+        :class:`RestartBudgetExceeded` if it had to give up. Cancelling it stops gracefully.
+        """
+        self._claim("run")
+        await self._main(None)
+
+    async def _main(self, on_ready: Callable[[], None] | None) -> None:
+        engine = _Engine(self)
+        self._engine = engine
+        self._loop = asyncio.get_running_loop()
+
+        def ready() -> None:
+            with self._lock:
+                self._state = _State.RUNNING
+            if on_ready is not None:
+                on_ready()
+
+        try:
+            await engine.run(ready)
+            if engine.failure is not None:
+                raise engine.failure
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self._exception = exc
+            raise
+        finally:
+            with self._lock:
+                self._state = _State.STOPPED
+            self._finished.set()
+            _live.discard(self)
+
+    async def __aenter__(self) -> AioConveyor:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    # -- thread face -----------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the conveyor on its own daemon thread; returns once it is ticking.
+
+        Raises :class:`StartupError` if start-up failed (e.g. a consumer's ``open()``
+        raised) and ``RuntimeError`` if the conveyor was started before.
+        """
+        self._claim("start")
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(ready,), name=f"aioconveyor[{self.name}]", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            self.stop()
+            raise StartupError(f"conveyor {self.name!r} did not start within {timeout:g} s")
+        if self._exception is not None:
+            self._thread.join()
+            exc = self._exception
+            if isinstance(exc, ConveyorError):
+                raise exc
+            raise StartupError(f"conveyor {self.name!r} failed to start: {exc!r}") from exc
+        _live.add(self)
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        try:
+            asyncio.run(self._main(ready.set))
+        except BaseException as exc:
+            if not isinstance(exc, ConveyorError | asyncio.CancelledError):
+                logger.error("conveyor %s: event loop ended with an error", self.name, exc_info=exc)
+        finally:
+            ready.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop ticking, deliver what is queued (until ``timeout``, default ``stop_timeout``),
+        close the consumers and end the thread. Idempotent; callable from any thread.
+
+        Whatever is still queued when the time is up is counted as dropped and logged.
+        """
+        timeout = self.stop_timeout if timeout is None else _validate.positive("timeout", timeout)
+        with self._lock:
+            if self._state is _State.NEW:
+                self._state = _State.STOPPED
+                self._finished.set()
+                return
+            if self._state is _State.STOPPED:
+                return
+            if self._state is _State.RUNNING:
+                self._state = _State.STOPPING
+        deadline = time.monotonic() + timeout
+        loop, engine = self._loop, self._engine
+        if loop is not None and engine is not None:
+            try:
+                loop.call_soon_threadsafe(engine.request_stop, deadline)
+            except RuntimeError:  # the loop already closed
+                pass
+        if self._in_own_loop():
+            return  # cannot wait for ourselves; the loop finishes after this callback
+        if not self._finished.wait(max(0.0, deadline - time.monotonic()) + 1.0):
+            logger.warning("conveyor %s: still stopping after %g s; leaving its daemon thread",
+                           self.name, timeout)
+            return
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+    def _in_own_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the conveyor has stopped (by ``stop()``, ``max_ticks`` or a failure).
+
+        Returns True when it has stopped, False if ``timeout`` ran out first.
+        """
+        return self._finished.wait(timeout)
+
+    def __enter__(self) -> AioConveyor:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Engine:
+    """One run of a conveyor, living entirely inside its event loop."""
+
+    def __init__(self, conv: AioConveyor) -> None:
+        self.conv = conv
+        counters = conv._counters
+        self.counters = counters
+        self.lanes: list[Lane] = make_lanes(conv._consumers, counters.lane, conv.name,
+                                            conv.consumer_timeout)
+        self.failure: BaseException | None = None
+        self._deadline: float | None = None
+        self._stop_event = asyncio.Event()
+        self.supervisor = Supervisor(
+            counters, restarts=conv.restart_limit, window=conv.restart_window,
+            on_budget_exceeded=self._budget_exceeded,
+        )
+        self.scheduler = Scheduler(
+            conv.produce, conv.planner, conv.clock, Fanout(self.lanes), counters,
+            name=conv.name, producer_timeout=conv.producer_timeout,
+            error_backoff=conv.error_backoff, max_ticks=conv.max_ticks,
+            on_finished=self._ticks_done,
+        )
+        self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold)
+
+    def request_stop(self, deadline: float | None = None) -> None:
+        """Begin a graceful stop that must be over by ``deadline`` (monotonic seconds)."""
+        if deadline is None:
+            deadline = time.monotonic() + self.conv.stop_timeout
+        if self._deadline is None or deadline < self._deadline:
+            self._deadline = deadline
+        self._stop_event.set()
+
+    def _ticks_done(self) -> None:
+        self.supervisor.finished(self.scheduler_name)
+        logger.info("conveyor %s: max_ticks (%d) reached, stopping", self.conv.name,
+                    self.conv.max_ticks)
+        self.request_stop()
+
+    def _budget_exceeded(self, exc: RestartBudgetExceeded) -> None:
+        self.failure = exc
+        self.request_stop()
+
+    @property
+    def scheduler_name(self) -> str:
+        return f"aioconveyor[{self.conv.name}].scheduler"
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        async with AsyncExitStack() as stack:
+            for lane in self.lanes:
+                try:
+                    await stack.enter_async_context(lane.opened(self._close_budget))
+                except Exception as exc:
+                    raise StartupError(
+                        f"conveyor {self.conv.name!r}: consumer {lane.settings.name!r} "
+                        f"failed to open: {type(exc).__name__}: {exc}"
+                    ) from exc
+            heartbeat = asyncio.get_running_loop().create_task(
+                self.monitor.heartbeat(), name=f"aioconveyor[{self.conv.name}].heartbeat"
+            )
+            for lane in self.lanes:
+                self.supervisor.watch(lane.task_name, lane.run, lane.counters)
+            self.supervisor.watch(self.scheduler_name, self.scheduler.run)
+            with self.counters.lock:
+                self.counters.running = True
+            ready()
+            try:
+                await self._stop_event.wait()
+            except asyncio.CancelledError:
+                self.request_stop()
+                await self._shutdown()
+                raise
+            else:
+                await self._shutdown()
+            finally:
+                heartbeat.cancel()
+                with self.counters.lock:
+                    self.counters.running = False
+
+    def _close_budget(self) -> float:
+        if self._deadline is None:
+            return self.conv.stop_timeout
+        return max(0.05, self._deadline - time.monotonic())
+
+    async def _shutdown(self) -> None:
+        assert self._deadline is not None
+        deadline = self._deadline
+        reserve = min(1.0, (deadline - time.monotonic()) / 4)  # kept for closing consumers
+        self.supervisor.pause()
+        await self.supervisor.stop([self.scheduler_name], timeout=1.0)
+        self.scheduler.close()
+        drain_until = deadline - max(0.0, reserve)
+        for lane in self.lanes:
+            lane.begin_drain(drain_until)
+        tasks = [t for lane in self.lanes
+                 if (t := self.supervisor.task(lane.task_name)) is not None and not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, drain_until - time.monotonic()))
+        await self.supervisor.stop(timeout=0.5)
+        for lane in self.lanes:
+            lane.drop_remaining("stop timeout reached")

@@ -1,0 +1,72 @@
+"""Exceptions raised by aioconveyor.
+
+The whole hierarchy::
+
+    ConveyorError                      root of everything aioconveyor raises on purpose
+    ├── StartupError                   start() failed: a consumer's open() raised, the loop could not start
+    ├── RestartBudgetExceeded          the watchdog restarted a part too often and stopped the conveyor
+    ├── ConsumerTimeout (TimeoutError) one consumer call ran past its timeout (seen in stats / logs)
+    └── RetryAfter                     raised *by a consumer* to ask its lane to wait before retrying
+
+Bad arguments are plain ``ValueError`` / ``TypeError`` raised at construction time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+__all__ = [
+    "ConsumerTimeout",
+    "ConveyorError",
+    "RestartBudgetExceeded",
+    "RetryAfter",
+    "StartupError",
+]
+
+
+class ConveyorError(Exception):
+    """Root of the exceptions aioconveyor raises on purpose."""
+
+
+class StartupError(ConveyorError):
+    """The conveyor could not start (for example a consumer's ``open()`` raised)."""
+
+
+class RestartBudgetExceeded(ConveyorError):
+    """A part of the conveyor failed more often than the restart budget allows."""
+
+    def __init__(self, component: str, restarts: int, window: float) -> None:
+        super().__init__(
+            f"{component} needed more than {restarts} restarts within {window:g} s; "
+            "the conveyor was stopped"
+        )
+        self.component = component
+        self.restarts = restarts
+        self.window = window
+
+
+class ConsumerTimeout(ConveyorError, TimeoutError):
+    """A consumer call did not finish within its timeout."""
+
+    def __init__(self, consumer: str, event_time: datetime | None, timeout: float) -> None:
+        when = event_time.isoformat() if event_time is not None else "?"
+        super().__init__(f"consumer {consumer!r} timed out after {timeout:g} s (tick {when})")
+        self.consumer = consumer
+        self.event_time = event_time
+        self.timeout = timeout
+
+
+class RetryAfter(ConveyorError):
+    """Raise from a consumer to make its lane wait ``seconds`` before retrying the same item.
+
+    Typical use: an HTTP API answered 429 or 503 with a ``Retry-After`` header. Only the
+    raising consumer's lane waits; the producer and the other consumers carry on.
+    """
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"seconds must be a number, got {seconds!r}")
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        super().__init__(message or f"retry after {seconds:g} s")
+        self.seconds = float(seconds)

@@ -1,0 +1,529 @@
+"""Per-consumer lanes: one bounded queue and one task per consumer.
+
+The scheduler hands each result to :meth:`Fanout.offer`, which puts an independent deep
+copy into every lane and returns at once (unless a lane uses the ``block`` overflow
+policy). Each :class:`Lane` then delivers on its own: timeouts, retries with capped
+exponential backoff and jitter, batching, and counting of everything that happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy as copy_module
+import inspect
+import logging
+import math
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime
+from enum import Enum
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+from . import _validate, tick as tick_module
+from ._logs import LogLimiter
+from .errors import ConsumerTimeout, RetryAfter
+from .stats import LaneCounters
+from .tick import Tick
+from .workers import SyncWorker, is_async_callable
+
+__all__ = [
+    "Batch",
+    "Consumer",
+    "ConsumerFunc",
+    "Overflow",
+    "Record",
+    "SupportsOpenClose",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class Overflow(str, Enum):
+    """What a lane does when its queue is full."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Discard the oldest queued item to make room (default: freshest data wins)."""
+    DROP_NEWEST = "drop_newest"
+    """Discard the incoming item (keep the backlog in order)."""
+    BLOCK = "block"
+    """Make the scheduler wait for room: nothing dropped, but a stuck consumer then delays
+    the producer and the other consumers (missed ticks are counted)."""
+
+
+@runtime_checkable
+class ConsumerFunc(Protocol):
+    """A consumer: any callable ``(data, event_time)``, sync or async."""
+
+    def __call__(self, data: Any, event_time: datetime, /) -> Any: ...
+
+
+@runtime_checkable
+class SupportsOpenClose(Protocol):
+    """A consumer object that owns a resource, opened and closed in the conveyor's loop."""
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Record(NamedTuple):
+    """One produced item inside a :class:`Batch`."""
+
+    data: Any
+    event_time: datetime
+
+
+class Batch(list[Record]):
+    """What a batching consumer receives as ``data``: the records, oldest first.
+
+    A distinct type so a consumer can tell a batch from a producer that returns a list.
+    """
+
+
+_UNSET_FIELDS = ("name",)
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """Per-consumer settings around a plain callable.
+
+    Every setting left as ``None`` falls back to the callable's own ``consumer_defaults``
+    (a dict the built-in consumers provide), then to the library default below.
+
+    * ``timeout``: seconds one call may take (default: twice the tick period, clamped to
+      1..60 s; ``math.inf`` for none). A call past it is cancelled (async) or abandoned
+      (sync, its thread replaced), counted, and retried per ``retries``.
+    * ``retries`` (0): extra attempts after a failure, waiting ``backoff`` (0.5 s) doubling
+      up to ``max_backoff`` (30 s), each with +-50 % jitter.
+    * ``queue_size`` (1000) and ``overflow`` (``"drop_oldest"``, ``"drop_newest"``, ``"block"``).
+    * ``batch_size`` (1: no batching) and ``batch_age`` (0 s): with ``batch_size > 1`` the
+      consumer receives a :class:`Batch` of up to ``batch_size`` records, collected for at
+      most ``batch_age`` seconds after the first one (0: whatever is queued right now).
+    * ``copy`` (True): deep-copy the data for this consumer. ``False`` shares one object
+      between consumers; use it only for immutable data.
+    """
+
+    fn: Any
+    name: str | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    backoff: float | None = None
+    max_backoff: float | None = None
+    queue_size: int | None = None
+    overflow: Overflow | str | None = None
+    batch_size: int | None = None
+    batch_age: float | None = None
+    copy: bool | None = None
+
+    def __post_init__(self) -> None:
+        _validate.callable_("consumer", self.fn)
+        if self.name is not None and (not isinstance(self.name, str) or not self.name):
+            raise TypeError(f"consumer name must be a non-empty str, got {self.name!r}")
+        if self.timeout is not None and self.timeout != math.inf:
+            _validate.positive("timeout", self.timeout)
+        _validate.optional_integer("retries", self.retries, minimum=0)
+        _validate.optional_positive("backoff", self.backoff)
+        _validate.optional_positive("max_backoff", self.max_backoff)
+        _validate.optional_integer("queue_size", self.queue_size, minimum=1)
+        if self.overflow is not None:
+            object.__setattr__(self, "overflow", _validate.choice("overflow", self.overflow, Overflow))
+        _validate.optional_integer("batch_size", self.batch_size, minimum=1)
+        if self.batch_age is not None:
+            _validate.non_negative("batch_age", self.batch_age)
+        if self.copy is not None and not isinstance(self.copy, bool):
+            raise TypeError(f"copy must be a bool, got {self.copy!r}")
+
+    @classmethod
+    def wrap(cls, obj: Any) -> Consumer:
+        """``obj`` as a :class:`Consumer` (settings unchanged if it already is one)."""
+        if isinstance(obj, Consumer):
+            return obj
+        _validate.callable_("consumers[...]", obj)
+        return cls(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneSettings:
+    """A :class:`Consumer` with every setting resolved to a concrete value."""
+
+    fn: Any
+    name: str
+    is_async: bool
+    timeout: float
+    retries: int
+    backoff: float
+    max_backoff: float
+    queue_size: int
+    overflow: Overflow
+    batch_size: int
+    batch_age: float
+    copy: bool
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_size > 1
+
+
+_LIBRARY_DEFAULTS: dict[str, Any] = {
+    "retries": 0,
+    "backoff": 0.5,
+    "max_backoff": 30.0,
+    "queue_size": 1000,
+    "overflow": Overflow.DROP_OLDEST,
+    "batch_size": 1,
+    "batch_age": 0.0,
+    "copy": True,
+}
+
+
+def callable_name(fn: Any) -> str:
+    """A readable name for a producer or consumer callable."""
+    for candidate in (getattr(fn, "name", None), getattr(fn, "__qualname__", None)):
+        if isinstance(candidate, str) and candidate:
+            return candidate
+    inner = getattr(fn, "func", None)  # functools.partial
+    if inner is not None and inner is not fn:
+        return callable_name(inner)
+    return type(fn).__name__
+
+
+def resolve(consumers: Sequence[Consumer], default_timeout: float) -> list[LaneSettings]:
+    """Resolve settings for every consumer and give each a unique name."""
+    seen: dict[str, int] = {}
+    out: list[LaneSettings] = []
+    for spec in consumers:
+        own = getattr(spec.fn, "consumer_defaults", None) or {}
+        if not isinstance(own, dict):
+            raise TypeError(f"consumer_defaults of {spec.fn!r} must be a dict, got {own!r}")
+        defaults = Consumer(spec.fn, **own)  # validates the consumer's own defaults
+        values: dict[str, Any] = {}
+        for f in fields(Consumer):
+            if f.name == "fn":
+                continue
+            v = getattr(spec, f.name)
+            if v is None:
+                v = getattr(defaults, f.name)
+            if v is None:
+                v = _LIBRARY_DEFAULTS.get(f.name)
+            values[f.name] = v
+        base = values.pop("name") or callable_name(spec.fn)
+        seen[base] = seen.get(base, 0) + 1
+        name = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        if values["timeout"] is None:
+            values["timeout"] = default_timeout
+        out.append(
+            LaneSettings(fn=spec.fn, name=name, is_async=is_async_callable(spec.fn), **values)
+        )
+    return out
+
+
+class _Entry(NamedTuple):
+    record: Record
+    tick: Tick
+    enqueued: float
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class Lane:
+    """Delivers one consumer's copies, in order, on a task of its own."""
+
+    def __init__(self, settings: LaneSettings, counters: LaneCounters, conveyor: str) -> None:
+        self.settings = settings
+        self.counters = counters
+        self.task_name = f"aioconveyor[{conveyor}].lane[{settings.name}]"
+        self._queue: deque[_Entry] = deque()
+        self._has_items = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._closing = False
+        self._drain_deadline = math.inf
+        self._worker: SyncWorker | None = None
+        self._limiter = LogLimiter()
+        self._rng = random.Random()
+
+    # -- putting ---------------------------------------------------------------------
+
+    def _append(self, entry: _Entry) -> None:
+        self._queue.append(entry)
+        with self.counters.lock:
+            self.counters.offered += 1
+            self.counters.queued += 1
+        self._has_items.set()
+        if len(self._queue) >= self.settings.queue_size:
+            self._has_room.clear()
+
+    def _drop(self, entry: _Entry, why: str, *, offered: bool) -> None:
+        with self.counters.lock:
+            self.counters.dropped += 1
+            if offered:
+                self.counters.offered += 1
+        self._limiter.log(
+            logger, logging.WARNING, ("drop", why),
+            "consumer %s: %s; dropped the item of tick %s (%d dropped so far)",
+            self.settings.name, why, entry.record.event_time.isoformat(), self.counters.dropped,
+        )
+
+    async def put(self, data: Any, tick: Tick) -> None:
+        """Queue one copy of ``data``; never waits unless the policy is ``block``."""
+        if self.settings.copy:
+            try:
+                data = copy_module.deepcopy(data)
+            except Exception as exc:  # an uncopyable object must not stop the fan-out
+                self._limiter.log(
+                    logger, logging.ERROR, "copy",
+                    "consumer %s: cannot deep-copy %s (set copy=False for this consumer)",
+                    self.settings.name, type(data).__name__, exc=exc,
+                )
+                self._drop(_Entry(Record(None, tick.event_time), tick, 0.0), "copy failed",
+                           offered=True)
+                return
+        entry = _Entry(Record(data, tick.event_time), tick, time.monotonic())
+        if len(self._queue) < self.settings.queue_size:
+            self._append(entry)
+            return
+        policy = self.settings.overflow
+        if policy is Overflow.DROP_OLDEST:
+            old = self._queue.popleft()
+            with self.counters.lock:
+                self.counters.queued -= 1
+            self._drop(old, "queue full", offered=False)
+            self._append(entry)
+        elif policy is Overflow.DROP_NEWEST:
+            self._drop(entry, "queue full", offered=True)
+        else:
+            try:
+                while len(self._queue) >= self.settings.queue_size:
+                    self._has_room.clear()
+                    await self._has_room.wait()
+            except asyncio.CancelledError:
+                self._drop(entry, "stopped while waiting for room", offered=True)
+                raise
+            self._append(entry)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def opened(self, close_budget: Callable[[], float]) -> AsyncIterator[Lane]:
+        """Open the consumer object (``open()`` or ``__aenter__``), close it on exit."""
+        fn = self.settings.fn
+        if hasattr(fn, "open"):
+            await _maybe_await(fn.open())
+        elif hasattr(fn, "__aenter__"):
+            await fn.__aenter__()
+        try:
+            yield self
+        finally:
+            await self._close(close_budget())
+
+    async def _close(self, timeout: float) -> None:
+        fn = self.settings.fn
+        try:
+            async with asyncio.timeout(max(timeout, 0.01)):
+                if hasattr(fn, "close") and hasattr(fn, "open"):
+                    await _maybe_await(fn.close())
+                elif hasattr(fn, "__aexit__"):
+                    await fn.__aexit__(None, None, None)
+        except Exception:
+            logger.exception("consumer %s: close failed", self.settings.name)
+        finally:
+            if self._worker is not None:
+                self._worker.close()
+
+    def begin_drain(self, deadline: float) -> None:
+        """Finish what is queued (until ``deadline``, loop time), then let :meth:`run` end."""
+        self._closing = True
+        self._drain_deadline = deadline
+        self._has_items.set()
+
+    def drop_remaining(self, why: str) -> int:
+        """Count everything still queued as dropped (after the drain deadline)."""
+        n = len(self._queue)
+        if n:
+            self._queue.clear()
+            with self.counters.lock:
+                self.counters.queued -= n
+                self.counters.dropped += n
+            logger.warning("consumer %s: %d queued items not delivered (%s)",
+                           self.settings.name, n, why)
+        self._has_room.set()
+        return n
+
+    # -- delivering ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The lane's task: take, deliver, repeat; returns once drained after begin_drain()."""
+        while (entries := await self._take()) is not None:
+            await self._deliver(entries)
+
+    async def _take(self) -> list[_Entry] | None:
+        while not self._queue:
+            if self._closing:
+                return None
+            self._has_items.clear()
+            await self._has_items.wait()
+        s = self.settings
+        if s.batching and s.batch_age > 0:
+            deadline = self._queue[0].enqueued + s.batch_age
+            while len(self._queue) < s.batch_size and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._has_items.clear()
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._has_items.wait()
+                except TimeoutError:
+                    break
+        n = min(s.batch_size, len(self._queue))
+        entries = [self._queue.popleft() for _ in range(n)]
+        with self.counters.lock:
+            self.counters.queued -= n
+            self.counters.in_flight += n
+        if len(self._queue) < s.queue_size:
+            self._has_room.set()
+        return entries
+
+    def _backoff(self, attempt: int) -> float:
+        s = self.settings
+        base = min(s.max_backoff, s.backoff * 2 ** (attempt - 1))
+        return base * self._rng.uniform(0.5, 1.5)
+
+    async def _deliver(self, entries: list[_Entry]) -> None:
+        s = self.settings
+        n = len(entries)
+        last = entries[-1]
+        payload: Any = Batch(e.record for e in entries) if s.batching else last.record.data
+        outcome = "failed"
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await self._call(payload, last.record.event_time, last.tick)
+                except Exception as exc:
+                    self._record_error(exc, last.tick)
+                    if isinstance(exc, RetryAfter):
+                        delay = exc.seconds
+                    elif attempt < s.retries:
+                        attempt += 1
+                        delay = self._backoff(attempt)
+                    else:
+                        self._limiter.log(
+                            logger, logging.ERROR, "give-up",
+                            "consumer %s: gave up on %d item(s) of tick %s after %d attempt(s)",
+                            s.name, n, last.record.event_time.isoformat(), attempt + 1,
+                        )
+                        return
+                    if time.monotonic() + delay > self._drain_deadline:
+                        outcome = "dropped"
+                        return
+                    with self.counters.lock:
+                        self.counters.retries += 1
+                    await asyncio.sleep(delay)
+                else:
+                    outcome = "delivered"
+                    return
+        except asyncio.CancelledError:
+            outcome = "dropped"
+            raise
+        finally:
+            with self.counters.lock:
+                c = self.counters
+                c.in_flight -= n
+                if outcome == "delivered":
+                    c.delivered += n
+                    c.last_success_time = time.time()
+                elif outcome == "dropped":
+                    c.dropped += n
+                else:
+                    c.failed += n
+
+    def _record_error(self, exc: Exception, tick: Tick) -> None:
+        with self.counters.lock:
+            self.counters.errors += 1
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            self.counters.last_error_time = time.time()
+        self._limiter.log(
+            logger, logging.WARNING, ("error", type(exc)),
+            "consumer %s failed on tick %s: %s: %s",
+            self.settings.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
+        )
+
+    def _start_call(self, payload: Any, event_time: datetime, tick: Tick) -> asyncio.Future[Any]:
+        s = self.settings
+        token = tick_module._set(tick)
+        try:
+            if s.is_async:
+                call = s.fn(payload, event_time)
+                if inspect.iscoroutine(call):
+                    return asyncio.get_running_loop().create_task(call, name=f"{self.task_name}.call")
+                return asyncio.ensure_future(call)
+            if self._worker is None:
+                self._worker = SyncWorker(f"{self.task_name}.worker")
+            return self._worker.call(s.fn, payload, event_time)
+        finally:
+            tick_module._reset(token)
+
+    async def _call(self, payload: Any, event_time: datetime, tick: Tick) -> None:
+        s = self.settings
+        future = self._start_call(payload, event_time, tick)
+        try:
+            done, _ = await asyncio.wait({future}, timeout=None if s.timeout == math.inf else s.timeout)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if not done:
+            await self._abandon(future)
+            raise ConsumerTimeout(s.name, event_time, s.timeout)
+        result = future.result()
+        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+            async with asyncio.timeout(None if s.timeout == math.inf else s.timeout):
+                await result
+
+    async def _abandon(self, future: asyncio.Future[Any]) -> None:
+        """A call ran past its timeout: cancel it and carry on with a fresh worker."""
+        future.cancel()
+        with self.counters.lock:
+            self.counters.timeouts += 1
+            self.counters.restarts += 1
+        if not self.settings.is_async:
+            # the thread is stuck in the call: leave it behind, use a new one from now on
+            assert self._worker is not None
+            self._worker.close()
+            self._worker = None
+            with self.counters.lock:
+                self.counters.abandoned += 1
+            logger.error("consumer %s: sync call hung past %g s; its thread was abandoned",
+                         self.settings.name, self.settings.timeout)
+            return
+        done, _ = await asyncio.wait({future}, timeout=0.5)
+        if not done:
+            with self.counters.lock:
+                self.counters.abandoned += 1
+            logger.error("consumer %s: call ignored cancellation; abandoned it",
+                         self.settings.name)
+
+
+class Fanout:
+    """Hands every produced item to every lane, each its own copy."""
+
+    def __init__(self, lanes: Sequence[Lane]) -> None:
+        self.lanes = list(lanes)
+
+    async def offer(self, data: Any, tick: Tick) -> None:
+        for lane in self.lanes:
+            await lane.put(data, tick)
+
+
+def make_lanes(
+    consumers: Sequence[Consumer], counters_for: Callable[[str], LaneCounters],
+    conveyor: str, default_timeout: float,
+) -> list[Lane]:
+    return [Lane(s, counters_for(s.name), conveyor) for s in resolve(consumers, default_timeout)]

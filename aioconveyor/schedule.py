@@ -1,0 +1,215 @@
+"""When to tick: schedules and the pure planning rules. No I/O, no asyncio.
+
+Times are POSIX seconds (UTC wall clock) as floats. A schedule answers two questions,
+"what is the first fire time strictly after t?" and "what is the last fire time at or
+before t?"; :class:`Planner` turns those answers plus the misfire policy into the next
+:class:`Plan` for the scheduler loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from enum import Enum
+from typing import Any, Protocol, runtime_checkable
+
+from . import _validate
+
+__all__ = [
+    "CronSchedule",
+    "IntervalSchedule",
+    "Misfire",
+    "Plan",
+    "Planner",
+    "Schedule",
+]
+
+#: Times this close to a grid point count as on it (absorbs float rounding at epoch scale).
+TOLERANCE = 1e-6
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """Anything that can say when the next tick is."""
+
+    def next_fire(self, after: float) -> float:
+        """The first fire time strictly later than ``after``."""
+        ...
+
+    def prev_fire(self, at: float) -> float:
+        """The last fire time at or before ``at``."""
+        ...
+
+    def count_between(self, start: float, end: float) -> int:
+        """How many fire times lie in the closed range ``[start, end]``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalSchedule:
+    """Fire at ``k * interval + offset`` seconds of the UTC epoch, for every integer k."""
+
+    interval: float
+    offset: float = 0.0
+
+    def __post_init__(self) -> None:
+        interval = _validate.positive("loop_interval", self.interval)
+        offset = _validate.number("loop_offset", self.offset)
+        if not 0 <= offset < interval:
+            raise ValueError(
+                f"loop_offset must be in [0, loop_interval) = [0, {interval:g}), got {self.offset!r}"
+            )
+        object.__setattr__(self, "interval", interval)
+        object.__setattr__(self, "offset", offset)
+
+    def index(self, t: float) -> int:
+        """The k of the last grid point at or before ``t``."""
+        return math.floor((t - self.offset + TOLERANCE) / self.interval)
+
+    def at(self, k: int) -> float:
+        return k * self.interval + self.offset
+
+    def next_fire(self, after: float) -> float:
+        return self.at(self.index(after) + 1)
+
+    def prev_fire(self, at: float) -> float:
+        return self.at(self.index(at))
+
+    def count_between(self, start: float, end: float) -> int:
+        if end < start:
+            return 0
+        first = math.ceil((start - self.offset - TOLERANCE) / self.interval)
+        return max(0, self.index(end) - first + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CronSchedule:
+    """Fire on a cron expression (5 fields, or 6 with seconds), evaluated in ``tz`` (default UTC)."""
+
+    expression: str
+    tz: tzinfo = UTC
+    _cron: Any = field(init=False, repr=False, compare=False)
+
+    #: Counting missed fire times stops here (a long suspend could otherwise iterate for ages).
+    COUNT_LIMIT = 100_000
+
+    def __post_init__(self) -> None:
+        from croniter import croniter  # runtime dependency, imported only when cron is used
+
+        if not isinstance(self.expression, str):
+            raise TypeError(f"cron must be a str, got {self.expression!r}")
+        if not isinstance(self.tz, tzinfo):
+            raise TypeError(f"cron tz must be a datetime.tzinfo, got {self.tz!r}")
+        if not self.expression.strip() or not croniter.is_valid(self.expression):
+            raise ValueError(f"cron must be a valid cron expression, got {self.expression!r}")
+        object.__setattr__(self, "_cron", croniter)
+
+    def _iter(self, t: float) -> Any:
+        return self._cron(self.expression, datetime.fromtimestamp(t, self.tz))
+
+    def next_fire(self, after: float) -> float:
+        return float(self._iter(after + TOLERANCE).get_next(float))
+
+    def prev_fire(self, at: float) -> float:
+        before = float(self._iter(at).get_prev(float))
+        following = self.next_fire(before)
+        return following if following <= at + TOLERANCE else before
+
+    def count_between(self, start: float, end: float) -> int:
+        count = 0
+        t = self.next_fire(start - 2 * TOLERANCE)
+        while t <= end + TOLERANCE and count < self.COUNT_LIMIT:
+            count += 1
+            t = self.next_fire(t)
+        return count
+
+
+class Misfire(str, Enum):
+    """What to do with grid times that passed while the producer was still running."""
+
+    SKIP = "skip"
+    """Count them as missed and wait for the next grid time (the default)."""
+    COALESCE = "coalesce"
+    """Run once, now, for the latest of them if it is within ``misfire_grace``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The scheduler's next step: run the tick for ``event_time`` at ``fire_at``."""
+
+    event_time: float
+    fire_at: float
+    missed: int = 0
+
+
+class Planner:
+    """Pure rules from (schedule, last tick, now) to the next :class:`Plan`.
+
+    * a grid time still in the future is fired at that time plus a random jitter;
+    * grid times that already passed (the producer overran, the clock stepped forward,
+      the loop was blocked) are *missed*: with ``Misfire.SKIP`` they are counted and the
+      next future grid time is planned; with ``Misfire.COALESCE`` the latest of them runs
+      once, immediately, when it is no older than the grace;
+    * a wake-up later than the grace after ``fire_at`` is not fired (:meth:`too_late`):
+      the caller plans again and the tick counts as missed.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        *,
+        misfire: Misfire = Misfire.SKIP,
+        misfire_grace: float | None = None,
+        jitter: float = 0.0,
+        eager: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.misfire = misfire
+        self.misfire_grace = misfire_grace
+        self.jitter = jitter
+        self.eager = eager
+        self._rng = rng or random.Random()
+
+    def period(self, event_time: float) -> float:
+        """Time from ``event_time`` to the following fire time."""
+        return self.schedule.next_fire(event_time) - event_time
+
+    def grace(self, event_time: float) -> float:
+        """How late a tick may start and still run (default: half the period)."""
+        if self.misfire_grace is not None:
+            return self.misfire_grace
+        return self.period(event_time) / 2
+
+    def _jitter(self) -> float:
+        return self._rng.uniform(0.0, self.jitter) if self.jitter > 0 else 0.0
+
+    def _future(self, after: float, missed: int) -> Plan:
+        t = self.schedule.next_fire(after)
+        return Plan(t, t + self._jitter(), missed)
+
+    def plan(self, last: float | None, now: float, not_before: float | None = None) -> Plan:
+        """The next tick after the one for grid time ``last`` (``None``: the first one).
+
+        ``not_before`` (producer error backoff) makes grid times before it count as missed.
+        """
+        earliest = now if not_before is None else max(now, not_before)
+        if last is None:
+            if self.eager and not_before is None:
+                return Plan(self.schedule.prev_fire(now), now, 0)
+            return self._future(earliest, 0)
+        nxt = self.schedule.next_fire(last)
+        if nxt > earliest:
+            return Plan(nxt, max(nxt + self._jitter(), earliest), 0)
+        missed = self.schedule.count_between(nxt, earliest)
+        if self.misfire is Misfire.COALESCE:
+            latest = self.schedule.prev_fire(earliest)
+            if earliest - latest <= self.grace(latest):
+                return Plan(latest, earliest, missed - 1)
+        return self._future(earliest, missed)
+
+    def too_late(self, plan: Plan, woke: float) -> bool:
+        """True when a wake-up at ``woke`` is past the grace for ``plan``."""
+        return woke - plan.fire_at > self.grace(plan.event_time)

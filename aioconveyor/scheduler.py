@@ -1,0 +1,188 @@
+"""The tick loop: plan, sleep, run the producer, hand the result to the fan-out.
+
+It never does time arithmetic itself: :class:`~aioconveyor.schedule.Planner` says when,
+the :class:`~aioconveyor.clock.Clock` sleeps, the producer runs, :class:`Fanout` delivers.
+Its state (the last grid time fired) lives on the object, so a restarted scheduler task
+continues on the same grid and never fires a grid time twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from . import tick as tick_module
+from ._logs import LogLimiter
+from .clock import Clock
+from .fanout import Fanout
+from .schedule import Plan, Planner
+from .stats import ConveyorCounters
+from .tick import Tick
+from .workers import SyncWorker, is_async_callable
+
+logger = logging.getLogger(__name__)
+
+#: A change of (wall - monotonic) bigger than this between two looks is a clock step.
+JUMP_THRESHOLD = 0.5
+
+
+class Scheduler:
+    """Calls the producer on the schedule, one call at a time, and fans out the results."""
+
+    def __init__(
+        self,
+        produce: Callable[..., Any],
+        planner: Planner,
+        clock: Clock,
+        fanout: Fanout,
+        counters: ConveyorCounters,
+        *,
+        name: str,
+        producer_timeout: float,
+        error_backoff: float | None,
+        max_ticks: int | None,
+        on_finished: Callable[[], None],
+    ) -> None:
+        self.produce = produce
+        self.planner = planner
+        self.clock = clock
+        self.fanout = fanout
+        self.counters = counters
+        self.name = name
+        self.producer_timeout = producer_timeout
+        self.error_backoff = error_backoff
+        self.max_ticks = max_ticks
+        self.on_finished = on_finished
+        self.is_async = is_async_callable(produce)
+        self.last_event: float | None = None
+        self.running_since: float | None = None  # monotonic start of the current producer call
+        self._worker: SyncWorker | None = None
+        self._consecutive_errors = 0
+        self._not_before: float | None = None
+        self._clock_offset: float | None = None
+        self._limiter = LogLimiter()
+        self._missing_burst = 0
+
+    # -- the loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while self.max_ticks is None or self.counters.ticks < self.max_ticks:
+            plan = self.planner.plan(self.last_event, self.clock.time(), self._not_before)
+            self._not_before = None
+            self._note_missed(plan)
+            with self.counters.lock:
+                self.counters.next_tick_time = plan.event_time
+            await self.clock.sleep_until(plan.fire_at)
+            woke = self.clock.time()
+            self._check_clock_step()
+            if self.planner.too_late(plan, woke):
+                continue  # slept through it (blocked loop, suspend, clock step): plan again
+            self.last_event = plan.event_time
+            await self._tick(plan, woke)
+        self.on_finished()
+
+    def _note_missed(self, plan: Plan) -> None:
+        if plan.missed:
+            with self.counters.lock:
+                self.counters.missed_ticks += plan.missed
+            self._missing_burst += plan.missed
+            if self._missing_burst == plan.missed:  # first miss of a burst
+                logger.warning(
+                    "conveyor %s: missed %d tick(s) before %s (producer overran, loop blocked "
+                    "or clock stepped)", self.name, plan.missed,
+                    datetime.fromtimestamp(plan.event_time, UTC).isoformat(),
+                )
+        elif self._missing_burst:
+            logger.info("conveyor %s: back on schedule after %d missed tick(s)",
+                        self.name, self._missing_burst)
+            self._missing_burst = 0
+
+    def _check_clock_step(self) -> None:
+        offset = self.clock.time() - self.clock.monotonic()
+        previous, self._clock_offset = self._clock_offset, offset
+        if previous is not None and abs(offset - previous) > JUMP_THRESHOLD:
+            with self.counters.lock:
+                self.counters.clock_jumps += 1
+            logger.warning("conveyor %s: wall clock stepped by %+.3f s; staying on the grid",
+                           self.name, offset - previous)
+
+    # -- one tick --------------------------------------------------------------------
+
+    async def _tick(self, plan: Plan, woke: float) -> None:
+        with self.counters.lock:
+            index = self.counters.ticks
+            self.counters.ticks += 1
+            self.counters.last_tick_time = plan.event_time
+            self.counters.lateness.append(max(0.0, woke - plan.fire_at))
+        tick = Tick.make(index, plan.event_time, plan.fire_at, woke, plan.missed)
+        try:
+            result = await self._call_producer(tick)
+        except Exception as exc:
+            self._producer_failed(exc, tick)
+            return
+        self._consecutive_errors = 0
+        if result is None:
+            with self.counters.lock:
+                self.counters.empty += 1
+            return
+        with self.counters.lock:
+            self.counters.produced += 1
+        await self.fanout.offer(result, tick)
+
+    async def _call_producer(self, tick: Tick) -> Any:
+        token = tick_module._set(tick)
+        try:
+            if self.is_async:
+                future: asyncio.Future[Any] = asyncio.ensure_future(
+                    self.produce(tick.event_time)
+                )
+            else:
+                if self._worker is None:
+                    self._worker = SyncWorker(f"aioconveyor[{self.name}].producer")
+                future = self._worker.call(self.produce, tick.event_time)
+        finally:
+            tick_module._reset(token)
+        self.running_since = self.clock.monotonic()
+        try:
+            timeout = None if self.producer_timeout == math.inf else self.producer_timeout
+            done, _ = await asyncio.wait({future}, timeout=timeout)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        finally:
+            self.running_since = None
+        if not done:
+            future.cancel()
+            with self.counters.lock:
+                self.counters.producer_timeouts += 1
+            if not self.is_async and self._worker is not None:
+                self._worker.close()  # stuck in the call: abandon the thread
+                self._worker = None
+            raise TimeoutError(f"producer did not return within {self.producer_timeout:g} s")
+        result = future.result()
+        if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
+            result = await result
+        return result
+
+    def _producer_failed(self, exc: Exception, tick: Tick) -> None:
+        with self.counters.lock:
+            self.counters.producer_errors += 1
+        self._consecutive_errors += 1
+        self._limiter.log(
+            logger, logging.ERROR, type(exc),
+            "conveyor %s: producer failed on tick %s: %s: %s",
+            self.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
+        )
+        if self.error_backoff is not None:
+            period = self.planner.period(tick.scheduled)
+            delay = min(self.error_backoff, period * 2 ** (self._consecutive_errors - 1))
+            if delay > period:
+                self._not_before = self.clock.time() + delay
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()

@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.support.services import MQTT_URL, POSTGRES_DSN, require_server
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of the real test PostgreSQL (skip locally / fail under CI=true if unreachable)."""
+    require_server("PostgreSQL", POSTGRES_DSN, 5432)
+    return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def mqtt_url() -> str:
+    """URL of the real test Mosquitto (skip locally / fail under CI=true if unreachable)."""
+    require_server("Mosquitto", MQTT_URL, 1883)
+    return MQTT_URL
