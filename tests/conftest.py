@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.services import MQTT_URL, POSTGRES_DSN, require_server
+from support.services import MQTT_URL, POSTGRES_DSN, require_server
 
 
 @pytest.fixture(scope="session")
