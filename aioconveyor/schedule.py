@@ -86,7 +86,11 @@ class IntervalSchedule:
 
 @dataclass(frozen=True, slots=True)
 class CronSchedule:
-    """Fire on a cron expression (5 fields, or 6 with seconds), evaluated in ``tz`` (default UTC)."""
+    """Fire on a cron expression evaluated in ``tz`` (default UTC).
+
+    Five fields (minute hour day month weekday), or six with **seconds as the last field**
+    (croniter's convention): ``"*/10 * * * * 30"`` fires at second 30 of every 10th minute.
+    """
 
     expression: str
     tz: tzinfo = UTC
@@ -193,9 +197,10 @@ class Planner:
     def plan(self, last: float | None, now: float, not_before: float | None = None) -> Plan:
         """The next tick after the one for grid time ``last`` (``None``: the first one).
 
-        ``not_before`` (producer error backoff) makes grid times before it count as missed.
+        ``not_before`` (producer error backoff) makes grid times before it count as missed;
+        a grid time equal to it may run.
         """
-        earliest = now if not_before is None else max(now, not_before)
+        earliest = now if not_before is None else max(now, not_before - 2 * TOLERANCE)
         if last is None:
             if self.eager and not_before is None:
                 return Plan(self.schedule.prev_fire(now), now, 0)

@@ -178,10 +178,10 @@ class Scheduler:
             self.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
         )
         if self.error_backoff is not None:
-            period = self.planner.period(tick.scheduled)
+            period = self.planner.period(tick.event_time.timestamp())
             delay = min(self.error_backoff, period * 2 ** (self._consecutive_errors - 1))
             if delay > period:
-                self._not_before = self.clock.time() + delay
+                self._not_before = tick.event_time.timestamp() + delay
 
     def close(self) -> None:
         if self._worker is not None:
