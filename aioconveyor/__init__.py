@@ -7,7 +7,7 @@ dependencies) load only when you touch ``aioconveyor.consumers``.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .clock import Clock, SystemClock
 from .conveyor import AioConveyor
@@ -22,9 +22,6 @@ from .fanout import Batch, Consumer, ConsumerFunc, Overflow, Record, SupportsOpe
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
 from .stats import ConsumerStats, ConveyorStats, LatenessStats
 from .tick import Tick, current_tick
-
-if TYPE_CHECKING:
-    from . import consumers as consumers
 
 __all__ = [
     "AioConveyor",

@@ -33,7 +33,8 @@ async def consume(data: str, event_time: datetime) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m aioconveyor", description=__doc__)
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between ticks (default 1)")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between ticks (default 1)")
     parser.add_argument("--count", type=int, default=5, help="stop after N ticks (default 5)")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     args = parser.parse_args(argv)

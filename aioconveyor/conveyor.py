@@ -39,6 +39,17 @@ logger = logging.getLogger(__name__)
 _live: weakref.WeakSet[AioConveyor] = weakref.WeakSet()
 
 
+def _stop_all_at_exit() -> None:
+    """At interpreter exit, let running conveyors drain briefly instead of vanishing."""
+    for conv in list(_live):
+        if conv.running:
+            logger.info("conveyor %s: interpreter exiting, stopping it", conv.name)
+            conv.stop()
+
+
+atexit.register(_stop_all_at_exit)
+
+
 class _State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
@@ -110,11 +121,15 @@ class AioConveyor:
             raise ValueError(f"give only one of loop_interval, cron and schedule, got {given}")
         if schedule is not None:
             if not isinstance(schedule, Schedule):
-                raise TypeError(f"schedule must have next_fire/prev_fire/count_between, got {schedule!r}")
+                raise TypeError(
+                    f"schedule must have next_fire/prev_fire/count_between, got {schedule!r}"
+                )
             self.schedule: Schedule = schedule
         elif cron is not None:
             if loop_offset:
-                raise ValueError(f"loop_offset applies to loop_interval, not cron; got {loop_offset!r}")
+                raise ValueError(
+                    f"loop_offset applies to loop_interval, not cron; got {loop_offset!r}"
+                )
             self.schedule = CronSchedule(cron) if cron_tz is None else CronSchedule(cron, cron_tz)
         else:
             self.schedule = IntervalSchedule(5.0 if loop_interval is None else loop_interval,
@@ -125,7 +140,9 @@ class AioConveyor:
         period = self.schedule.next_fire(now) - self.schedule.prev_fire(now)
         jitter = _validate.non_negative("jitter", jitter)
         if jitter >= period:
-            raise ValueError(f"jitter must be smaller than the tick period ({period:g} s), got {jitter!r}")
+            raise ValueError(
+                f"jitter must be smaller than the tick period ({period:g} s), got {jitter!r}"
+            )
         self.max_ticks = _validate.optional_integer("max_ticks", max_ticks, minimum=1)
         misfire = _validate.choice("misfire", misfire, Misfire)
         if misfire_grace is not None:
@@ -141,7 +158,9 @@ class AioConveyor:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         self.name = name or callable_name(produce)
         if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock must provide time(), monotonic() and sleep_until(), got {clock!r}")
+            raise TypeError(
+                f"clock must provide time(), monotonic() and sleep_until(), got {clock!r}"
+            )
         self.clock: Clock = clock or SystemClock()
         if seed is not None:
             _validate.integer("seed", seed, minimum=-(2**63))

@@ -2,11 +2,11 @@
 
 The whole hierarchy::
 
-    ConveyorError                      root of everything aioconveyor raises on purpose
-    ├── StartupError                   start() failed: a consumer's open() raised, the loop could not start
-    ├── RestartBudgetExceeded          the watchdog restarted a part too often and stopped the conveyor
-    ├── ConsumerTimeout (TimeoutError) one consumer call ran past its timeout (seen in stats / logs)
-    └── RetryAfter                     raised *by a consumer* to ask its lane to wait before retrying
+    ConveyorError                      root of what aioconveyor raises on purpose
+    ├── StartupError                   start() failed, e.g. a consumer's open() raised
+    ├── RestartBudgetExceeded          a part had to be restarted too often: conveyor stopped
+    ├── ConsumerTimeout (TimeoutError) one consumer call ran past its timeout (stats, logs)
+    └── RetryAfter                     raised *by a consumer*: wait this long, then retry
 
 Bad arguments are plain ``ValueError`` / ``TypeError`` raised at construction time.
 """

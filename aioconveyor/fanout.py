@@ -20,10 +20,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from . import _validate, tick as tick_module
+from . import _validate
+from . import tick as tick_module
 from ._logs import LogLimiter
 from .errors import ConsumerTimeout, RetryAfter
 from .stats import LaneCounters
@@ -42,7 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class Overflow(str, Enum):
+class Overflow(StrEnum):
     """What a lane does when its queue is full."""
 
     DROP_OLDEST = "drop_oldest"
@@ -130,7 +131,8 @@ class Consumer:
         _validate.optional_positive("max_backoff", self.max_backoff)
         _validate.optional_integer("queue_size", self.queue_size, minimum=1)
         if self.overflow is not None:
-            object.__setattr__(self, "overflow", _validate.choice("overflow", self.overflow, Overflow))
+            overflow = _validate.choice("overflow", self.overflow, Overflow)
+            object.__setattr__(self, "overflow", overflow)
         _validate.optional_integer("batch_size", self.batch_size, minimum=1)
         if self.batch_age is not None:
             _validate.non_negative("batch_age", self.batch_age)
@@ -184,7 +186,7 @@ def callable_name(fn: Any) -> str:
     """A readable name for a producer or consumer callable."""
     for candidate in (getattr(fn, "name", None), getattr(fn, "__qualname__", None)):
         if isinstance(candidate, str) and candidate:
-            return candidate
+            return candidate.rpartition("<locals>.")[2]
     inner = getattr(fn, "func", None)  # functools.partial
     if inner is not None and inner is not fn:
         return callable_name(inner)
@@ -394,7 +396,7 @@ class Lane:
     def _backoff(self, attempt: int) -> float:
         s = self.settings
         base = min(s.max_backoff, s.backoff * 2 ** (attempt - 1))
-        return base * self._rng.uniform(0.5, 1.5)
+        return float(base * self._rng.uniform(0.5, 1.5))
 
     async def _deliver(self, entries: list[_Entry]) -> None:
         s = self.settings
@@ -463,8 +465,10 @@ class Lane:
             if s.is_async:
                 call = s.fn(payload, event_time)
                 if inspect.iscoroutine(call):
-                    return asyncio.get_running_loop().create_task(call, name=f"{self.task_name}.call")
-                return asyncio.ensure_future(call)
+                    loop = asyncio.get_running_loop()
+                    return loop.create_task(call, name=f"{self.task_name}.call")
+                future: asyncio.Future[Any] = asyncio.ensure_future(call)
+                return future
             if self._worker is None:
                 self._worker = SyncWorker(f"{self.task_name}.worker")
             return self._worker.call(s.fn, payload, event_time)
@@ -475,7 +479,8 @@ class Lane:
         s = self.settings
         future = self._start_call(payload, event_time, tick)
         try:
-            done, _ = await asyncio.wait({future}, timeout=None if s.timeout == math.inf else s.timeout)
+            limit = None if s.timeout == math.inf else s.timeout
+            done, _ = await asyncio.wait({future}, timeout=limit)
         except asyncio.CancelledError:
             future.cancel()
             raise

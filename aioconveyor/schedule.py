@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from . import _validate
@@ -59,7 +59,8 @@ class IntervalSchedule:
         offset = _validate.number("loop_offset", self.offset)
         if not 0 <= offset < interval:
             raise ValueError(
-                f"loop_offset must be in [0, loop_interval) = [0, {interval:g}), got {self.offset!r}"
+                f"loop_offset must be in [0, loop_interval) = [0, {interval:g}), "
+                f"got {self.offset!r}"
             )
         object.__setattr__(self, "interval", interval)
         object.__setattr__(self, "offset", offset)
@@ -130,7 +131,7 @@ class CronSchedule:
         return count
 
 
-class Misfire(str, Enum):
+class Misfire(StrEnum):
     """What to do with grid times that passed while the producer was still running."""
 
     SKIP = "skip"

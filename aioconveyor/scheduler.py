@@ -173,7 +173,7 @@ class Scheduler:
             self.counters.producer_errors += 1
         self._consecutive_errors += 1
         self._limiter.log(
-            logger, logging.ERROR, type(exc),
+            logger, logging.ERROR, type(exc).__qualname__,
             "conveyor %s: producer failed on tick %s: %s: %s",
             self.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
         )

@@ -24,6 +24,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from .errors import RestartBudgetExceeded
@@ -82,7 +83,7 @@ class Supervisor:
 
     def _start(self, w: _Watched) -> None:
         w.task = asyncio.get_running_loop().create_task(w.factory(), name=w.name)
-        w.task.add_done_callback(lambda t, w=w: self._on_done(w, t))
+        w.task.add_done_callback(partial(self._on_done, w))
 
     def _on_done(self, w: _Watched, task: asyncio.Task[None]) -> None:
         if self._stopping or w.finished or task is not w.task:

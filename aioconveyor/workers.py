@@ -28,7 +28,9 @@ def is_async_callable(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-_Job = tuple[concurrent.futures.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...]]
+_Job = tuple[
+    concurrent.futures.Future[Any], contextvars.Context, Callable[..., Any], tuple[Any, ...]
+]
 
 
 class SyncWorker:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from support.services import MQTT_URL, POSTGRES_DSN, require_server
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import pytest
@@ -145,7 +146,7 @@ async def test_producer_errors_are_counted_and_backoff_skips_ticks() -> None:
     s = conv.stats()
     assert s.producer_errors == 3 and s.produced == 2
     # errors 1, 2, 3 back off 10, 20, 40 s: ticks after them move further apart
-    gaps = [(b - a).total_seconds() for a, b in zip(calls, calls[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(calls)]
     assert gaps == [10, 20, 40, 10]
 
 

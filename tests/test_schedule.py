@@ -41,7 +41,7 @@ def on_grid(s: IntervalSchedule, t: float) -> bool:
 def test_next_fire_is_the_first_grid_point_after(s: IntervalSchedule, t: float) -> None:
     n = s.next_fire(t)
     assert n > t
-    assert n - t <= s.interval + TOLERANCE
+    assert n - t <= s.interval + 2 * TOLERANCE  # a point within TOLERANCE of t counts as t
     assert on_grid(s, n)
 
 
