@@ -24,6 +24,8 @@ from .stats import ConveyorCounters
 from .tick import Tick
 from .workers import SyncWorker, is_async_callable
 
+__all__ = ["Scheduler"]
+
 logger = logging.getLogger(__name__)
 
 #: A change of (wall - monotonic) bigger than this between two looks is a clock step.

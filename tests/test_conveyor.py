@@ -562,3 +562,37 @@ def test_lateness_and_tick_stats_are_reported() -> None:
     assert s.ticks == 5 and s.lateness.samples == 5
     assert 0 <= s.lateness.p50_ms <= s.lateness.p99_ms <= s.lateness.max_ms < 1000 * FAST
     assert s.last_tick_time is not None and s.last_tick_time.tzinfo is UTC
+
+
+def test_interpreter_exit_drains_a_conveyor_left_running(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    out = tmp_path / "out.txt"
+    script = textwrap.dedent(f"""
+        import asyncio, time
+        from aioconveyor import AioConveyor
+
+        async def produce(event_time):
+            return event_time.isoformat()
+
+        async def slow_writer(data, event_time):
+            await asyncio.sleep(0.03)
+            with open({str(out)!r}, "a") as f:
+                f.write(data + "\\n")
+
+        conv = AioConveyor(produce, [slow_writer], loop_interval=0.01)
+        conv.start()
+        while conv.stats().consumers[0].queued < 10:
+            time.sleep(0.01)
+        print(conv.stats().produced)
+        # no stop(): the interpreter exits with items still queued
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    produced_at_exit = int(result.stdout.strip())
+    lines = out.read_text().splitlines()
+    assert len(lines) >= produced_at_exit
+    assert len(lines) == len(set(lines))

@@ -1,0 +1,88 @@
+"""The package behaves like a library: light import, no side effects, right layout, typed."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import aioconveyor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_import_is_light_and_silent(tmp_path: Path) -> None:
+    code = (
+        "import logging, sys\n"
+        "import aioconveyor\n"
+        "heavy = [m for m in ('rich', 'asyncpg', 'aiomqtt', 'croniter') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert not logging.getLogger().handlers, 'logging configured at import'\n"
+        "import aioconveyor.consumers\n"
+        "heavy = [m for m in ('rich', 'asyncpg', 'aiomqtt') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = run_python(code, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+
+
+def test_consumers_install_inside_the_package_not_at_top_level(tmp_path: Path) -> None:
+    result = run_python(
+        "import importlib.util, aioconveyor.consumers as c\n"
+        "assert importlib.util.find_spec('consumers') is None, 'top-level consumers module'\n"
+        "print(c.__name__)\n",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "aioconveyor.consumers"
+
+
+def test_wheel_maps_the_consumers_folder_into_the_package(tmp_path: Path) -> None:
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("aioconveyor-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "aioconveyor/py.typed" in names
+    assert "aioconveyor/consumers/__init__.py" in names
+    assert not [n for n in names if n.startswith("consumers/")]
+
+
+def public_modules() -> list[str]:
+    names = ["aioconveyor", "aioconveyor.consumers"]
+    for info in pkgutil.iter_modules(aioconveyor.__path__, "aioconveyor."):
+        if not info.name.rpartition(".")[2].startswith("_"):
+            names.append(info.name)
+    return sorted(set(names) - {"aioconveyor.consumers"}) + ["aioconveyor.consumers"]
+
+
+@pytest.mark.parametrize("name", public_modules())
+def test_public_modules_have_a_sorted_all(name: str) -> None:
+    module = importlib.import_module(name)
+    if name.endswith("__main__"):
+        return
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    assert list(exported) == sorted(exported), f"{name}.__all__ is not sorted"
+    if name != "aioconveyor.consumers":  # lazy names are checked by their own tests
+        for attr in exported:
+            assert hasattr(module, attr), f"{name}.__all__ names missing {attr}"
+
+
+def test_version_matches_metadata() -> None:
+    from importlib.metadata import version
+
+    assert aioconveyor.__version__ == version("aioconveyor")
