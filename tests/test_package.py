@@ -66,7 +66,7 @@ def public_modules() -> list[str]:
     for info in pkgutil.iter_modules(aioconveyor.__path__, "aioconveyor."):
         if not info.name.rpartition(".")[2].startswith("_"):
             names.append(info.name)
-    return sorted(set(names) - {"aioconveyor.consumers"}) + ["aioconveyor.consumers"]
+    return [*sorted(set(names) - {"aioconveyor.consumers"}), "aioconveyor.consumers"]
 
 
 @pytest.mark.parametrize("name", public_modules())
