@@ -1,0 +1,435 @@
+"""Append every record to a CSV file: ``event_time`` first, one header per file.
+
+Rows are formatted and written on a dedicated thread (the event loop only awaits), flushed
+after every call and optionally ``fsync``-ed. Files can rotate daily (a ``{date}``
+placeholder in the path) and by size (``max_bytes``: ``readings.csv``, ``readings.1.csv``,
+...). Appending to an existing file reuses its header, so restarts never write a second one.
+
+A record that can never be written (not a mapping, extra keys under ``extra="error"``, a
+value with no text form) is *rejected*: counted in :attr:`CsvConsumer.rejected`, logged once
+per kind (then rate-limited), and skipped, while the other records of its batch are written.
+I/O errors are raised, so the lane counts and retries them (rows written before the error
+may then be written twice: delivery is at least once).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO, Literal
+
+from aioconveyor._logs import LogLimiter
+from aioconveyor.workers import SyncWorker
+
+from ._records import as_mapping, iter_records, json_dumps, to_jsonable
+
+__all__ = ["CsvConsumer"]
+
+logger = logging.getLogger(__name__)
+
+TIME_COLUMN = "event_time"
+"""Name of the first column: the tick's grid time, ISO 8601 in UTC."""
+
+_EXTRA_POLICIES = ("ignore", "error")
+_ROTATIONS = ("daily",)
+_DATE = "{date}"
+
+
+class _Rejected(Exception):
+    """A record that can never be written; ``kind`` keys the rate-limited log line."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+@dataclasses.dataclass(slots=True)
+class _OpenFile:
+    """The file rows are currently appended to."""
+
+    path: Path
+    part: int
+    handle: BinaryIO
+    size: int
+    has_rows: bool
+
+
+def _utc(event_time: Any) -> datetime:
+    if not isinstance(event_time, datetime):
+        raise TypeError(f"event_time must be a datetime, got {type(event_time).__name__}")
+    if event_time.tzinfo is None:  # a naive time is taken as UTC, never as local time
+        return event_time.replace(tzinfo=UTC)
+    return event_time.astimezone(UTC)
+
+
+def _cell(value: Any) -> Any:
+    """One value as what ``csv.writer`` writes: text or a number, ``None`` as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str | int | float):  # bool is an int: written as True / False
+        return value
+    if isinstance(value, Decimal):
+        return str(value)  # exact, unlike to_jsonable's float
+    if isinstance(value, Mapping | list | tuple):
+        return json_dumps(value)
+    try:
+        converted = to_jsonable(value)
+    except TypeError:
+        kind: Any = type(value)
+        if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
+            # str() would only say "<Foo object at 0x...>": reject rather than write that
+            raise TypeError(f"no text form for a value of type {kind.__name__}") from None
+        return str(value)
+    if isinstance(converted, str | int | float):
+        return converted
+    return json_dumps(converted)
+
+
+def _part_path(base: Path, part: int) -> Path:
+    """``readings.csv`` for part 0, then ``readings.1.csv``, ``readings.2.csv``..."""
+    return base if part == 0 else base.with_name(f"{base.stem}.{part}{base.suffix}")
+
+
+class CsvConsumer:
+    """Append each record as a row of a CSV file (UTF-8, RFC 4180 quoting, ``\\r\\n``).
+
+    * ``path``: the file; with ``rotate="daily"`` it must contain ``{date}``, replaced by
+      the UTC date of each record's ``event_time`` (``"readings-{date}.csv"``).
+    * ``fields``: the columns after ``event_time``. ``None``: the header of an existing
+      file, else the keys of the first record written to the file (later files keep them).
+    * ``extra``: keys that are not columns are dropped (``"ignore"``, logged once in a
+      while) or reject the whole record (``"error"``). Missing keys and ``None`` values
+      are written as empty cells.
+    * ``max_bytes``: start a new part (``readings.1.csv``...) rather than grow a file past
+      this size; a part holds at least one row.
+    * ``fsync``: ``os.fsync`` after every call, for data that must survive a power cut.
+    """
+
+    consumer_defaults: dict[str, Any] = {"batch_size": 100, "retries": 2}
+    """Lane settings unless overridden with :class:`aioconveyor.Consumer`."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        fields: Sequence[str] | None = None,
+        *,
+        extra: Literal["ignore", "error"] = "ignore",
+        rotate: Literal["daily"] | None = None,
+        max_bytes: int | None = None,
+        fsync: bool = False,
+        delimiter: str = ",",
+        name: str | None = None,
+    ) -> None:
+        if isinstance(path, bytes) or not isinstance(path, str | os.PathLike):
+            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+        template = os.fspath(path)
+        if not isinstance(template, str) or not template:
+            raise ValueError(f"path must be a non-empty file path, got {path!r}")
+        if rotate is not None and rotate not in _ROTATIONS:
+            raise ValueError(f"rotate must be None or 'daily', got {rotate!r}")
+        if rotate == "daily" and _DATE not in template:
+            raise ValueError(
+                f"path must contain {_DATE} with rotate='daily', got {template!r}"
+            )
+        if rotate is None and _DATE in template:
+            raise ValueError(
+                f"path {template!r} contains {_DATE}: pass rotate='daily' to rotate daily"
+            )
+        self.path = template
+        self.fields = self._check_fields(fields)
+        if extra not in _EXTRA_POLICIES:
+            raise ValueError(f"extra must be 'ignore' or 'error', got {extra!r}")
+        self.extra = extra
+        self.rotate = rotate
+        if max_bytes is not None:
+            if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+                raise TypeError(f"max_bytes must be an int or None, got {max_bytes!r}")
+            if max_bytes < 1:
+                raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        if not isinstance(fsync, bool):
+            raise TypeError(f"fsync must be a bool, got {fsync!r}")
+        self.fsync = fsync
+        if not isinstance(delimiter, str):
+            raise TypeError(f"delimiter must be a one-character str, got {delimiter!r}")
+        if len(delimiter) != 1 or delimiter in '"\r\n':
+            raise ValueError(
+                f"delimiter must be one character other than a quote or newline, "
+                f"got {delimiter!r}"
+            )
+        self.delimiter = delimiter
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self.name = name or f"csv:{Path(template).name}"
+
+        self.written = 0
+        """Rows written (and flushed) so far."""
+        self.rejected = 0
+        """Records that could not be written and were skipped."""
+        self._columns: list[str] | None = list(self.fields) if self.fields else None
+        self._file: _OpenFile | None = None
+        self._base: Path | None = None
+        self._worker: SyncWorker | None = None
+        self._limiter = LogLimiter()
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, delimiter=delimiter)
+
+    @staticmethod
+    def _check_fields(fields: Sequence[str] | None) -> tuple[str, ...] | None:
+        if fields is None:
+            return None
+        if isinstance(fields, str | bytes) or not isinstance(fields, Sequence):
+            raise TypeError(f"fields must be a sequence of column names or None, got {fields!r}")
+        out = tuple(fields)
+        for f in out:
+            if not isinstance(f, str) or not f:
+                raise TypeError(f"fields must hold non-empty str column names, got {f!r}")
+        if TIME_COLUMN in out:
+            raise ValueError(f"fields must not include {TIME_COLUMN!r} (always the first "
+                             f"column), got {list(out)!r}")
+        if len(set(out)) != len(out):
+            raise ValueError(f"fields must not repeat a column, got {list(out)!r}")
+        return out
+
+    def __repr__(self) -> str:
+        return f"<CsvConsumer {self.name!r} path={self.path!r}>"
+
+    # -- lifecycle (called in the conveyor's loop) ------------------------------------
+
+    def _thread(self) -> SyncWorker:
+        if self._worker is None:
+            self._worker = SyncWorker(f"aioconveyor.csv[{self.name}]")
+        return self._worker
+
+    async def open(self) -> None:
+        """Start the writer thread; a fixed path is opened (and its header checked) now."""
+        worker = self._thread()
+        if self.rotate is None:
+            await worker.call(self._switch, Path(self.path))
+
+    async def close(self) -> None:
+        """Flush and close the file and end the writer thread. Idempotent."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return
+        try:
+            await worker.call(self._close_file)
+        finally:
+            worker.close()
+
+    async def __aenter__(self) -> CsvConsumer:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        """Write one record, or every record of a batch, then flush."""
+        await self._thread().call(self._write, list(iter_records(data, event_time)))
+
+    # -- the writer thread ------------------------------------------------------------
+
+    def _write(self, records: list[tuple[datetime, Any]]) -> None:
+        rows = 0
+        try:
+            for event_time, item in records:
+                try:
+                    self._write_one(event_time, item)
+                except _Rejected as rejected:
+                    self._reject(rejected, event_time)
+                else:
+                    rows += 1
+            self._flush()
+        except BaseException:
+            self._close_file(quiet=True)  # start again from a clean file state next call
+            raise
+        self.written += rows
+
+    def _write_one(self, event_time: Any, item: Any) -> None:
+        try:
+            when = _utc(event_time)
+        except TypeError as exc:
+            raise _Rejected("event_time", str(exc)) from None
+        base = self._base_path(when)
+        if self._file is None or base != self._base:
+            self._switch(base)
+        mapping = self._mapping(item)
+        # a new file without fields: the first record written decides the columns
+        columns = list(mapping) if self._columns is None else self._columns
+        line = self._encode([when.isoformat(), *self._cells(mapping, columns)])
+        self._columns = columns
+        f = self._file
+        assert f is not None
+        if f.has_rows and self.max_bytes is not None and f.size + len(line) > self.max_bytes:
+            f = self._roll(f)
+        if f.size == 0:
+            self._append(f, self._encode([TIME_COLUMN, *columns]))
+        self._append(f, line)
+        f.has_rows = True
+
+    def _mapping(self, item: Any) -> Mapping[str, Any]:
+        try:
+            mapping = as_mapping(item)
+            keys = list(mapping)
+        except TypeError as exc:
+            raise _Rejected("not a mapping", str(exc)) from None
+        except Exception as exc:  # a model_dump() or a mapping that raises
+            raise _Rejected("unreadable", f"{type(exc).__name__}: {exc}") from None
+        odd = [k for k in keys if not isinstance(k, str)]
+        if odd:
+            raise _Rejected("key", f"keys must be str, got {odd[:5]!r}")
+        return mapping
+
+    def _cells(self, mapping: Mapping[str, Any], columns: list[str]) -> list[Any]:
+        known = set(columns)
+        extras = [k for k in mapping if k not in known]
+        if extras:
+            if self.extra == "error":
+                raise _Rejected("extra keys", f"keys {extras!r} are not columns {columns!r}")
+            self._limiter.log(
+                logger, logging.WARNING, "ignored",
+                "consumer %s: ignored keys %r that are not columns of %s",
+                self.name, extras, self._file.path if self._file else self.path,
+            )
+        cells: list[Any] = []
+        for column in columns:
+            try:
+                cells.append(_cell(mapping.get(column)))
+            except (TypeError, ValueError) as exc:
+                raise _Rejected("value", f"column {column!r}: {exc}") from None
+        return cells
+
+    def _encode(self, row: list[Any]) -> bytes:
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        try:
+            self._writer.writerow(row)
+            return self._buffer.getvalue().encode("utf-8")
+        except (csv.Error, UnicodeError) as exc:
+            raise _Rejected("value", f"{type(exc).__name__}: {exc}") from None
+
+    def _reject(self, rejected: _Rejected, event_time: Any) -> None:
+        self.rejected += 1
+        when = event_time.isoformat() if isinstance(event_time, datetime) else repr(event_time)
+        self._limiter.log(
+            logger, logging.WARNING, ("rejected", rejected.kind),
+            "consumer %s: skipped the record of tick %s (%s: %s); %d rejected so far",
+            self.name, when, rejected.kind, rejected, self.rejected,
+        )
+
+    # -- files ------------------------------------------------------------------------
+
+    def _base_path(self, when: datetime) -> Path:
+        if self.rotate == "daily":
+            return Path(self.path.replace(_DATE, when.date().isoformat()))
+        return Path(self.path)
+
+    def _switch(self, base: Path) -> None:
+        """Append to ``base`` from now on: to its last existing part with size rotation."""
+        self._close_file()
+        part = 0
+        if self.max_bytes is not None:
+            while _part_path(base, part + 1).exists():
+                part += 1
+        self._file = self._open(base, part)
+        self._base = base
+
+    def _roll(self, full: _OpenFile) -> _OpenFile:
+        """``full`` reached max_bytes: continue in the next empty part."""
+        base = self._base
+        assert base is not None
+        part = full.part + 1
+        while (p := _part_path(base, part)).exists() and p.stat().st_size > 0:
+            part += 1
+        self._close_file()
+        self._file = self._open(base, part)
+        self._base = base
+        return self._file
+
+    def _open(self, base: Path, part: int) -> _OpenFile:
+        path = _part_path(base, part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        header = self._read_header(path)
+        if header is not None:
+            self._columns = header
+        elif self.fields is not None:
+            self._columns = list(self.fields)
+        handle = open(path, "ab")  # stays open across calls; closed by _close_file()
+        try:
+            size = os.fstat(handle.fileno()).st_size
+            if size and not self._ends_with_newline(path):
+                handle.write(b"\r\n")  # a row cut short by a crash stays on its own line
+                size += 2
+        except BaseException:
+            handle.close()
+            raise
+        logger.debug("consumer %s: appending to %s", self.name, path)
+        header_size = 0 if header is None else len(self._encode([TIME_COLUMN, *header]))
+        return _OpenFile(path, part, handle, size, has_rows=size > header_size)
+
+    def _read_header(self, path: Path) -> list[str] | None:
+        """Columns of an existing file after ``event_time``; ``None`` when new or empty."""
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                header = next(csv.reader(fh, delimiter=self.delimiter), None)
+        except FileNotFoundError:
+            return None
+        if header is None:
+            return None
+        if not header or header[0] != TIME_COLUMN:
+            raise ValueError(
+                f"{path} exists but its header {header!r} does not start with "
+                f"{TIME_COLUMN!r}: not a file written by CsvConsumer (or another delimiter)"
+            )
+        columns = header[1:]
+        if self.fields is not None and columns != list(self.fields):
+            raise ValueError(
+                f"{path} has columns {columns!r}, not fields {list(self.fields)!r}; "
+                "use another path, or fields=None to reuse the file's columns"
+            )
+        return columns
+
+    @staticmethod
+    def _ends_with_newline(path: Path) -> bool:
+        with open(path, "rb") as fh:
+            fh.seek(-1, os.SEEK_END)
+            return fh.read(1) in (b"\n", b"\r")
+
+    @staticmethod
+    def _append(f: _OpenFile, data: bytes) -> None:
+        f.handle.write(data)
+        f.size += len(data)
+
+    def _flush(self) -> None:
+        f = self._file
+        if f is not None:
+            f.handle.flush()
+            if self.fsync:
+                os.fsync(f.handle.fileno())
+
+    def _close_file(self, quiet: bool = False) -> None:
+        f, self._file = self._file, None
+        self._base = None
+        if f is None:
+            return
+        try:
+            f.handle.flush()
+            if self.fsync:
+                os.fsync(f.handle.fileno())
+        except OSError:
+            if not quiet:
+                raise
+        finally:
+            try:
+                f.handle.close()
+            except OSError:
+                if not quiet:
+                    raise
