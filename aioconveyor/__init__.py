@@ -19,6 +19,7 @@ from .errors import (
     StartupError,
 )
 from .fanout import Batch, Consumer, ConsumerFunc, Overflow, Record, SupportsOpenClose
+from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
 from .stats import ConsumerStats, ConveyorStats, LatenessStats
 from .tick import Tick, current_tick
@@ -36,6 +37,7 @@ __all__ = [
     "CronSchedule",
     "IntervalSchedule",
     "LatenessStats",
+    "Leader",
     "Misfire",
     "Overflow",
     "Record",

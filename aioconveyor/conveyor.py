@@ -27,6 +27,7 @@ from . import _validate
 from .clock import Clock, SystemClock
 from .errors import ConveyorError, RestartBudgetExceeded, StartupError
 from .fanout import Consumer, Fanout, Lane, callable_name, make_lanes
+from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
 from .scheduler import Scheduler
 from .stats import ConveyorCounters, ConveyorStats
@@ -103,6 +104,7 @@ class AioConveyor:
         name: str | None = None,
         clock: Clock | None = None,
         seed: int | None = None,
+        leader: Leader | None = None,
     ) -> None:
         self.produce = _validate.callable_("produce", produce)
         if isinstance(consumers, str | bytes) or not isinstance(consumers, Sequence):
@@ -164,6 +166,11 @@ class AioConveyor:
         self.clock: Clock = clock or SystemClock()
         if seed is not None:
             _validate.integer("seed", seed, minimum=-(2**63))
+        if leader is not None and not isinstance(leader, Leader):
+            raise TypeError(
+                f"leader must provide open(), close(), lead() and role, got {leader!r}"
+            )
+        self.leader = leader
         self.planner = Planner(self.schedule, misfire=misfire, misfire_grace=misfire_grace,
                                jitter=jitter, eager=eager, rng=random.Random(seed))
         # settings of every consumer are resolved (and checked) now, not in the thread
@@ -370,7 +377,7 @@ class _Engine:
             conv.produce, conv.planner, conv.clock, Fanout(self.lanes), counters,
             name=conv.name, producer_timeout=conv.producer_timeout,
             error_backoff=conv.error_backoff, max_ticks=conv.max_ticks,
-            on_finished=self._ticks_done,
+            on_finished=self._ticks_done, leader=conv.leader,
         )
         self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold)
 
@@ -406,6 +413,16 @@ class _Engine:
                         f"conveyor {self.conv.name!r}: consumer {lane.settings.name!r} "
                         f"failed to open: {type(exc).__name__}: {exc}"
                     ) from exc
+            if self.conv.leader is not None:
+                leader = self.conv.leader
+                try:
+                    await leader.open()
+                except Exception as exc:
+                    raise StartupError(
+                        f"conveyor {self.conv.name!r}: leader backend failed to open: "
+                        f"{type(exc).__name__}: {exc}"
+                    ) from exc
+                stack.push_async_callback(self._close_leader, leader)
             heartbeat = asyncio.get_running_loop().create_task(
                 self.monitor.heartbeat(), name=f"aioconveyor[{self.conv.name}].heartbeat"
             )
@@ -427,6 +444,13 @@ class _Engine:
                 heartbeat.cancel()
                 with self.counters.lock:
                     self.counters.running = False
+
+    async def _close_leader(self, leader: Leader) -> None:
+        try:
+            async with asyncio.timeout(self._close_budget()):
+                await leader.close()
+        except Exception:
+            logger.exception("conveyor %s: leader backend close failed", self.conv.name)
 
     def _close_budget(self) -> float:
         if self._deadline is None:

@@ -19,6 +19,7 @@ from . import tick as tick_module
 from ._logs import LogLimiter
 from .clock import Clock
 from .fanout import Fanout
+from .leader import Leader
 from .schedule import Plan, Planner
 from .stats import ConveyorCounters
 from .tick import Tick
@@ -48,6 +49,7 @@ class Scheduler:
         error_backoff: float | None,
         max_ticks: int | None,
         on_finished: Callable[[], None],
+        leader: Leader | None = None,
     ) -> None:
         self.produce = produce
         self.planner = planner
@@ -59,6 +61,7 @@ class Scheduler:
         self.error_backoff = error_backoff
         self.max_ticks = max_ticks
         self.on_finished = on_finished
+        self.leader = leader
         self.is_async = is_async_callable(produce)
         self.last_event: float | None = None
         self.running_since: float | None = None  # monotonic start of the current producer call
@@ -121,6 +124,10 @@ class Scheduler:
             self.counters.last_tick_time = plan.event_time
             self.counters.lateness.append(max(0.0, woke - plan.fire_at))
         tick = Tick.make(index, plan.event_time, plan.fire_at, woke, plan.missed)
+        if self.leader is not None and not await self._lead(tick):
+            with self.counters.lock:
+                self.counters.standby_ticks += 1
+            return
         try:
             result = await self._call_producer(tick)
         except Exception as exc:
@@ -134,6 +141,26 @@ class Scheduler:
         with self.counters.lock:
             self.counters.produced += 1
         await self.fanout.offer(result, tick)
+
+    async def _lead(self, tick: Tick) -> bool:
+        """Ask the leader backend whether to produce this tick; doubt means no."""
+        assert self.leader is not None
+        leader = self.leader
+        try:
+            async with asyncio.timeout(self.planner.grace(tick.event_time.timestamp())):
+                leading = await leader.lead(tick.event_time)
+        except Exception as exc:
+            self._limiter.log(
+                logger, logging.WARNING, "leader",
+                "conveyor %s: leader check failed on tick %s (standing by): %s: %s",
+                self.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
+            )
+            leading = False
+        with self.counters.lock:
+            self.counters.leader_role = leader.role
+            self.counters.leader_since = leader.since
+            self.counters.takeovers = leader.takeovers
+        return bool(leading)
 
     async def _call_producer(self, tick: Tick) -> Any:
         token = tick_module._set(tick)

@@ -65,6 +65,10 @@ class ConveyorStats:
     clock_jumps: int
     loop_blocked: int
     restarts: int
+    standby_ticks: int
+    leader_role: str | None
+    leader_since: datetime | None
+    takeovers: int
     lateness: LatenessStats
     last_tick_time: datetime | None
     next_tick_time: datetime | None
@@ -139,6 +143,10 @@ class ConveyorCounters:
     clock_jumps: int = 0
     loop_blocked: int = 0
     restarts: int = 0
+    standby_ticks: int = 0
+    leader_role: str | None = None
+    leader_since: datetime | None = None
+    takeovers: int = 0
     last_tick_time: float | None = None
     next_tick_time: float | None = None
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
@@ -164,6 +172,10 @@ class ConveyorCounters:
                 clock_jumps=self.clock_jumps,
                 loop_blocked=self.loop_blocked,
                 restarts=self.restarts,
+                standby_ticks=self.standby_ticks,
+                leader_role=self.leader_role,
+                leader_since=self.leader_since,
+                takeovers=self.takeovers,
                 lateness=_lateness(late),
                 last_tick_time=_utc(self.last_tick_time),
                 next_tick_time=_utc(self.next_tick_time),

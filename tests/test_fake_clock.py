@@ -171,3 +171,45 @@ async def test_current_tick_is_visible_to_producer_and_consumers() -> None:
         [(who, i, grid(T0 + 10 * (i + 1))) for who in ("producer", "sync") for i in range(2)]
     )
     assert current_tick() is None
+
+
+class TakeTurns:
+    """A Leader backend that grants every other tick (the protocol, without a server)."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.opened = self.closed = False
+        self.role = "unknown"
+        self.since: datetime | None = None
+        self.takeovers = 0
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def lead(self, event_time: datetime) -> bool:
+        self.asked += 1
+        if self.asked == 5:
+            raise ConnectionError("lost the lock connection")
+        leading = self.asked % 2 == 1
+        new_role = "leader" if leading else "standby"
+        if new_role != self.role:
+            self.role, self.since = new_role, event_time
+            self.takeovers += leading
+        return leading
+
+
+async def test_only_the_leader_produces_and_doubt_means_standby() -> None:
+    clock = FakeClock(start=T0 + 1)
+    producer = Recorder(clock)
+    leader = TakeTurns()
+    conv = AioConveyor(producer, [], loop_interval=10, clock=clock, max_ticks=6, leader=leader)
+    await conv.run()
+    # asked 1..6: leads on 1, 3 (5 raised: stand by)
+    assert producer.event_times == [grid(T0 + 10), grid(T0 + 30)]
+    s = conv.stats()
+    assert s.standby_ticks == 4 and s.ticks == 6
+    assert (s.leader_role, s.takeovers) == ("standby", 2)
+    assert leader.opened and leader.closed
