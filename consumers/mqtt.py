@@ -1,0 +1,828 @@
+"""Publish every record to an MQTT broker (aiomqtt), optionally announced to Home Assistant.
+
+One record becomes one message: JSON by default (a mapping gains an ``event_time`` key),
+``bytes`` / ``str`` data passes through untouched, or an ``encoder`` of your own decides.
+The topic may be a template filled from the record (``home/{device}/state``).
+
+Delivery: with QoS 1 (the default) a call returns only once the broker has acknowledged
+every message (PUBACK). When the broker is unreachable or the connection drops, the call
+raises and the lane retries the same item (with capped backoff, practically forever) while
+new items wait in its bounded queue; the next call connects again. So nothing is lost while
+the queue has room, and a message whose acknowledgement was lost is sent again: delivery
+is *at least once*.
+
+A record that can never be published (a topic field it lacks, an encoder that fails) is
+reported once through the lane (``errors`` / ``last_error``), counted in
+:attr:`MqttConsumer.rejected` and then skipped when the lane retries it; the other records
+of its batch are published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import keyword
+import logging
+import re
+import secrets
+import ssl
+import string
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from aioconveyor import __version__
+from aioconveyor._logs import LogLimiter
+from aioconveyor.errors import ConveyorError
+
+from ._records import as_mapping, iter_records, json_dumps
+
+try:
+    import aiomqtt
+    from aiomqtt.exceptions import MqttConnectError
+except ImportError as exc:  # exercised in a subprocess by the tests
+    raise ImportError(
+        'MqttConsumer needs the aiomqtt package; install it with: pip install "aioconveyor[mqtt]"'
+    ) from exc
+
+__all__ = [
+    "HaDiscovery",
+    "HaSensor",
+    "MqttConnectionError",
+    "MqttConsumer",
+    "MqttConsumerError",
+    "MqttRecordError",
+]
+
+logger = logging.getLogger(__name__)
+
+ONLINE = "online"
+"""Retained payload of the availability topic while the consumer is connected."""
+OFFLINE = "offline"
+"""Retained payload of the availability topic after a clean close, and the Last Will."""
+
+_MAX_TOPIC_BYTES = 65535
+_MAX_PAYLOAD_BYTES = 268_435_455
+_PASSTHROUGH = (bytes, bytearray, memoryview, str)
+_FORMATTER = string.Formatter()
+_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]+")
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
+# -- errors ----------------------------------------------------------------------------
+
+
+class MqttConsumerError(ConveyorError):
+    """Root of the errors :class:`MqttConsumer` raises (the lane counts and logs them)."""
+
+
+class MqttRecordError(MqttConsumerError, ValueError):
+    """A record that can never be published: a topic field it lacks, an encoder that failed.
+
+    Reported once through the lane, then skipped (see the module docstring).
+    """
+
+
+class MqttConnectionError(MqttConsumerError, ConnectionError):
+    """The broker could not be reached, refused us, or the connection dropped mid-publish.
+
+    ``refused`` is true when the broker answered the CONNECT with an error (bad credentials,
+    not authorised, bad client id): retrying will not help until the configuration changes.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
+# -- Home Assistant discovery ----------------------------------------------------------
+
+
+def _check_text(owner: str, name: str, value: object, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{owner} {name} must be a non-empty str, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class HaSensor:
+    """One Home Assistant sensor read from a key of the JSON state payload.
+
+    ``key`` names the payload field (``value_template`` becomes ``{{ value_json.<key> }}``);
+    ``name`` is what Home Assistant shows. ``unit`` (``unit_of_measurement``),
+    ``device_class``, ``state_class`` and ``icon`` are passed through when given.
+    """
+
+    key: str
+    name: str
+    unit: str | None = None
+    device_class: str | None = None
+    state_class: str | None = None
+    icon: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_text("HaSensor", "key", self.key)
+        _check_text("HaSensor", "name", self.name)
+        for attr in ("unit", "device_class", "state_class", "icon"):
+            _check_text("HaSensor", attr, getattr(self, attr), optional=True)
+
+    @property
+    def object_id(self) -> str:
+        """``key`` reduced to the characters a discovery topic allows."""
+        return _OBJECT_ID.sub("_", self.key).strip("_") or "value"
+
+    @property
+    def value_template(self) -> str:
+        """The Jinja template that picks ``key`` out of the JSON payload."""
+        key = self.key
+        if key.isidentifier() and not keyword.iskeyword(key) and not hasattr(dict, key):
+            return f"{{{{ value_json.{key} }}}}"
+        # value_json.items would be the dict method: index instead
+        return f"{{{{ value_json[{json.dumps(key)}] }}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class HaDiscovery:
+    """Announce the consumer's sensors to Home Assistant (MQTT discovery), as one device.
+
+    On every connect the consumer publishes, retained, one config per sensor under
+    ``<prefix>/sensor/<node_id>/<object_id>/config``; the sensors then appear in Home
+    Assistant without any YAML. ``node_id`` identifies the device (letters, digits, ``_``
+    and ``-``); ``device_name``, ``manufacturer``, ``model`` and ``sw_version`` describe it.
+    """
+
+    node_id: str
+    device_name: str
+    sensors: Sequence[HaSensor]
+    manufacturer: str | None = None
+    model: str | None = None
+    sw_version: str | None = None
+    prefix: str = "homeassistant"
+
+    def __post_init__(self) -> None:
+        _check_text("HaDiscovery", "node_id", self.node_id)
+        if not _NODE_ID.fullmatch(self.node_id):
+            raise ValueError(
+                f"HaDiscovery node_id may only use letters, digits, '_' and '-', "
+                f"got {self.node_id!r}"
+            )
+        _check_text("HaDiscovery", "device_name", self.device_name)
+        for attr in ("manufacturer", "model", "sw_version"):
+            _check_text("HaDiscovery", attr, getattr(self, attr), optional=True)
+        _check_text("HaDiscovery", "prefix", self.prefix)
+        _check_topic("HaDiscovery prefix", self.prefix)
+        if isinstance(self.sensors, str | bytes) or not isinstance(self.sensors, Sequence):
+            raise TypeError(f"HaDiscovery sensors must be a list of HaSensor, got {self.sensors!r}")
+        sensors = tuple(self.sensors)
+        if not sensors:
+            raise ValueError("HaDiscovery sensors must not be empty")
+        seen: set[str] = set()
+        for i, sensor in enumerate(sensors):
+            if not isinstance(sensor, HaSensor):
+                raise TypeError(f"HaDiscovery sensors[{i}] must be a HaSensor, got {sensor!r}")
+            if sensor.object_id in seen:
+                raise ValueError(
+                    f"HaDiscovery sensors[{i}]: key {sensor.key!r} repeats object id "
+                    f"{sensor.object_id!r}"
+                )
+            seen.add(sensor.object_id)
+        object.__setattr__(self, "sensors", sensors)
+
+    def config_topic(self, sensor: HaSensor) -> str:
+        """Where the retained config of ``sensor`` is published."""
+        return f"{self.prefix}/sensor/{self.node_id}/{sensor.object_id}/config"
+
+    def config(
+        self, sensor: HaSensor, *, state_topic: str, availability_topic: str | None, qos: int
+    ) -> dict[str, Any]:
+        """The discovery config of ``sensor`` (a JSON object)."""
+        device: dict[str, Any] = {"identifiers": [self.node_id], "name": self.device_name}
+        for attr in ("manufacturer", "model", "sw_version"):
+            if (value := getattr(self, attr)) is not None:
+                device[attr] = value
+        config: dict[str, Any] = {
+            "name": sensor.name,
+            "unique_id": f"{self.node_id}_{sensor.object_id}",
+            "state_topic": state_topic,
+            "value_template": sensor.value_template,
+            "device": device,
+            "origin": {"name": "aioconveyor", "sw_version": __version__},
+            "qos": qos,
+        }
+        if availability_topic is not None:
+            config["availability_topic"] = availability_topic
+            config["payload_available"] = ONLINE
+            config["payload_not_available"] = OFFLINE
+        for attr, field in (("unit", "unit_of_measurement"), ("device_class", "device_class"),
+                            ("state_class", "state_class"), ("icon", "icon")):
+            if (value := getattr(sensor, attr)) is not None:
+                config[field] = value
+        return config
+
+
+# -- topics and URLs -------------------------------------------------------------------
+
+
+def _check_topic(what: str, topic: str) -> None:
+    """Reject what no broker accepts as a topic to publish to."""
+    if not topic:
+        raise ValueError(f"{what} must not be empty")
+    if "+" in topic or "#" in topic:
+        raise ValueError(f"{what} must not contain the wildcards '+' or '#', got {topic!r}")
+    if "\0" in topic:
+        raise ValueError(f"{what} must not contain NUL characters, got {topic!r}")
+    if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
+        raise ValueError(f"{what} is longer than {_MAX_TOPIC_BYTES} bytes")
+
+
+def _template_fields(topic: str) -> frozenset[str]:
+    """The top-level field names a topic template uses (``{device}``, ``{event_time:%Y}``)."""
+    try:
+        parsed = list(_FORMATTER.parse(topic))
+    except ValueError as exc:
+        raise ValueError(f"topic is not a valid template ({exc}): {topic!r}") from None
+    names: set[str] = set()
+    for _literal, field, spec, _conversion in parsed:
+        if field is None:
+            continue
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if not root or root.isdigit():
+            raise ValueError(f"topic template fields must be named, like {{device}}, got {topic!r}")
+        if spec and "{" in spec:
+            raise ValueError(f"topic template format specs cannot hold fields, got {topic!r}")
+        names.add(root)
+    # the fixed parts must be valid too (a field stands for at least one character)
+    _check_topic("topic", "x".join(literal for literal, *_ in parsed) or "x")
+    return frozenset(names)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs and messages)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
+
+
+class _Address(NamedTuple):
+    tls: bool
+    host: str | None
+    port: int | None
+    username: str | None
+    password: str | None
+
+
+def _parse_url(url: str) -> _Address:
+    """Split ``mqtt[s]://user:pass@host:port``; the password may contain any character."""
+    masked = mask_url(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("mqtt", "mqtts"):
+        raise ValueError(f"url must look like mqtt://host:port or mqtts://host, got {masked!r}")
+    userinfo, at, hostpart = rest.rpartition("@")
+    parts = urllib.parse.urlsplit(f"//{hostpart}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"url must not have a path, query or fragment, got {masked!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"url has an invalid port: {masked!r}") from None
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None
+    return _Address(scheme.lower() == "mqtts", parts.hostname or None, port, username, password)
+
+
+# -- the consumer ----------------------------------------------------------------------
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _Message(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(slots=True, eq=False)
+class _Connection:
+    """One connected aiomqtt client and the task that notices when the connection drops."""
+
+    client: aiomqtt.Client
+    watcher: asyncio.Task[None]
+    finished: bool = False
+    """Closed by us, or its loss already logged."""
+    unacked_since: float | None = None
+    """When a publish was abandoned (the lane's timeout) before its PUBACK came, if since."""
+
+    @property
+    def alive(self) -> bool:
+        return not self.watcher.done()
+
+
+async def _watch(client: aiomqtt.Client) -> None:
+    """Ends (raising ``MqttError``) as soon as aiomqtt sees the connection drop."""
+    async for _message in client.messages:  # we subscribe to nothing: this only waits
+        pass
+
+
+def _abort(client: aiomqtt.Client) -> None:
+    """Drop a connection without waiting: queue a DISCONNECT; paho closes the socket as soon
+    as it is written (or at once if the connection is already gone). aiomqtt has no public
+    "abort", hence its paho client."""
+    with contextlib.suppress(Exception):
+        client._client.disconnect()
+
+
+class MqttConsumer:
+    """Publish every record to an MQTT broker; see the module docstring for the guarantees.
+
+    * ``url``: ``mqtt://user:pass@host:1883`` or ``mqtts://...`` (TLS, port 8883 by
+      default); ``host``, ``port``, ``username``, ``password`` and ``tls`` override its parts.
+      ``tls`` is an :class:`ssl.SSLContext`, ``True`` (system CAs) or ``False``.
+    * ``topic``: a fixed topic or a template filled from the record's fields and
+      ``event_time`` (``"home/{device}/state"``, ``"log/{event_time:%Y-%m-%d}"``).
+    * ``qos`` (1: wait for the broker's PUBACK) and ``retain`` apply to every record.
+    * ``encoder(data, event_time) -> bytes | str`` replaces the default payload: JSON (with
+      ``event_time_key``, default ``"event_time"``, added to mappings unless present; None
+      to leave it out), or the data itself when it is ``bytes`` / ``str``.
+    * ``availability_topic``: retained ``"online"`` on every connect, ``"offline"`` on a clean
+      close and as the Last Will. With ``discovery`` it defaults to the topic's parent +
+      ``/availability``.
+    * ``discovery``: a :class:`HaDiscovery` announcing Home Assistant sensors on connect.
+    * ``keepalive`` (s): how fast a silent broker is noticed (about 1.5x). ``timeout`` (s):
+      the longest wait for a connect or a PUBACK before the connection is given up.
+    * ``client_id``: stable for the consumer's life (generated when ``None``), so a
+      reconnect takes over the old session instead of leaving it to fire its Last Will.
+    * ``retries`` / ``max_backoff``: the lane defaults (retry practically forever, at most
+      ``max_backoff`` s apart). ``client_options``: extra ``aiomqtt.Client`` arguments.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        topic: str = "aioconveyor/state",
+        qos: int = 1,
+        retain: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
+        client_id: str | None = None,
+        keepalive: int = 30,
+        timeout: float = 10.0,
+        encoder: Callable[[Any, datetime], bytes | str] | None = None,
+        event_time_key: str | None = "event_time",
+        availability_topic: str | None = None,
+        discovery: HaDiscovery | None = None,
+        name: str | None = None,
+        retries: int = 1_000_000,
+        max_backoff: float = 5.0,
+        client_options: Mapping[str, Any] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        address = _Address(False, None, None, None, None)
+        if url is not None:
+            if not isinstance(url, str):
+                raise TypeError(f"url must be a str, got {type(url).__name__}")
+            address = _parse_url(url)
+        self.host = host if host is not None else (address.host or "localhost")
+        _check_text("MqttConsumer", "host", self.host)
+        if tls is None:
+            tls = address.tls
+        if not isinstance(tls, ssl.SSLContext | bool):
+            raise TypeError(f"tls must be an ssl.SSLContext or a bool, got {tls!r}")
+        self._tls: ssl.SSLContext | None = (
+            tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context() if tls
+            else None
+        )
+        if port is None:
+            port = address.port or (8883 if self._tls is not None else 1883)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
+        self.port = port
+        self.username = username if username is not None else address.username
+        _check_text("MqttConsumer", "username", self.username, optional=True)
+        self._password = password if password is not None else address.password
+        if self._password is not None and not isinstance(self._password, str):
+            raise TypeError("password must be a str")
+        if self._password is not None and self.username is None:
+            raise ValueError("a password needs a username (MQTT sends none without one)")
+
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, got {topic!r}")
+        self.topic = topic
+        self._topic_fields = _template_fields(topic)
+        if not self._topic_fields:
+            _check_topic("topic", topic)
+        if isinstance(qos, bool) or qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
+        self.qos = qos
+        if not isinstance(retain, bool):
+            raise TypeError(f"retain must be a bool, got {retain!r}")
+        self.retain = retain
+        if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not (
+            0 < keepalive < 65536
+        ):
+            raise ValueError(f"keepalive must be an int in 1..65535 (seconds), got {keepalive!r}")
+        self.keepalive = keepalive
+        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                or not 0 < timeout < float("inf")):
+            raise ValueError(f"timeout must be a finite number > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        if encoder is not None and not callable(encoder):
+            raise TypeError(f"encoder must be callable, got {encoder!r}")
+        self.encoder = encoder
+        _check_text("MqttConsumer", "event_time_key", event_time_key, optional=True)
+        self.event_time_key = event_time_key
+
+        if discovery is not None:
+            if not isinstance(discovery, HaDiscovery):
+                raise TypeError(f"discovery must be a HaDiscovery, got {discovery!r}")
+            if self._topic_fields:
+                raise ValueError(
+                    f"discovery needs a fixed state topic, but topic is a template: {topic!r}"
+                )
+            if availability_topic is None:
+                parent = topic.rsplit("/", 1)[0] if "/" in topic else topic
+                availability_topic = f"{parent}/availability"
+        if availability_topic is not None:
+            _check_text("MqttConsumer", "availability_topic", availability_topic)
+            _check_topic("availability_topic", availability_topic)
+        self.availability_topic = availability_topic
+        self.discovery = discovery
+
+        if client_id is None:
+            client_id = f"aioconveyor-{secrets.token_hex(6)}"
+        _check_text("MqttConsumer", "client_id", client_id)
+        self.client_id = client_id
+        if name is None:
+            name = "mqtt"
+        _check_text("MqttConsumer", "name", name)
+        self.name = name
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        if (isinstance(max_backoff, bool) or not isinstance(max_backoff, int | float)
+                or not 0 < max_backoff < float("inf")):
+            raise ValueError(f"max_backoff must be a finite number > 0, got {max_backoff!r}")
+        self.consumer_defaults: dict[str, Any] = {
+            "retries": retries,
+            "backoff": min(0.2, float(max_backoff)),
+            "max_backoff": float(max_backoff),
+        }
+        self._client_options = dict(client_options or {})
+        clash = {"hostname", "port", "username", "password", "identifier", "will", "keepalive",
+                 "timeout", "tls_context"} & set(self._client_options)
+        if clash:
+            raise ValueError(
+                f"client_options must not set {sorted(clash)}: use MqttConsumer's own arguments"
+            )
+        self._log = logger if logger is not None else logging.getLogger(__name__)
+
+        scheme = "mqtts" if self._tls is not None else "mqtt"
+        user = "" if self.username is None else urllib.parse.quote(self.username, safe="")
+        secret = ":***" if self._password is not None else ""
+        netloc = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"{scheme}://{user}{secret}{'@' if user else ''}{netloc}:{self.port}"
+        """The broker's URL with the password masked."""
+
+        self.rejected = 0
+        """Records that could never be published (and were skipped)."""
+        self._state = _State.NEW
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._reported: tuple[Any, datetime] | None = None
+        self._limiter = LogLimiter()
+        self._failed_connects = 0
+
+    def __repr__(self) -> str:
+        return (f"<MqttConsumer {self.name!r} {self.url} topic={self.topic!r} qos={self.qos} "
+                f"{self._state.value}>")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect once (in the running loop). An unreachable broker is only logged (calls
+        retry), but a broker that refuses us (credentials) raises :class:`MqttConnectionError`.
+        """
+        if self._state is _State.OPEN:
+            raise RuntimeError(f"MqttConsumer {self.name!r} is already open; use one instance "
+                               "per conveyor")
+        self._state = _State.OPEN
+        self._reported = None
+        try:
+            await self._connection()
+        except MqttConnectionError as exc:
+            if exc.refused:
+                self._state = _State.CLOSED
+                raise
+            self._log.warning("MQTT consumer %s: broker not reachable yet (%s); will retry on "
+                              "the first record", self.name, exc)
+
+    async def close(self) -> None:
+        """Publish ``"offline"`` (if configured) and disconnect cleanly. Idempotent."""
+        if self._state is not _State.OPEN:
+            return
+        self._state = _State.CLOSED
+        connecting = self._connecting
+        if connecting is not None:
+            # never cancel a connect half-way (its thread would leave a socket behind): it
+            # sees the CLOSED state when done and drops the connection itself
+            await asyncio.wait({connecting}, timeout=self.timeout)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._shutdown(conn)
+
+    async def __aenter__(self) -> MqttConsumer:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- publishing ------------------------------------------------------------------
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        """Publish ``data`` (one record, or a :class:`~aioconveyor.Batch`), awaiting the
+        broker's acknowledgements with QoS >= 1."""
+        if self._state is not _State.OPEN:
+            raise RuntimeError(f"MqttConsumer {self.name!r} is {self._state.value}: "
+                               "call open() first (the conveyor does)")
+        reported, self._reported = self._reported, None
+        if reported is not None and reported[0] is data and reported[1] == event_time:
+            return  # the lane's retry of a call whose bad records were already reported
+        messages: list[_Message] = []
+        problems: list[MqttRecordError] = []
+        for when, item in iter_records(data, event_time):
+            try:
+                messages.append(self._message(item, when))
+            except MqttRecordError as exc:
+                problems.append(exc)
+        if messages:
+            await self._publish(messages)
+        if problems:
+            self.rejected += len(problems)
+            self._reported = (data, event_time)
+            if len(problems) == 1:
+                raise problems[0]
+            raise MqttRecordError(f"{len(problems)} records could not be published; the first: "
+                                  f"{problems[0]}") from problems[0]
+
+    def _message(self, data: Any, event_time: datetime) -> _Message:
+        topic = self._topic_for(data, event_time) if self._topic_fields else self.topic
+        return _Message(topic, self._payload(data, event_time), self.retain)
+
+    def _topic_for(self, data: Any, event_time: datetime) -> str:
+        values: dict[str, Any] = {"event_time": event_time}
+        if not isinstance(data, _PASSTHROUGH):
+            with contextlib.suppress(TypeError):
+                values.update(as_mapping(data))
+        when = event_time.isoformat()
+        try:
+            topic = self.topic.format_map(values)
+        except KeyError as exc:
+            have = ", ".join(sorted(str(k) for k in values if k != "event_time")) or "none"
+            raise MqttRecordError(
+                f"topic {self.topic!r} needs field {exc.args[0]!r}, which the record of "
+                f"{when} lacks (it has: {have})"
+            ) from None
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise MqttRecordError(f"topic {self.topic!r} cannot be filled from the record of "
+                                  f"{when}: {type(exc).__name__}: {exc}") from exc
+        try:
+            _check_topic(f"topic {self.topic!r} filled from the record of {when}", topic)
+        except ValueError as exc:
+            raise MqttRecordError(str(exc)) from None
+        return topic
+
+    def _payload(self, data: Any, event_time: datetime) -> bytes:
+        when = event_time.isoformat()
+        out: object
+        if self.encoder is not None:
+            try:
+                out = self.encoder(data, event_time)
+            except Exception as exc:
+                raise MqttRecordError(f"encoder failed on the record of {when}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        elif isinstance(data, _PASSTHROUGH):
+            out = data
+        else:
+            out = self._json(data, event_time)
+        if isinstance(out, str):
+            payload = out.encode()
+        elif isinstance(out, bytes | bytearray | memoryview):
+            payload = bytes(out)
+        else:
+            raise MqttRecordError(f"encoder must return bytes or str, got "
+                                  f"{type(out).__name__} for the record of {when}")
+        if len(payload) > _MAX_PAYLOAD_BYTES:
+            raise MqttRecordError(f"the payload of the record of {when} is {len(payload)} "
+                                  f"bytes, more than MQTT allows")
+        return payload
+
+    def _json(self, data: Any, event_time: datetime) -> str:
+        """The default payload: JSON, with ``event_time_key`` added to a mapping."""
+        value = data
+        with contextlib.suppress(TypeError):
+            value = as_mapping(data)
+        if isinstance(value, Mapping) and self.event_time_key is not None:
+            value = dict(value)
+            value.setdefault(self.event_time_key, event_time)
+        try:
+            return json_dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise MqttRecordError(f"the record of {event_time.isoformat()} cannot be encoded "
+                                  f"as JSON: {exc}") from exc
+
+    async def _publish(self, messages: Sequence[_Message]) -> None:
+        conn = await self._connection()
+        try:
+            await self._publish_on(conn, messages)
+        except aiomqtt.MqttError as exc:
+            self._drop(conn)
+            raise MqttConnectionError(f"MQTT broker {self.url}: publish failed: "
+                                      f"{_reason(exc)}") from exc
+
+    async def _publish_on(self, conn: _Connection, messages: Sequence[_Message]) -> None:
+        """Publish in order, then wait for every acknowledgement, or for the connection to
+        drop (aiomqtt alone would wait for the PUBACK until ``timeout``)."""
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(
+                conn.client.publish(m.topic, m.payload, qos=self.qos, retain=m.retain,
+                                    timeout=self.timeout),
+                name=f"aioconveyor.mqtt[{self.name}].publish",
+            )
+            for m in messages
+        ]
+        pending = set(tasks)
+        try:
+            while pending:
+                await asyncio.wait(pending | {conn.watcher}, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in pending if t.done()]:
+                    pending.discard(task)
+                    task.result()  # a failed publish raises its MqttError
+                if pending and not conn.alive:
+                    raise aiomqtt.MqttError(f"connection lost before the broker acknowledged "
+                                            f"{len(pending)} message(s)")
+            conn.unacked_since = None
+        except asyncio.CancelledError:
+            if pending and conn.unacked_since is None:
+                conn.unacked_since = time.monotonic()
+            raise
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled():
+                    task.exception()  # retrieved: a second failure is not logged by asyncio
+
+    # -- connection ------------------------------------------------------------------
+
+    async def _connection(self) -> _Connection:
+        """The live connection, connecting (once, shared by concurrent callers) if needed."""
+        conn = self._conn
+        if conn is not None:
+            if not conn.alive:
+                self._conn = None
+            elif (conn.unacked_since is not None
+                  and time.monotonic() - conn.unacked_since > self.timeout):
+                self._log.warning("MQTT consumer %s: no PUBACK from %s for %g s; reconnecting",
+                                  self.name, self.url, self.timeout)
+                self._drop(conn)
+            else:
+                return conn
+        if self._connecting is None:
+            self._connecting = asyncio.get_running_loop().create_task(
+                self._connect(), name=f"aioconveyor.mqtt[{self.name}].connect"
+            )
+        # shielded: a caller cancelled by its lane timeout leaves the connect running, and
+        # the lane's next attempt picks up its result
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> _Connection:
+        try:
+            will = None
+            if self.availability_topic is not None:
+                will = aiomqtt.Will(self.availability_topic, OFFLINE, qos=1, retain=True)
+            client = aiomqtt.Client(
+                self.host, self.port, username=self.username, password=self._password,
+                identifier=self.client_id, will=will, keepalive=self.keepalive,
+                timeout=self.timeout, tls_context=self._tls, **self._client_options,
+            )
+            try:
+                await client.__aenter__()
+            except aiomqtt.MqttError as exc:
+                self._failed_connects += 1
+                refused = isinstance(exc, MqttConnectError)
+                self._limiter.log(
+                    self._log, logging.DEBUG, "connect",
+                    "MQTT consumer %s: cannot connect to %s: %s", self.name, self.url, exc,
+                )
+                what = "refused the connection" if refused else "unreachable"
+                raise MqttConnectionError(f"MQTT broker {self.url} {what}: {exc}",
+                                          refused=refused) from exc
+            watcher = asyncio.get_running_loop().create_task(
+                _watch(client), name=f"aioconveyor.mqtt[{self.name}].watch"
+            )
+            conn = _Connection(client, watcher)
+            watcher.add_done_callback(lambda task: self._lost(conn, task))
+            try:
+                if self._state is not _State.OPEN:
+                    raise MqttConnectionError(f"MqttConsumer {self.name!r} closed while "
+                                              "connecting")
+                await self._publish_on(conn, self._announcements())
+            except aiomqtt.MqttError as exc:
+                self._drop(conn)
+                raise MqttConnectionError(f"MQTT broker {self.url}: announcing failed: "
+                                          f"{_reason(exc)}") from exc
+            except BaseException:
+                self._drop(conn)
+                raise
+            self._conn = conn
+            if self._failed_connects:
+                self._log.info("MQTT consumer %s: connected to %s after %d failed attempt(s)",
+                               self.name, self.url, self._failed_connects)
+            else:
+                self._log.info("MQTT consumer %s: connected to %s", self.name, self.url)
+            self._failed_connects = 0
+            return conn
+        finally:
+            self._connecting = None
+
+    def _announcements(self) -> list[_Message]:
+        """Discovery configs, then ``"online"``: published (retained) on every connect."""
+        out: list[_Message] = []
+        if self.discovery is not None:
+            for sensor in self.discovery.sensors:
+                config = self.discovery.config(
+                    sensor, state_topic=self.topic, availability_topic=self.availability_topic,
+                    qos=self.qos,
+                )
+                out.append(_Message(self.discovery.config_topic(sensor),
+                                    json_dumps(config).encode(), True))
+        if self.availability_topic is not None:
+            out.append(_Message(self.availability_topic, ONLINE.encode(), True))
+        return out
+
+    def _lost(self, conn: _Connection, task: asyncio.Task[None]) -> None:
+        """Done callback of the watcher: log an unexpected loss (once per connection)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if conn.finished:
+            return
+        conn.finished = True
+        self._log.warning("MQTT consumer %s: lost the connection to %s: %s",
+                          self.name, self.url, _reason(exc) if exc else "closed")
+
+    def _drop(self, conn: _Connection) -> None:
+        """Forget ``conn`` and close it without waiting (the next call reconnects)."""
+        if self._conn is conn:
+            self._conn = None
+        conn.finished = True
+        _abort(conn.client)
+
+    async def _shutdown(self, conn: _Connection) -> None:
+        """Clean close: ``"offline"``, then DISCONNECT (so the broker drops the Last Will)."""
+        try:
+            if conn.alive and self.availability_topic is not None:
+                await self._publish_on(conn, [_Message(self.availability_topic,
+                                                       OFFLINE.encode(), True)])
+            conn.finished = True
+            await conn.client.__aexit__(None, None, None)
+        except Exception as exc:
+            self._log.warning("MQTT consumer %s: could not close the connection to %s cleanly: "
+                              "%s", self.name, self.url, _reason(exc))
+            self._drop(conn)
+        except BaseException:
+            self._drop(conn)
+            raise
+        finally:
+            conn.finished = True
+        await asyncio.wait({conn.watcher}, timeout=1.0)
+        if not conn.watcher.done():
+            conn.watcher.cancel()
+
+
+def _reason(exc: BaseException) -> str:
+    """aiomqtt's exception text, with its cause when that says more ("connection lost")."""
+    cause = exc.__cause__
+    return f"{exc} ({cause})" if cause is not None and str(cause) else str(exc)
