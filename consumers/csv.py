@@ -1,15 +1,16 @@
 """Append every record to a CSV file: ``event_time`` first, one header per file.
 
 Rows are formatted and written on a dedicated thread (the event loop only awaits), flushed
-after every call and optionally ``fsync``-ed. Files can rotate daily (a ``{date}``
+row by row and, if asked, ``fsync``-ed after every call. Files can rotate daily (a ``{date}``
 placeholder in the path) and by size (``max_bytes``: ``readings.csv``, ``readings.1.csv``,
 ...). Appending to an existing file reuses its header, so restarts never write a second one.
 
 A record that can never be written (not a mapping, extra keys under ``extra="error"``, a
 value with no text form) is *rejected*: counted in :attr:`CsvConsumer.rejected`, logged once
 per kind (then rate-limited), and skipped, while the other records of its batch are written.
-I/O errors are raised, so the lane counts and retries them (rows written before the error
-may then be written twice: delivery is at least once).
+I/O errors are raised, so the lane counts and retries them. A retry hands over the very
+same object, so the consumer skips the records an earlier attempt already wrote (also when
+that attempt overran its timeout and finished in the background) rather than repeat them.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ class CsvConsumer:
         self._file: _OpenFile | None = None
         self._base: Path | None = None
         self._worker: SyncWorker | None = None
+        self._last: tuple[Any, datetime, int] | None = None  # (data, event_time, records done)
         self._limiter = LogLimiter()
         self._buffer = io.StringIO()
         self._writer = csv.writer(self._buffer, delimiter=delimiter)
@@ -223,6 +225,7 @@ class CsvConsumer:
             await worker.call(self._close_file)
         finally:
             worker.close()
+            self._last = None
 
     async def __aenter__(self) -> CsvConsumer:
         await self.open()
@@ -233,25 +236,33 @@ class CsvConsumer:
 
     async def __call__(self, data: Any, event_time: datetime) -> None:
         """Write one record, or every record of a batch, then flush."""
-        await self._thread().call(self._write, list(iter_records(data, event_time)))
+        await self._thread().call(self._write, data, event_time)
 
     # -- the writer thread ------------------------------------------------------------
 
-    def _write(self, records: list[tuple[datetime, Any]]) -> None:
-        rows = 0
+    def _write(self, data: Any, event_time: datetime) -> None:
+        records = list(iter_records(data, event_time))
+        done = 0
+        last = self._last
+        if last is not None and last[0] is data and last[1] == event_time:
+            # The lane retries with the very same object: after a timeout (the earlier
+            # attempt went on running here) or an I/O error. Skip what is already written.
+            done = last[2]
         try:
-            for event_time, item in records:
+            for when, item in records[done:]:
                 try:
-                    self._write_one(event_time, item)
+                    self._write_one(when, item)
                 except _Rejected as rejected:
-                    self._reject(rejected, event_time)
+                    self._reject(rejected, when)
                 else:
-                    rows += 1
-            self._flush()
+                    self.written += 1
+                done += 1
+            self._sync()
         except BaseException:
             self._close_file(quiet=True)  # start again from a clean file state next call
             raise
-        self.written += rows
+        finally:
+            self._last = (data, event_time, done)
 
     def _write_one(self, event_time: Any, item: Any) -> None:
         try:
@@ -273,6 +284,7 @@ class CsvConsumer:
         if f.size == 0:
             self._append(f, self._encode([TIME_COLUMN, *columns]))
         self._append(f, line)
+        f.handle.flush()  # row by row, so a retry after an I/O error knows what is written
         f.has_rows = True
 
     def _mapping(self, item: Any) -> Mapping[str, Any]:
@@ -408,12 +420,10 @@ class CsvConsumer:
         f.handle.write(data)
         f.size += len(data)
 
-    def _flush(self) -> None:
+    def _sync(self) -> None:
         f = self._file
-        if f is not None:
-            f.handle.flush()
-            if self.fsync:
-                os.fsync(f.handle.fileno())
+        if f is not None and self.fsync:
+            os.fsync(f.handle.fileno())
 
     def _close_file(self, quiet: bool = False) -> None:
         f, self._file = self._file, None

@@ -9,6 +9,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -162,6 +163,29 @@ async def test_daily_rotation_through_a_conveyor_across_midnight(tmp_path: Path)
             name[4:14]
         }
     assert total == 5
+
+
+def test_a_write_past_its_timeout_is_not_repeated_by_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync, slow = os.fsync, threading.Event()
+
+    def slow_first_fsync(fd: int) -> None:
+        if not slow.is_set():
+            slow.set()
+            time.sleep(0.3)  # the lane gives up after 0.1 s and retries meanwhile
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_first_fsync)
+    path = tmp_path / "slow.csv"
+    sink = CsvConsumer(path, fsync=True)
+    conv = run_conveyor(counting(lambda i: {"n": i}), [
+        Consumer(sink, timeout=0.1, retries=10, backoff=0.01, batch_size=1),
+    ], ticks=2, stop_timeout=5)
+
+    assert [r["n"] for r in read_rows(path)] == ["0", "1"]
+    stats = conv.stats().consumer(sink.name)
+    assert stats.timeouts >= 1 and stats.retries >= 1 and stats.delivered == 2
 
 
 def test_fields_mismatch_with_existing_file_fails_at_start(tmp_path: Path) -> None:
@@ -341,6 +365,22 @@ async def test_io_errors_are_raised_for_the_lane_to_retry(tmp_path: Path) -> Non
             await sink({"a": 1}, T0)
         await sink({"a": 2}, T0 + timedelta(days=1))  # the next file works
     assert [r["a"] for r in read_rows(tmp_path / "x-2024-05-02.csv")] == ["2"]
+
+
+async def test_a_retried_batch_skips_the_records_already_written(tmp_path: Path) -> None:
+    blocked = tmp_path / "x-2024-05-02.csv"
+    blocked.mkdir()
+    batch = Batch([Record({"n": 1}, T0), Record({"n": 2}, T0 + timedelta(days=1)),
+                   Record({"n": 3}, T0 + timedelta(days=1))])
+    async with CsvConsumer(tmp_path / "x-{date}.csv", rotate="daily") as sink:
+        with pytest.raises(OSError):
+            await sink(batch, T0 + timedelta(days=1))
+        blocked.rmdir()
+        await sink(batch, T0 + timedelta(days=1))  # what the lane does on retry
+        await sink({"n": 1}, T0)  # another object: written again
+    assert [r["n"] for r in read_rows(tmp_path / "x-2024-05-01.csv")] == ["1", "1"]
+    assert [r["n"] for r in read_rows(blocked)] == ["2", "3"]
+    assert sink.written == 4
 
 
 async def test_file_writes_and_fsync_run_off_the_event_loop(
