@@ -174,7 +174,7 @@ class CsvConsumer:
         """Rows written (and flushed) so far."""
         self.rejected = 0
         """Records that could not be written and were skipped."""
-        self._columns: list[str] | None = list(self.fields) if self.fields else None
+        self._columns: list[str] | None = None if self.fields is None else list(self.fields)
         self._file: _OpenFile | None = None
         self._base: Path | None = None
         self._worker: SyncWorker | None = None
@@ -190,6 +190,8 @@ class CsvConsumer:
         if isinstance(fields, str | bytes) or not isinstance(fields, Sequence):
             raise TypeError(f"fields must be a sequence of column names or None, got {fields!r}")
         out = tuple(fields)
+        if not out:
+            raise ValueError(f"fields must name at least one column (or be None), got {fields!r}")
         for f in out:
             if not isinstance(f, str) or not f:
                 raise TypeError(f"fields must hold non-empty str column names, got {f!r}")
@@ -214,7 +216,12 @@ class CsvConsumer:
         """Start the writer thread; a fixed path is opened (and its header checked) now."""
         worker = self._thread()
         if self.rotate is None:
-            await worker.call(self._switch, Path(self.path))
+            try:
+                await worker.call(self._switch, Path(self.path))
+            except BaseException:
+                self._worker = None  # the lane does not call close() after a failed open()
+                worker.close()
+                raise
 
     async def close(self) -> None:
         """Flush and close the file and end the writer thread. Idempotent."""

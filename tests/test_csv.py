@@ -191,9 +191,18 @@ def test_a_write_past_its_timeout_is_not_repeated_by_the_retry(
 def test_fields_mismatch_with_existing_file_fails_at_start(tmp_path: Path) -> None:
     path = tmp_path / "readings.csv"
     path.write_text("event_time,a,b\r\n", encoding="utf-8")
-    conv = AioConveyor(lambda t: {"a": 1}, [CsvConsumer(path, ["a", "c"])], loop_interval=0.05)
+    sink = CsvConsumer(path, ["a", "c"], name="mismatch")
+    conv = AioConveyor(lambda t: {"a": 1}, [sink], loop_interval=0.05)
     with pytest.raises(StartupError, match="columns"):
         conv.start()
+
+    def writer_thread_alive() -> bool:
+        return any(t.name == "aioconveyor.csv[mismatch]" for t in threading.enumerate())
+
+    deadline = time.monotonic() + 5
+    while writer_thread_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not writer_thread_alive()
 
 
 # -- direct calls: formats, policies, files --------------------------------------------
@@ -415,6 +424,7 @@ def test_default_name_and_lane_defaults(tmp_path: Path) -> None:
         ({"fields": "a,b"}, TypeError, ["fields", "'a,b'"]),
         ({"fields": ["a", 1]}, TypeError, ["fields", "1"]),
         ({"fields": ["a", "a"]}, ValueError, ["fields", "['a', 'a']"]),
+        ({"fields": []}, ValueError, ["fields", "[]"]),
         ({"fields": ["event_time"]}, ValueError, ["fields", "['event_time']"]),
         ({"extra": "add"}, ValueError, ["extra", "'add'"]),
         ({"rotate": "weekly"}, ValueError, ["rotate", "'weekly'"]),
