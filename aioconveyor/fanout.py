@@ -13,6 +13,7 @@ import copy as copy_module
 import inspect
 import logging
 import math
+import os
 import random
 import time
 from collections import deque
@@ -27,6 +28,7 @@ from . import _validate
 from . import tick as tick_module
 from ._logs import LogLimiter
 from .errors import ConsumerTimeout, RetryAfter
+from .spool import Spool
 from .stats import LaneCounters
 from .tick import Tick
 from .workers import SyncWorker, is_async_callable
@@ -106,6 +108,11 @@ class Consumer:
       most ``batch_age`` seconds after the first one (0: whatever is queued right now).
     * ``copy`` (True): deep-copy the data for this consumer. ``False`` shares one object
       between consumers; use it only for immutable data.
+    * ``spool`` (None): path of a SQLite file that keeps this consumer's queue on disk, so
+      queued items survive a crash and are delivered after a restart (at-least-once).
+    * ``on_delivered(data, event_time)`` / ``on_error(exc, data, event_time)`` (None):
+      hooks, sync or async, called after a delivery and after an item (or batch) was given
+      up on. A hook that raises or hangs is logged and counted, never breaks the lane.
     """
 
     fn: Any
@@ -119,6 +126,9 @@ class Consumer:
     batch_size: int | None = None
     batch_age: float | None = None
     copy: bool | None = None
+    spool: str | os.PathLike[str] | None = None
+    on_delivered: Callable[..., Any] | None = None
+    on_error: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         _validate.callable_("consumer", self.fn)
@@ -138,6 +148,13 @@ class Consumer:
             _validate.non_negative("batch_age", self.batch_age)
         if self.copy is not None and not isinstance(self.copy, bool):
             raise TypeError(f"copy must be a bool, got {self.copy!r}")
+        if self.spool is not None and not isinstance(self.spool, str | os.PathLike):
+            raise TypeError(f"spool must be a file path, got {self.spool!r}")
+        if self.spool is not None and not os.fspath(self.spool):
+            raise ValueError(f"spool must be a file path, got {self.spool!r}")
+        for hook in ("on_delivered", "on_error"):
+            if getattr(self, hook) is not None:
+                _validate.callable_(hook, getattr(self, hook))
 
     @classmethod
     def wrap(cls, obj: Any) -> Consumer:
@@ -164,6 +181,9 @@ class LaneSettings:
     batch_size: int
     batch_age: float
     copy: bool
+    spool: str | os.PathLike[str] | None
+    on_delivered: Callable[..., Any] | None
+    on_error: Callable[..., Any] | None
 
     @property
     def batching(self) -> bool:
@@ -227,6 +247,7 @@ class _Entry(NamedTuple):
     record: Record
     tick: Tick
     enqueued: float
+    spool_id: int | None = None
 
 
 async def _maybe_await(value: Any) -> None:
@@ -250,6 +271,7 @@ class Lane:
         self._worker: SyncWorker | None = None
         self._limiter = LogLimiter()
         self._rng = random.Random()
+        self._spool = Spool(settings.spool, settings.name) if settings.spool is not None else None
 
     # -- putting ---------------------------------------------------------------------
 
@@ -263,6 +285,8 @@ class Lane:
             self._has_room.clear()
 
     def _drop(self, entry: _Entry, why: str, *, offered: bool) -> None:
+        if entry.spool_id is not None and self._spool is not None:
+            self._spool.remove([entry.spool_id])
         with self.counters.lock:
             self.counters.dropped += 1
             if offered:
@@ -288,10 +312,23 @@ class Lane:
                            offered=True)
                 return
         entry = _Entry(Record(data, tick.event_time), tick, time.monotonic())
-        if len(self._queue) < self.settings.queue_size:
+        policy = self.settings.overflow
+        full = len(self._queue) >= self.settings.queue_size
+        if self._spool is not None and not (full and policy is Overflow.DROP_NEWEST):
+            try:
+                entry = entry._replace(spool_id=self._spool.add(data, tick))
+            except Exception as exc:  # unpicklable data, disk full: counted, not fatal
+                self._limiter.log(
+                    logger, logging.ERROR, "spool",
+                    "consumer %s: cannot spool the item of tick %s to %s: %s: %s",
+                    self.settings.name, tick.event_time.isoformat(), self._spool.path,
+                    type(exc).__name__, exc, exc=exc,
+                )
+                self._drop(entry, "spool write failed", offered=True)
+                return
+        if not full:
             self._append(entry)
             return
-        policy = self.settings.overflow
         if policy is Overflow.DROP_OLDEST:
             old = self._queue.popleft()
             with self.counters.lock:
@@ -316,14 +353,30 @@ class Lane:
     async def opened(self, close_budget: Callable[[], float]) -> AsyncIterator[Lane]:
         """Open the consumer object (``open()`` or ``__aenter__``), close it on exit."""
         fn = self.settings.fn
-        if hasattr(fn, "open"):
-            await _maybe_await(fn.open())
-        elif hasattr(fn, "__aenter__"):
-            await fn.__aenter__()
+        if self._spool is not None:
+            self._recover(self._spool)
+        try:
+            if hasattr(fn, "open"):
+                await _maybe_await(fn.open())
+            elif hasattr(fn, "__aenter__"):
+                await fn.__aenter__()
+        except BaseException:
+            if self._spool is not None:
+                self._spool.close()
+            raise
         try:
             yield self
         finally:
             await self._close(close_budget())
+
+    def _recover(self, spool: Spool) -> None:
+        """Queue what an earlier run left in the spool, ahead of anything new."""
+        left = spool.open()
+        for spool_id, data, tick in left:
+            self._append(_Entry(Record(data, tick.event_time), tick, time.monotonic(), spool_id))
+        if left:
+            logger.info("consumer %s: %d item(s) recovered from spool %s",
+                        self.settings.name, len(left), spool.path)
 
     async def _close(self, timeout: float) -> None:
         fn = self.settings.fn
@@ -338,6 +391,8 @@ class Lane:
         finally:
             if self._worker is not None:
                 self._worker.close()
+            if self._spool is not None:
+                self._spool.close()
 
     def begin_drain(self, deadline: float) -> None:
         """Finish what is queued (until ``deadline``, loop time), then let :meth:`run` end."""
@@ -348,7 +403,11 @@ class Lane:
     def drop_remaining(self, why: str) -> int:
         """Count everything still queued as dropped (after the drain deadline)."""
         n = len(self._queue)
-        if n:
+        if n and self._spool is not None:
+            self._queue.clear()  # they stay on disk, counted as queued, for the next run
+            logger.warning("consumer %s: %d queued items not delivered (%s); kept in spool %s "
+                           "for the next run", self.settings.name, n, why, self._spool.path)
+        elif n:
             self._queue.clear()
             with self.counters.lock:
                 self.counters.queued -= n
@@ -405,11 +464,13 @@ class Lane:
         payload: Any = Batch(e.record for e in entries) if s.batching else last.record.data
         outcome = "failed"
         attempt = 0
+        error: Exception | None = None
         try:
             while True:
                 try:
                     await self._call(payload, last.record.event_time, last.tick)
                 except Exception as exc:
+                    error = exc
                     self._record_error(exc, last.tick)
                     if isinstance(exc, RetryAfter):
                         delay = exc.seconds
@@ -422,30 +483,62 @@ class Lane:
                             "consumer %s: gave up on %d item(s) of tick %s after %d attempt(s)",
                             s.name, n, last.record.event_time.isoformat(), attempt + 1,
                         )
-                        return
+                        break
                     if time.monotonic() + delay > self._drain_deadline:
                         outcome = "dropped"
-                        return
+                        break
                     with self.counters.lock:
                         self.counters.retries += 1
                     await asyncio.sleep(delay)
                 else:
                     outcome = "delivered"
-                    return
+                    break
         except asyncio.CancelledError:
             outcome = "dropped"
             raise
         finally:
-            with self.counters.lock:
-                c = self.counters
-                c.in_flight -= n
-                if outcome == "delivered":
-                    c.delivered += n
-                    c.last_success_time = time.time()
-                elif outcome == "dropped":
-                    c.dropped += n
+            self._settle(entries, outcome)
+        if outcome == "delivered" and s.on_delivered is not None:
+            await self._hook("on_delivered", s.on_delivered, payload, last.record.event_time)
+        elif outcome == "failed" and s.on_error is not None:
+            await self._hook("on_error", s.on_error, error, payload, last.record.event_time)
+
+    def _settle(self, entries: list[_Entry], outcome: str) -> None:
+        """Count the outcome; forget delivered and failed items from the spool."""
+        n = len(entries)
+        spooled = self._spool is not None and entries[0].spool_id is not None
+        if spooled and self._spool is not None and outcome != "dropped":
+            self._spool.remove(e.spool_id for e in entries if e.spool_id is not None)
+        with self.counters.lock:
+            c = self.counters
+            c.in_flight -= n
+            if outcome == "delivered":
+                c.delivered += n
+                c.last_success_time = time.time()
+            elif outcome == "dropped" and spooled:
+                c.queued += n  # not delivered, but safe on disk for the next run
+            elif outcome == "dropped":
+                c.dropped += n
+            else:
+                c.failed += n
+
+    async def _hook(self, which: str, hook: Callable[..., Any], *args: Any) -> None:
+        """Run a user hook; whatever it does, the lane goes on."""
+        s = self.settings
+        try:
+            async with asyncio.timeout(None if s.timeout == math.inf else s.timeout):
+                if is_async_callable(hook):
+                    await hook(*args)
                 else:
-                    c.failed += n
+                    await _maybe_await(await asyncio.to_thread(hook, *args))
+        except Exception as exc:
+            with self.counters.lock:
+                self.counters.hook_errors += 1
+            self._limiter.log(
+                logger, logging.WARNING, ("hook", which),
+                "consumer %s: %s hook failed: %s: %s", s.name, which, type(exc).__name__, exc,
+                exc=exc,
+            )
 
     def _record_error(self, exc: Exception, tick: Tick) -> None:
         with self.counters.lock:

@@ -45,6 +45,7 @@ class ConsumerStats:
     timeouts: int
     restarts: int
     abandoned: int
+    hook_errors: int
     last_error: str | None
     last_error_time: datetime | None
     last_success_time: datetime | None
@@ -103,6 +104,7 @@ class LaneCounters:
     timeouts: int = 0
     restarts: int = 0
     abandoned: int = 0
+    hook_errors: int = 0
     last_error: str | None = None
     last_error_time: float | None = None
     last_success_time: float | None = None
@@ -121,6 +123,7 @@ class LaneCounters:
             timeouts=self.timeouts,
             restarts=self.restarts,
             abandoned=self.abandoned,
+            hook_errors=self.hook_errors,
             last_error=self.last_error,
             last_error_time=_utc(self.last_error_time),
             last_success_time=_utc(self.last_success_time),
