@@ -1,0 +1,578 @@
+"""Write every record to a PostgreSQL table with asyncpg: COPY, exactly once, outage-proof.
+
+Each call writes its rows in one transaction: ``COPY`` (binary) into a temporary table,
+then ``INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING`` into the target table. A call
+that fails half-way (lost connection, cancelled on timeout) commits nothing, and a call
+that committed but never heard back is harmless to repeat: the rows already there are
+skipped. The lane retries failed calls with capped backoff while new items queue, so a
+PostgreSQL outage is ridden out without losing or duplicating rows (up to the queue size).
+
+Two table shapes:
+
+* **JSONB mode** (``columns=None``): ``(event_time timestamptz, payload jsonb)``; with
+  ``create_table=True`` the table is created with ``event_time`` as its primary key.
+* **Column mode** (``columns=[...]``): each key of a record becomes the column of the same
+  name; ``event_time`` gets the tick's time. Missing keys are written as NULL, extra keys
+  are ignored, values of ``json``/``jsonb`` columns are JSON-encoded.
+
+A record PostgreSQL rejects (a value of the wrong type, a CHECK or NOT NULL violation...)
+never poisons its batch: the batch is written again row by row, the bad rows are skipped,
+counted in :attr:`PostgresConsumer.rejected` and logged once per kind (then rate-limited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+try:
+    import asyncpg
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "aioconveyor.consumers.postgres needs asyncpg, which is not installed: "
+        'pip install "aioconveyor[postgres]"'
+    ) from exc
+
+from aioconveyor._logs import LogLimiter
+from aioconveyor.errors import ConveyorError
+from aioconveyor.fanout import Consumer
+
+from ._records import as_mapping, iter_records, json_dumps
+
+__all__ = ["PostgresConsumer", "mask_dsn", "quote_ident"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TIME_COLUMN = "event_time"
+"""Default name of the column that receives each record's tick time."""
+
+PAYLOAD_COLUMN = "payload"
+"""Default name of the ``jsonb`` column in JSONB mode."""
+
+_STAGE = "aioconveyor_stage"
+"""The per-transaction temporary table rows are COPY-ed into (``ON COMMIT DROP``)."""
+
+_ROLLBACK_GRACE = 0.4
+"""Seconds a rollback after a cancelled write may take (the lane waits 0.5 s for a
+cancelled call) before the connection is dropped instead."""
+
+_JSON_TYPES = frozenset({"json", "jsonb"})
+_MASK = "***"
+
+# What one bad row raises: a PostgreSQL data (22xxx) or integrity (23xxx) error, or the
+# TypeError / ValueError / OverflowError asyncpg's binary encoders raise client-side.
+# Never a connection error: those are raised so that the lane retries the whole batch.
+_ROW_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    TypeError,
+    ValueError,
+    ArithmeticError,
+)
+
+_Row = tuple[Any, ...]
+
+
+def quote_ident(name: str) -> str:
+    """``name`` as a PostgreSQL identifier: double-quoted, inner quotes doubled."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"an identifier must be a non-empty str, got {name!r}")
+    if "\x00" in name:
+        raise ValueError(f"an identifier cannot contain a NUL character, got {name!r}")
+    return '"' + name.replace('"', '""') + '"'
+
+
+def mask_dsn(dsn: str | None) -> str | None:
+    """``dsn`` with its password (in the user info or a ``password=`` query) as ``***``."""
+    if dsn is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        return _MASK  # unparsable: show nothing rather than risk showing a secret
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}:{_MASK}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        if any(k == "password" for k, _ in pairs):
+            query = "&".join(
+                f"{urllib.parse.quote(k, safe='')}="
+                f"{_MASK if k == 'password' else urllib.parse.quote(v, safe='')}"
+                for k, v in pairs
+            )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secrets_of(dsn: str | None, extra: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every form of the password(s) that must never show up in logs or errors."""
+    found: set[str] = set()
+    if dsn:
+        try:
+            parts = urllib.parse.urlsplit(dsn)
+        except ValueError:
+            parts = None
+        if parts is not None:
+            userinfo, at, _ = parts.netloc.rpartition("@")
+            if at and ":" in userinfo:
+                raw = userinfo.partition(":")[2]
+                found.update({raw, urllib.parse.unquote(raw)})
+            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+                if k == "password":
+                    found.add(v)
+    password = extra.get("password")
+    if isinstance(password, str):
+        found.add(password)
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def _utc(event_time: datetime) -> datetime:
+    if event_time.tzinfo is None:  # a naive time is taken as UTC, never as local time
+        return event_time.replace(tzinfo=UTC)
+    return event_time
+
+
+class PostgresConsumer:
+    """Write records to a PostgreSQL table, exactly once, riding out outages.
+
+    * ``dsn``: ``postgresql://user:password@host:port/database`` (``None``: the libpq
+      ``PG*`` environment variables); or ``pool``: an asyncpg pool you own (not closed here).
+    * ``table`` / ``schema``: where rows go (``schema=None``: the ``search_path``).
+    * ``columns``: column mode, see the module docstring; ``None``: JSONB mode, the whole
+      record JSON-encoded into ``payload_column``.
+    * ``time_column``: the ``timestamptz`` column that receives each record's tick time;
+      written first, or where ``columns`` lists it. ``None``: do not write the tick time.
+    * ``key``: the columns of a unique index or primary key that make a row unique
+      (default: ``(time_column,)``); rows whose key is already present are skipped, which
+      is what makes retries safe. ``()``: skip rows that conflict with any unique index.
+    * ``create_table``: JSONB mode only; ``CREATE TABLE IF NOT EXISTS`` with the key as
+      primary key.
+    * ``batch_size``, ``batch_age``, ``retries``, ``max_backoff``, ``queue_size``,
+      ``timeout``: the lane settings this consumer asks for (see :class:`aioconveyor.Consumer`).
+    * ``ssl``, ``server_settings``, ``min_size``, ``max_size``, ``connect_timeout`` and
+      ``pool_options`` (anything else ``asyncpg.create_pool`` accepts) configure the pool.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        table: str = "aioconveyor_events",
+        columns: Sequence[str] | None = None,
+        *,
+        pool: Any = None,
+        schema: str | None = None,
+        create_table: bool = False,
+        key: Sequence[str] | None = None,
+        time_column: str | None = TIME_COLUMN,
+        payload_column: str = PAYLOAD_COLUMN,
+        batch_size: int = 500,
+        batch_age: float = 0.5,
+        retries: int = 1_000_000,
+        max_backoff: float = 5.0,
+        queue_size: int = 10_000,
+        timeout: float | None = None,
+        ssl: Any = None,
+        server_settings: Mapping[str, str] | None = None,
+        min_size: int = 1,
+        max_size: int = 2,
+        connect_timeout: float = 10.0,
+        pool_options: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if dsn is not None and not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a str or None, got {type(dsn).__name__}")
+        self._pool_options = dict(pool_options or {})
+        self._secrets = _secrets_of(dsn, self._pool_options)
+        self._dsn = dsn
+        if pool is not None:
+            given = [n for n, v in (("dsn", dsn), ("ssl", ssl), ("server_settings",
+                     server_settings), ("pool_options", pool_options)) if v is not None]
+            if given:
+                raise ValueError(f"pass either pool or {', '.join(given)}: a given pool "
+                                 "is used as it is")
+        self._given_pool = pool
+        self.table = self._identifier("table", table)
+        self.schema = None if schema is None else self._identifier("schema", schema)
+        self.time_column = (None if time_column is None
+                            else self._identifier("time_column", time_column))
+        if not isinstance(create_table, bool):
+            raise TypeError(f"create_table must be a bool, got {create_table!r}")
+        self.create_table = create_table
+
+        self.columns: tuple[str, ...] | None
+        if columns is None:
+            if self.time_column is None:
+                raise ValueError("JSONB mode (columns=None) needs a time_column, got None")
+            self.payload_column = self._identifier("payload_column", payload_column)
+            if self.payload_column == self.time_column:
+                raise ValueError(f"payload_column and time_column must differ, both are "
+                                 f"{payload_column!r}")
+            self.columns = None
+            written: list[str] = [self.time_column, self.payload_column]
+        else:
+            if create_table:
+                raise ValueError("create_table=True works in JSONB mode (columns=None) only; "
+                                 "create a table with columns yourself")
+            self.columns = self._column_list(columns)
+            self.payload_column = payload_column
+            written = list(self.columns)
+            if self.time_column is not None and self.time_column not in written:
+                written.insert(0, self.time_column)
+        self.written_columns: tuple[str, ...] = tuple(written)
+        """Every column a row writes, in order."""
+
+        if key is None:
+            if self.time_column is None:
+                raise ValueError("key is required when time_column=None: name the columns "
+                                 "of the unique index that identifies a row")
+            key = (self.time_column,)
+        if isinstance(key, str | bytes) or not isinstance(key, Sequence):
+            raise TypeError(f"key must be a sequence of column names, got {key!r}")
+        self.key: tuple[str, ...] = tuple(self._identifier("key", k) for k in key)
+        missing = [k for k in self.key if k not in self.written_columns]
+        if missing:
+            raise ValueError(f"key columns {missing} are not written by this consumer "
+                             f"(it writes {list(self.written_columns)})")
+        if create_table and not self.key:
+            raise ValueError("create_table=True needs a key (the primary key), got ()")
+
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        self.name = name or f"postgres:{self.table}"
+        self.consumer_defaults: dict[str, Any] = {
+            "batch_size": batch_size, "batch_age": batch_age, "retries": retries,
+            "max_backoff": max_backoff, "queue_size": queue_size,
+        }
+        """Lane settings unless overridden with :class:`aioconveyor.Consumer`."""
+        if timeout is not None:
+            self.consumer_defaults["timeout"] = timeout
+        Consumer(self, **self.consumer_defaults)  # validates them, naming any bad one
+
+        self._pool_args: dict[str, Any] = {
+            "ssl": ssl, "min_size": self._count("min_size", min_size, 0),
+            "max_size": self._count("max_size", max_size, 1),
+            "timeout": self._seconds("connect_timeout", connect_timeout),
+        }
+        if server_settings is not None:
+            self._pool_args["server_settings"] = dict(server_settings)
+        if self._pool_args["min_size"] > self._pool_args["max_size"]:
+            raise ValueError(f"min_size must be <= max_size, got {min_size} > {max_size}")
+        self.connect_timeout: float = self._pool_args["timeout"]
+        self._logger = logger or globals()["logger"]
+
+        self.written = 0
+        """Rows inserted so far."""
+        self.duplicates = 0
+        """Rows skipped because their key was already in the table (a retried write)."""
+        self.rejected = 0
+        """Records PostgreSQL (or the encoding) refused; skipped, the rest was written."""
+        self._pool: Any = None
+        self._json_positions: frozenset[int] = frozenset()
+        self._naive_time = False
+        self._limiter = LogLimiter()
+        self._target = (f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
+                        if self.schema else quote_ident(self.table))
+        cols = ", ".join(quote_ident(c) for c in self.written_columns)
+        conflict = (f"ON CONFLICT ({', '.join(quote_ident(k) for k in self.key)}) DO NOTHING"
+                    if self.key else "ON CONFLICT DO NOTHING")
+        stage = f"pg_temp.{quote_ident(_STAGE)}"
+        self._sql_stage = (f"CREATE TEMPORARY TABLE {quote_ident(_STAGE)} ON COMMIT DROP AS "
+                           f"SELECT {cols} FROM {self._target} WITH NO DATA")
+        self._sql_merge = (f"INSERT INTO {self._target} ({cols}) SELECT {cols} FROM {stage} "
+                           f"{conflict}")
+        values = ", ".join(f"${i}" for i in range(1, len(self.written_columns) + 1))
+        self._sql_insert_one = f"INSERT INTO {self._target} ({cols}) VALUES ({values}) {conflict}"
+        self._sql_check = (f"EXPLAIN INSERT INTO {self._target} ({cols}) SELECT {cols} "
+                           f"FROM {self._target} WHERE false {conflict}")
+        self._sql_types = f"SELECT {cols} FROM {self._target} LIMIT 0"
+        if self.columns is None:
+            pk = ", ".join(quote_ident(k) for k in self.key)
+            self._sql_create = (
+                f"CREATE TABLE IF NOT EXISTS {self._target} ("
+                f"{quote_ident(self.written_columns[0])} timestamptz NOT NULL, "
+                f"{quote_ident(self.written_columns[1])} jsonb, PRIMARY KEY ({pk}))"
+            )
+
+    # -- argument checks -------------------------------------------------------------
+
+    @staticmethod
+    def _identifier(what: str, value: object) -> str:
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"{what} must be a non-empty str, got {value!r}")
+        if "\x00" in value:
+            raise ValueError(f"{what} cannot contain a NUL character, got {value!r}")
+        return value
+
+    @classmethod
+    def _column_list(cls, columns: object) -> tuple[str, ...]:
+        if isinstance(columns, str | bytes) or not isinstance(columns, Sequence):
+            raise TypeError(f"columns must be a sequence of column names or None, "
+                            f"got {columns!r}")
+        out = tuple(cls._identifier("columns[...]", c) for c in columns)
+        if not out:
+            raise ValueError("columns must name at least one column (None: JSONB mode)")
+        if len(set(out)) != len(out):
+            raise ValueError(f"columns must not repeat a column, got {list(out)!r}")
+        return out
+
+    @staticmethod
+    def _count(what: str, value: object, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
+        return value
+
+    @staticmethod
+    def _seconds(what: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{what} must be a number > 0, got {value!r}")
+        return float(value)
+
+    # -- presentation ----------------------------------------------------------------
+
+    @property
+    def dsn(self) -> str | None:
+        """The DSN with its password masked (the real one is never shown)."""
+        return mask_dsn(self._dsn)
+
+    @property
+    def target(self) -> str:
+        """The quoted, schema-qualified table name rows are written to."""
+        return self._target
+
+    def __repr__(self) -> str:
+        where = "given pool" if self._given_pool is not None else repr(self.dsn)
+        return f"<PostgresConsumer {self.name!r} table={self._target} {where}>"
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, _MASK)
+        return text
+
+    def _scrubbed(self, exc: BaseException) -> BaseException:
+        """``exc`` itself, or a ConveyorError without the password if its text had it."""
+        text = f"{exc}{exc.args!r}"
+        if not any(s in text for s in self._secrets):
+            return exc
+        return ConveyorError(f"consumer {self.name!r}: {type(exc).__name__}: "
+                             f"{self._scrub(str(exc))}")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the pool (unless given), create the table if asked, and check the table.
+
+        Fails (the conveyor then does not start) if PostgreSQL is unreachable, the table or
+        a column is missing, or no unique index matches ``key``.
+        """
+        if self._pool is not None:
+            return
+        pool = self._given_pool
+        try:
+            if pool is None:
+                pool = await asyncpg.create_pool(self._dsn, **self._pool_args,
+                                                 **self._pool_options)
+            try:
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                    await self._prepare(conn)
+            except BaseException:
+                if pool is not self._given_pool:
+                    pool.terminate()
+                raise
+        except Exception as exc:
+            scrubbed = self._scrubbed(exc)
+            if scrubbed is exc:
+                raise
+            raise scrubbed from None
+        self._pool = pool
+        self._logger.info("consumer %s: writing to %s at %s", self.name, self._target,
+                          "a given pool" if self._given_pool is not None else self.dsn)
+
+    async def _prepare(self, conn: Any) -> None:
+        if self.columns is None and self.create_table:
+            await conn.execute(self._sql_create)
+        statement = await conn.prepare(self._sql_types)
+        types = [attr.type.name for attr in statement.get_attributes()]
+        self._json_positions = frozenset(i for i, t in enumerate(types) if t in _JSON_TYPES)
+        if self.time_column is not None:
+            self._naive_time = types[self.written_columns.index(self.time_column)] == "timestamp"
+        try:
+            await conn.execute(self._sql_check)
+        except asyncpg.InvalidColumnReferenceError as exc:
+            raise ValueError(
+                f"table {self._target} has no unique index or primary key on exactly "
+                f"{list(self.key)}: add one (it is what makes retries safe) or pass key= "
+                f"({exc})"
+            ) from exc
+
+    async def close(self) -> None:
+        """Close the pool this consumer created (a given pool is left open). Idempotent."""
+        pool, self._pool = self._pool, None
+        if pool is None or pool is self._given_pool:
+            return
+        try:
+            await pool.close()  # waits for connections in use; terminates them if cancelled
+        except BaseException:
+            pool.terminate()
+            raise
+
+    async def __aenter__(self) -> PostgresConsumer:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        """Write one record or a :class:`~aioconveyor.Batch`; raise if PostgreSQL is unreachable."""
+        if self._pool is None:
+            raise RuntimeError(f"consumer {self.name!r} is not open: use it in a conveyor, "
+                               "in `async with`, or call open() first")
+        rows: list[_Row] = []
+        refused: list[tuple[datetime, BaseException]] = []
+        for when, item in iter_records(data, event_time):
+            try:
+                rows.append(self._row(_utc(when), item))
+            except (TypeError, ValueError) as exc:
+                refused.append((when, exc))
+        if rows:
+            try:
+                refused += await self._write(rows)
+            except Exception as exc:
+                scrubbed = self._scrubbed(exc)
+                if scrubbed is exc:
+                    raise
+                raise scrubbed from None
+        # counted only now that the write committed: a retried batch is never counted twice
+        for when, error in refused:
+            self._reject(when, error)
+
+    def _row(self, event_time: datetime, item: Any) -> _Row:
+        if self.columns is None:
+            try:
+                value: Any = dict(as_mapping(item))
+            except TypeError:
+                value = item  # JSONB mode takes any JSON value, not only objects
+            return (self._time_value(event_time), json_dumps(value))
+        mapping = as_mapping(item)
+        out: list[Any] = []
+        for i, column in enumerate(self.written_columns):
+            if column == self.time_column:
+                out.append(self._time_value(event_time))
+                continue
+            v = mapping.get(column)
+            out.append(json_dumps(v) if v is not None and i in self._json_positions else v)
+        return tuple(out)
+
+    def _time_value(self, event_time: datetime) -> datetime:
+        if self._naive_time:  # a `timestamp` (no time zone) column: store UTC wall time
+            return event_time.astimezone(UTC).replace(tzinfo=None)
+        return event_time
+
+    async def _write(self, rows: list[_Row]) -> list[tuple[datetime, BaseException]]:
+        """Write ``rows`` in one transaction; return the rows refused one by one."""
+        pool = self._pool
+        try:
+            async with pool.acquire(timeout=self.connect_timeout) as conn:
+                try:
+                    await _in_transaction(conn, lambda: self._copy(conn, rows))
+                    return []
+                except _ROW_ERRORS as exc:
+                    if len(rows) == 1:
+                        return [(self._row_time(rows[0]), exc)]
+                return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
+        except _ROW_ERRORS:
+            raise
+        except Exception:
+            # PostgreSQL unreachable, restarted, or the connection was killed: make every
+            # pooled connection reconnect on its next use, and let the lane retry the batch
+            await pool.expire_connections()
+            raise
+
+    async def _copy(self, conn: Any, rows: list[_Row]) -> None:
+        await conn.execute(self._sql_stage)
+        await conn.copy_records_to_table(_STAGE, schema_name="pg_temp", records=rows,
+                                         columns=self.written_columns)
+        status = await conn.execute(self._sql_merge)
+        self._count_insert(status, len(rows))
+
+    async def _one_by_one(self, conn: Any, rows: list[_Row]
+                          ) -> list[tuple[datetime, BaseException]]:
+        """Insert each row under its own savepoint: a bad row is refused alone."""
+        refused: list[tuple[datetime, BaseException]] = []
+        for row in rows:
+
+            async def insert(row: _Row = row) -> str:
+                return str(await conn.execute(self._sql_insert_one, *row))
+
+            try:
+                status = await _in_transaction(conn, insert)
+            except _ROW_ERRORS as exc:
+                refused.append((self._row_time(row), exc))
+            else:
+                self._count_insert(status, 1)
+        return refused
+
+    def _count_insert(self, status: str, rows: int) -> None:
+        try:
+            inserted = int(status.rsplit(" ", 1)[-1])
+        except ValueError:
+            return
+        self.written += inserted
+        self.duplicates += rows - inserted
+
+    def _row_time(self, row: _Row) -> Any:
+        if self.time_column is None:
+            return None
+        return row[self.written_columns.index(self.time_column)]
+
+    def _reject(self, when: datetime | None, exc: BaseException) -> None:
+        self.rejected += 1
+        kind = getattr(exc, "sqlstate", None) or type(exc).__name__
+        self._limiter.log(
+            self._logger, logging.WARNING, ("rejected", kind),
+            "consumer %s: a record of %s was refused and skipped (%d so far); the rest of "
+            "its batch was written to %s: %s: %s",
+            self.name, when.isoformat() if isinstance(when, datetime) else "?",
+            self.rejected, self._target, type(exc).__name__, self._scrub(str(exc)),
+        )
+
+
+async def _in_transaction(conn: Any, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` in a transaction (a savepoint if one is open): commit, or roll back.
+
+    Also rolls back when cancelled (the lane's timeout): asyncpg first has the server
+    cancel the interrupted statement, so no orphaned backend is left holding locks or a
+    connection slot, and the connection goes back to the pool clean.
+    """
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        result = await work()
+    except BaseException:
+        await _roll_back(conn, tx)
+        raise
+    await tx.commit()
+    return result
+
+
+async def _roll_back(conn: Any, tx: Any) -> None:
+    """Roll ``tx`` back within a short grace; if that fails, drop the connection."""
+    if conn.is_closed():
+        return
+    try:
+        async with asyncio.timeout(_ROLLBACK_GRACE):
+            await tx.rollback()
+    except (Exception, asyncio.CancelledError):
+        conn.terminate()  # the pool replaces it; the server rolls back on disconnect
