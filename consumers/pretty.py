@@ -71,6 +71,7 @@ class PrettyPrintConsumer:
         max_depth: int = 4,
     ) -> None:
         from rich.console import Console
+        from rich.highlighter import ReprHighlighter
 
         if console is None:
             console = Console()
@@ -86,6 +87,7 @@ class PrettyPrintConsumer:
         self.max_depth = _int_setting("max_depth", max_depth)
         self._worker: SyncWorker | None = None
         self._limiter = LogLimiter()
+        self._highlighter = ReprHighlighter()
 
     def __repr__(self) -> str:
         return f"<PrettyPrintConsumer {self.name!r}>"
@@ -181,7 +183,6 @@ class PrettyPrintConsumer:
 
     def _text(self, value: Any, width: int) -> Text:
         """``value`` through ``rich.pretty``, highlighted and capped at _MAX_CHARS."""
-        from rich.highlighter import ReprHighlighter
         from rich.pretty import pretty_repr
         from rich.text import Text
 
@@ -196,7 +197,7 @@ class PrettyPrintConsumer:
         if len(shown) > _MAX_CHARS:
             shown = f"{shown[:_MAX_CHARS]}… ({len(shown) - _MAX_CHARS} more characters)"
         text = Text(shown, overflow="fold")
-        ReprHighlighter().highlight(text)
+        self._highlighter.highlight(text)
         return text
 
     def _note(self, what: str, value: object, exc: Exception) -> None:
