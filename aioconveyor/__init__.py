@@ -7,7 +7,7 @@ dependencies) load only when you touch ``aioconveyor.consumers``.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
 from .conveyor import AioConveyor
@@ -23,6 +23,9 @@ from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
 from .stats import ConsumerStats, ConveyorStats, LatenessStats
 from .tick import Tick, current_tick
+
+if TYPE_CHECKING:
+    from .leader_postgres import PostgresLeader
 
 __all__ = [
     "AioConveyor",
@@ -40,6 +43,7 @@ __all__ = [
     "Leader",
     "Misfire",
     "Overflow",
+    "PostgresLeader",
     "Record",
     "RestartBudgetExceeded",
     "RetryAfter",
@@ -58,4 +62,6 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     if name == "consumers":
         return importlib.import_module(".consumers", __name__)
+    if name == "PostgresLeader":  # its module imports asyncpg only when one is created
+        return importlib.import_module(".leader_postgres", __name__).PostgresLeader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
