@@ -77,6 +77,8 @@ _ROW_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _Row = tuple[Any, ...]
+_Refused = tuple[object, BaseException]
+"""A record that was refused: its event time, and why."""
 
 
 def quote_ident(name: str) -> str:
@@ -135,7 +137,14 @@ def _secrets_of(dsn: str | None, extra: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
-def _utc(event_time: datetime) -> datetime:
+def _inserted(status: str) -> int:
+    """Rows inserted, from a command status such as ``INSERT 0 17``."""
+    return int(status.rsplit(" ", 1)[-1])
+
+
+def _utc(event_time: object) -> datetime:
+    if not isinstance(event_time, datetime):
+        raise TypeError(f"event_time must be a datetime, got {type(event_time).__name__}")
     if event_time.tzinfo is None:  # a naive time is taken as UTC, never as local time
         return event_time.replace(tzinfo=UTC)
     return event_time
@@ -404,7 +413,11 @@ class PostgresConsumer:
         types = [attr.type.name for attr in statement.get_attributes()]
         self._json_positions = frozenset(i for i, t in enumerate(types) if t in _JSON_TYPES)
         if self.time_column is not None:
-            self._naive_time = types[self.written_columns.index(self.time_column)] == "timestamp"
+            kind = types[self.written_columns.index(self.time_column)]
+            if kind not in ("timestamptz", "timestamp"):
+                raise ValueError(f"time_column {self.time_column!r} of {self._target} must be "
+                                 f"a timestamptz (or timestamp) column, it is {kind}")
+            self._naive_time = kind == "timestamp"
         try:
             await conn.execute(self._sql_check)
         except asyncpg.InvalidColumnReferenceError as exc:
@@ -440,7 +453,7 @@ class PostgresConsumer:
             raise RuntimeError(f"consumer {self.name!r} is not open: use it in a conveyor, "
                                "in `async with`, or call open() first")
         rows: list[_Row] = []
-        refused: list[tuple[datetime, BaseException]] = []
+        refused: list[_Refused] = []
         for when, item in iter_records(data, event_time):
             try:
                 rows.append(self._row(_utc(when), item))
@@ -448,15 +461,18 @@ class PostgresConsumer:
                 refused.append((when, exc))
         if rows:
             try:
-                refused += await self._write(rows)
+                inserted, refused_by_db = await self._write(rows)
             except Exception as exc:
                 scrubbed = self._scrubbed(exc)
                 if scrubbed is exc:
                     raise
                 raise scrubbed from None
-        # counted only now that the write committed: a retried batch is never counted twice
-        for when, error in refused:
-            self._reject(when, error)
+            # counted only once the write committed: a retried batch never counts twice
+            self.written += inserted
+            self.duplicates += len(rows) - inserted - len(refused_by_db)
+            refused += refused_by_db
+        for moment, error in refused:
+            self._reject(moment, error)
 
     def _row(self, event_time: datetime, item: Any) -> _Row:
         if self.columns is None:
@@ -480,17 +496,16 @@ class PostgresConsumer:
             return event_time.astimezone(UTC).replace(tzinfo=None)
         return event_time
 
-    async def _write(self, rows: list[_Row]) -> list[tuple[datetime, BaseException]]:
-        """Write ``rows`` in one transaction; return the rows refused one by one."""
+    async def _write(self, rows: list[_Row]) -> tuple[int, list[_Refused]]:
+        """Write ``rows`` in one transaction: (rows inserted, rows refused one by one)."""
         pool = self._pool
         try:
             async with pool.acquire(timeout=self.connect_timeout) as conn:
                 try:
-                    await _in_transaction(conn, lambda: self._copy(conn, rows))
-                    return []
+                    return await _in_transaction(conn, lambda: self._copy(conn, rows)), []
                 except _ROW_ERRORS as exc:
                     if len(rows) == 1:
-                        return [(self._row_time(rows[0]), exc)]
+                        return 0, [(self._row_time(rows[0]), exc)]
                 return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
         except _ROW_ERRORS:
             raise
@@ -500,44 +515,35 @@ class PostgresConsumer:
             await pool.expire_connections()
             raise
 
-    async def _copy(self, conn: Any, rows: list[_Row]) -> None:
+    async def _copy(self, conn: Any, rows: list[_Row]) -> int:
+        """COPY ``rows`` into the stage table, then merge it: the number of rows inserted."""
         await conn.execute(self._sql_stage)
         await conn.copy_records_to_table(_STAGE, schema_name="pg_temp", records=rows,
                                          columns=self.written_columns)
-        status = await conn.execute(self._sql_merge)
-        self._count_insert(status, len(rows))
+        return _inserted(await conn.execute(self._sql_merge))
 
-    async def _one_by_one(self, conn: Any, rows: list[_Row]
-                          ) -> list[tuple[datetime, BaseException]]:
+    async def _one_by_one(self, conn: Any, rows: list[_Row]) -> tuple[int, list[_Refused]]:
         """Insert each row under its own savepoint: a bad row is refused alone."""
-        refused: list[tuple[datetime, BaseException]] = []
+        inserted = 0
+        refused: list[_Refused] = []
         for row in rows:
 
-            async def insert(row: _Row = row) -> str:
-                return str(await conn.execute(self._sql_insert_one, *row))
+            async def insert(row: _Row = row) -> int:
+                return _inserted(await conn.execute(self._sql_insert_one, *row))
 
             try:
-                status = await _in_transaction(conn, insert)
+                inserted += await _in_transaction(conn, insert)
             except _ROW_ERRORS as exc:
                 refused.append((self._row_time(row), exc))
-            else:
-                self._count_insert(status, 1)
-        return refused
+        return inserted, refused
 
-    def _count_insert(self, status: str, rows: int) -> None:
-        try:
-            inserted = int(status.rsplit(" ", 1)[-1])
-        except ValueError:
-            return
-        self.written += inserted
-        self.duplicates += rows - inserted
-
-    def _row_time(self, row: _Row) -> Any:
+    def _row_time(self, row: _Row) -> datetime | None:
         if self.time_column is None:
             return None
-        return row[self.written_columns.index(self.time_column)]
+        moment = row[self.written_columns.index(self.time_column)]
+        return moment if isinstance(moment, datetime) else None
 
-    def _reject(self, when: datetime | None, exc: BaseException) -> None:
+    def _reject(self, when: object, exc: BaseException) -> None:
         self.rejected += 1
         kind = getattr(exc, "sqlstate", None) or type(exc).__name__
         self._limiter.log(

@@ -17,7 +17,7 @@ import time
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -249,6 +249,19 @@ async def test_schema_qualified_table(
         await db.execute(f"DROP SCHEMA {q(schema)} CASCADE")
 
 
+async def test_time_column_may_be_timestamp_without_time_zone_but_not_text(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    naive, wrong = new_table(), new_table()
+    await db.execute(f"CREATE TABLE {q(naive)} (event_time timestamp PRIMARY KEY, v int)")
+    await db.execute(f"CREATE TABLE {q(wrong)} (event_time text PRIMARY KEY, v int)")
+    async with PostgresConsumer(postgres_dsn, naive, ["v"]) as sink:
+        await sink({"v": 1}, T0.astimezone(timezone(timedelta(hours=2))))
+    assert await db.fetchval(f"SELECT event_time FROM {q(naive)}") == T0.replace(tzinfo=None)
+    with pytest.raises(ValueError, match="must be a timestamptz"):
+        await PostgresConsumer(postgres_dsn, wrong, ["v"]).open()
+
+
 # -- exactly once ------------------------------------------------------------------------
 
 
@@ -407,7 +420,7 @@ async def test_a_bad_row_is_skipped_and_the_rest_of_its_batch_written(
 
     got = await rows_of(db, table, "event_time, v, s")
     assert [tuple(r) for r in got] == [(T0, 1, "good"), (T0 + timedelta(seconds=5), 3, "good too")]
-    assert sink.rejected == 6
+    assert (sink.rejected, sink.written, sink.duplicates) == (6, 2, 0)
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 4, refused  # one line per kind of refusal
     assert any("CheckViolationError" in m and "2024-05-01T12:00:02" in m for m in refused)
