@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import enum
+import importlib
 import logging
 import math
 import random
@@ -19,14 +20,16 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from datetime import tzinfo
+from datetime import UTC, datetime, tzinfo
 from types import TracebackType
 from typing import Any
 
 from . import _validate
 from .clock import Clock, SystemClock
+from .endpoint import OpsEndpoint
 from .errors import ConveyorError, RestartBudgetExceeded, StartupError
 from .fanout import Consumer, Fanout, Lane, callable_name, make_lanes
+from .health import Health, assess
 from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
 from .scheduler import Scheduler
@@ -105,6 +108,9 @@ class AioConveyor:
         clock: Clock | None = None,
         seed: int | None = None,
         leader: Leader | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        health_bound: float | None = None,
     ) -> None:
         self.produce = _validate.callable_("produce", produce)
         if isinstance(consumers, str | bytes) or not isinstance(consumers, Sequence):
@@ -171,11 +177,29 @@ class AioConveyor:
                 f"leader must provide open(), close(), lead() and role, got {leader!r}"
             )
         self.leader = leader
+        self.metrics_port = _validate.optional_integer("metrics_port", metrics_port, minimum=0)
+        if self.metrics_port is not None:
+            if self.metrics_port > 65535:
+                raise ValueError(f"metrics_port must be <= 65535, got {metrics_port!r}")
+            try:
+                importlib.import_module("prometheus_client")
+            except ImportError as exc:
+                raise ImportError(
+                    'metrics_port needs prometheus-client: pip install "aioconveyor[metrics]"'
+                ) from exc
+        if not isinstance(metrics_host, str) or not metrics_host:
+            raise TypeError(f"metrics_host must be a non-empty str, got {metrics_host!r}")
+        self.metrics_host = metrics_host
+        self.health_bound = (max(3 * period, 10.0) if health_bound is None
+                             else _validate.positive("health_bound", health_bound))
         self.planner = Planner(self.schedule, misfire=misfire, misfire_grace=misfire_grace,
                                jitter=jitter, eager=eager, rng=random.Random(seed))
         # settings of every consumer are resolved (and checked) now, not in the thread
-        make_lanes(self._consumers, lambda n: ConveyorCounters(n).lane(n), self.name,
-                   self.consumer_timeout)
+        lanes = make_lanes(self._consumers, lambda n: ConveyorCounters(n).lane(n), self.name,
+                           self.consumer_timeout)
+        self._consumer_bounds = {
+            lane.settings.name: self.health_bound + lane.settings.batch_age for lane in lanes
+        }
 
         self._counters = ConveyorCounters(self.name)
         self._state = _State.NEW
@@ -212,6 +236,20 @@ class AioConveyor:
     def stats(self) -> ConveyorStats:
         """A consistent snapshot of the counters; safe from any thread at any time."""
         return self._counters.snapshot()
+
+    def health(self, now: datetime | None = None) -> Health:
+        """Healthy while running, ticking on time, and every consumer delivering within
+        ``health_bound`` (plus its ``batch_age``); else says which part is not."""
+        return assess(self.stats(), now=now or datetime.now(UTC), bound=self.health_bound,
+                      consumer_bounds=self._consumer_bounds)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics``, ``/healthz`` and ``/readyz`` are served (while running)."""
+        engine = self._engine
+        if engine is None or engine.endpoint is None or not self.running:
+            return None
+        return engine.endpoint.address
 
     def _claim(self, how: str) -> None:
         with self._lock:
@@ -380,6 +418,7 @@ class _Engine:
             on_finished=self._ticks_done, leader=conv.leader,
         )
         self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold)
+        self.endpoint: OpsEndpoint | None = None
 
     def request_stop(self, deadline: float | None = None) -> None:
         """Begin a graceful stop that must be over by ``deadline`` (monotonic seconds)."""
@@ -423,6 +462,10 @@ class _Engine:
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 stack.push_async_callback(self._close_leader, leader)
+            if self.conv.metrics_port is not None:
+                self.endpoint = self._make_endpoint()
+                await self.endpoint.start()
+                stack.push_async_callback(self.endpoint.close)
             heartbeat = asyncio.get_running_loop().create_task(
                 self.monitor.heartbeat(), name=f"aioconveyor[{self.conv.name}].heartbeat"
             )
@@ -444,6 +487,18 @@ class _Engine:
                 heartbeat.cancel()
                 with self.counters.lock:
                     self.counters.running = False
+
+    def _make_endpoint(self) -> OpsEndpoint:
+        from . import metrics
+
+        conv = self.conv
+
+        def render() -> tuple[bytes, str]:
+            return metrics.render(conv.stats), metrics.CONTENT_TYPE
+
+        assert conv.metrics_port is not None
+        return OpsEndpoint(conv.metrics_host, conv.metrics_port, health=conv.health,
+                           ready=lambda: conv.running, metrics=render)
 
     async def _close_leader(self, leader: Leader) -> None:
         try:

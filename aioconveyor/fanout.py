@@ -272,6 +272,14 @@ class Lane:
         self._limiter = LogLimiter()
         self._rng = random.Random()
         self._spool = Spool(settings.spool, settings.name) if settings.spool is not None else None
+        counters.oldest_queued = self._oldest_enqueued
+
+    def _oldest_enqueued(self) -> float | None:
+        """Monotonic enqueue time of the oldest waiting item (read from any thread)."""
+        try:
+            return self._queue[0].enqueued
+        except IndexError:
+            return None
 
     # -- putting ---------------------------------------------------------------------
 
@@ -571,12 +579,15 @@ class Lane:
     async def _call(self, payload: Any, event_time: datetime, tick: Tick) -> None:
         s = self.settings
         future = self._start_call(payload, event_time, tick)
+        self.counters.busy_since = time.monotonic()
         try:
             limit = None if s.timeout == math.inf else s.timeout
             done, _ = await asyncio.wait({future}, timeout=limit)
         except asyncio.CancelledError:
             future.cancel()
             raise
+        finally:
+            self.counters.busy_since = None
         if not done:
             await self._abandon(future)
             raise ConsumerTimeout(s.name, event_time, s.timeout)

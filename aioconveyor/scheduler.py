@@ -122,7 +122,7 @@ class Scheduler:
             index = self.counters.ticks
             self.counters.ticks += 1
             self.counters.last_tick_time = plan.event_time
-            self.counters.lateness.append(max(0.0, woke - plan.fire_at))
+            self.counters.record_lateness(max(0.0, woke - plan.fire_at))
         tick = Tick.make(index, plan.event_time, plan.fire_at, woke, plan.missed)
         if self.leader is not None and not await self._lead(tick):
             with self.counters.lock:

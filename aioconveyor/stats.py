@@ -6,24 +6,37 @@ them under the same lock, so a snapshot taken from any thread is consistent.
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import math
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 __all__ = ["ConsumerStats", "ConveyorStats", "LatenessStats"]
 
 LATENESS_WINDOW = 1000
+#: Upper bounds (seconds) of the tick lateness histogram buckets (Prometheus style).
+LATENESS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 @dataclass(frozen=True, slots=True)
 class LatenessStats:
-    """Tick start lateness over the last ``samples`` ticks, in milliseconds."""
+    """Tick start lateness: percentiles over the last ``samples`` ticks (milliseconds), and
+    a histogram over all ticks (``buckets``: cumulative ``(upper bound s, count)`` pairs, the
+    last bound ``inf``; ``sum_seconds`` and ``count`` as in Prometheus)."""
 
     p50_ms: float
     p99_ms: float
     max_ms: float
     samples: int
+    buckets: tuple[tuple[float, int], ...] = ()
+    sum_seconds: float = 0.0
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +59,8 @@ class ConsumerStats:
     restarts: int
     abandoned: int
     hook_errors: int
+    busy_seconds: float
+    oldest_queued_seconds: float
     last_error: str | None
     last_error_time: datetime | None
     last_success_time: datetime | None
@@ -108,8 +123,13 @@ class LaneCounters:
     last_error: str | None = None
     last_error_time: float | None = None
     last_success_time: float | None = None
+    busy_since: float | None = None  # monotonic start of the call in progress
+    oldest_queued: Callable[[], float | None] | None = None  # monotonic enqueue time
 
     def snapshot(self) -> ConsumerStats:
+        now = time.monotonic()
+        busy = self.busy_since
+        oldest = self.oldest_queued() if self.oldest_queued is not None else None
         return ConsumerStats(
             name=self.name,
             offered=self.offered,
@@ -124,6 +144,8 @@ class LaneCounters:
             restarts=self.restarts,
             abandoned=self.abandoned,
             hook_errors=self.hook_errors,
+            busy_seconds=0.0 if busy is None else max(0.0, now - busy),
+            oldest_queued_seconds=0.0 if oldest is None else max(0.0, now - oldest),
             last_error=self.last_error,
             last_error_time=_utc(self.last_error_time),
             last_success_time=_utc(self.last_success_time),
@@ -153,7 +175,15 @@ class ConveyorCounters:
     last_tick_time: float | None = None
     next_tick_time: float | None = None
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
+    lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
+    lateness_sum: float = 0.0
     lanes: list[LaneCounters] = field(default_factory=list)
+
+    def record_lateness(self, seconds: float) -> None:
+        """Add one tick's lateness (call with ``lock`` held)."""
+        self.lateness.append(seconds)
+        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, seconds)] += 1
+        self.lateness_sum += seconds
 
     def lane(self, name: str) -> LaneCounters:
         counters = LaneCounters(name, self.lock)
@@ -179,18 +209,21 @@ class ConveyorCounters:
                 leader_role=self.leader_role,
                 leader_since=self.leader_since,
                 takeovers=self.takeovers,
-                lateness=_lateness(late),
+                lateness=_lateness(late, self.lateness_counts, self.lateness_sum),
                 last_tick_time=_utc(self.last_tick_time),
                 next_tick_time=_utc(self.next_tick_time),
                 consumers=tuple(lane.snapshot() for lane in self.lanes),
             )
 
 
-def _lateness(ordered: list[float]) -> LatenessStats:
+def _lateness(ordered: list[float], counts: list[int], total: float) -> LatenessStats:
+    cumulative = list(itertools.accumulate(counts))
+    buckets = tuple(zip((*LATENESS_BUCKETS, math.inf), cumulative, strict=True))
     if not ordered:
-        return LatenessStats(0.0, 0.0, 0.0, 0)
+        return LatenessStats(0.0, 0.0, 0.0, 0, buckets, total, cumulative[-1])
 
     def pct(p: float) -> float:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000.0
 
-    return LatenessStats(pct(0.50), pct(0.99), ordered[-1] * 1000.0, len(ordered))
+    return LatenessStats(pct(0.50), pct(0.99), ordered[-1] * 1000.0, len(ordered), buckets,
+                         total, cumulative[-1])

@@ -1,0 +1,105 @@
+"""The operations endpoint: ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz``.
+
+A deliberately tiny HTTP/1.1 server on asyncio streams, running in the conveyor's own
+loop (so a blocked loop shows up as a health check that times out, which is the truth).
+One request per connection; only GET (and HEAD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from .health import Health
+
+__all__ = ["OpsEndpoint"]
+
+logger = logging.getLogger(__name__)
+
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
+            503: "Service Unavailable"}
+
+
+class OpsEndpoint:
+    """Serves metrics, health and readiness for one conveyor."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        health: Callable[[datetime], Health],
+        ready: Callable[[], bool],
+        metrics: Callable[[], tuple[bytes, str]] | None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._health = health
+        self._ready = ready
+        self._metrics = metrics
+        self._server: asyncio.Server | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually listened on (useful with port 0)."""
+        assert self._server is not None, "endpoint not started"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", *self.address)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5.0):
+                request = await reader.readuntil(b"\r\n\r\n")
+            status, ctype, body = self._route(request.split(b"\r\n", 1)[0])
+            head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
+                    f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                    "Connection: close\r\n\r\n").encode()
+            writer.write(head + (b"" if request.startswith(b"HEAD ") else body))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass
+        except Exception:
+            logger.exception("ops endpoint: request failed")
+        finally:
+            writer.close()
+
+    def _route(self, line: bytes) -> tuple[int, str, bytes]:
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3:
+            return 400, "text/plain", b"bad request\n"
+        method, target, _ = parts
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"only GET\n"
+        if path == "/healthz":
+            verdict = self._health(datetime.now(UTC))
+            return (200 if verdict.ok else 503), "application/json", _json(verdict.as_json())
+        if path == "/readyz":
+            ready = self._ready()
+            return (200 if ready else 503), "application/json", _json(
+                {"status": "ready" if ready else "not ready"})
+        if path == "/metrics" and self._metrics is not None:
+            body, ctype = self._metrics()
+            return 200, ctype, body
+        return 404, "text/plain", b"not found: try /metrics, /healthz, /readyz\n"
+
+
+def _json(value: object) -> bytes:
+    return (json.dumps(value, sort_keys=True) + "\n").encode()
