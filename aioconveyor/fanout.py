@@ -473,6 +473,7 @@ class Lane:
         outcome = "failed"
         attempt = 0
         error: Exception | None = None
+        rejected_before = self._rejected_so_far()
         try:
             while True:
                 try:
@@ -505,13 +506,25 @@ class Lane:
             outcome = "dropped"
             raise
         finally:
-            self._settle(entries, outcome)
+            rejected = 0
+            if outcome == "delivered" and rejected_before is not None:
+                rejected = min(n, max(0, (self._rejected_so_far() or 0) - rejected_before))
+            self._settle(entries, outcome, rejected)
         if outcome == "delivered" and s.on_delivered is not None:
             await self._hook("on_delivered", s.on_delivered, payload, last.record.event_time)
         elif outcome == "failed" and s.on_error is not None:
             await self._hook("on_error", s.on_error, error, payload, last.record.event_time)
 
-    def _settle(self, entries: list[_Entry], outcome: str) -> None:
+    def _rejected_so_far(self) -> int | None:
+        """The consumer object's own ``rejected`` counter, if it keeps one.
+
+        Consumers that skip bad records (and still succeed) count them in an int attribute
+        ``rejected``; what it grows by during a delivery is counted as rejected, not delivered.
+        """
+        value = getattr(self.settings.fn, "rejected", None)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _settle(self, entries: list[_Entry], outcome: str, rejected: int = 0) -> None:
         """Count the outcome; forget delivered and failed items from the spool."""
         n = len(entries)
         spooled = self._spool is not None and entries[0].spool_id is not None
@@ -521,7 +534,8 @@ class Lane:
             c = self.counters
             c.in_flight -= n
             if outcome == "delivered":
-                c.delivered += n
+                c.delivered += n - rejected
+                c.rejected += rejected
                 c.last_success_time = time.time()
             elif outcome == "dropped" and spooled:
                 c.queued += n  # not delivered, but safe on disk for the next run

@@ -44,6 +44,7 @@ _CONVEYOR_COUNTERS = (
 
 _CONSUMER_COUNTERS = (
     ("delivered", "Items delivered."),
+    ("rejected", "Items the consumer skipped as bad data (the rest of their batch went on)."),
     ("errors", "Failed delivery attempts."),
     ("retries", "Delivery retries."),
     ("dropped", "Items dropped (queue overflow, stop timeout, unspoolable)."),

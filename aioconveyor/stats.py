@@ -43,12 +43,13 @@ class LatenessStats:
 class ConsumerStats:
     """One consumer lane. Items, not calls: a batch of 10 delivered counts 10.
 
-    For every lane ``offered == delivered + dropped + failed + queued + in_flight``.
+    For every lane ``offered == delivered + rejected + dropped + failed + queued + in_flight``.
     """
 
     name: str
     offered: int
     delivered: int
+    rejected: int
     dropped: int
     failed: int
     queued: int
@@ -110,6 +111,7 @@ class LaneCounters:
     lock: threading.Lock
     offered: int = 0
     delivered: int = 0
+    rejected: int = 0
     dropped: int = 0
     failed: int = 0
     queued: int = 0
@@ -134,6 +136,7 @@ class LaneCounters:
             name=self.name,
             offered=self.offered,
             delivered=self.delivered,
+            rejected=self.rejected,
             dropped=self.dropped,
             failed=self.failed,
             queued=self.queued,

@@ -40,7 +40,7 @@ class Counter:
 def assert_lanes_add_up(conv: AioConveyor) -> None:
     s = conv.stats()
     for c in s.consumers:
-        assert c.offered == c.delivered + c.dropped + c.failed + c.queued + c.in_flight, c
+        assert c.offered == c.delivered + c.rejected + c.dropped + c.failed + c.queued + c.in_flight, c
         assert c.offered == s.produced, c
 
 

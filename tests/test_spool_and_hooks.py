@@ -201,3 +201,34 @@ def test_batches_are_spooled_and_recovered_whole(tmp_path: Path) -> None:
         assert wait_until(lambda: sum(len(b) for b in batches) >= pending)
     times = [r.data["t"] for b in batches for r in b]
     assert len(times) == pending and times == sorted(times)
+
+
+def test_records_a_consumer_rejects_are_counted_apart_from_deliveries() -> None:
+    class Picky:
+        """Skips odd numbers as bad data, like the built-in consumers skip bad records."""
+
+        def __init__(self) -> None:
+            self.rejected = 0
+            self.written: list[int] = []
+
+        async def __call__(self, data: Batch, event_time: datetime) -> None:
+            for record in data:
+                if record.data % 2:
+                    self.rejected += 1
+                else:
+                    self.written.append(record.data)
+
+    n = 0
+
+    def produce_n(event_time: datetime) -> int:
+        nonlocal n
+        n += 1
+        return n
+
+    picky = Picky()
+    with AioConveyor(produce_n, [Consumer(picky, batch_size=3)], loop_interval=FAST,
+                     max_ticks=7) as conv:
+        assert conv.join(10)
+    c = conv.stats().consumers[0]
+    assert picky.written == [2, 4, 6]
+    assert (c.delivered, c.rejected, c.offered) == (3, 4, 7)
