@@ -730,6 +730,7 @@ class MqttConsumer:
             try:
                 await client.__aenter__()
             except aiomqtt.MqttError as exc:
+                _abort(client)  # a CONNACK that never came leaves the socket open
                 self._failed_connects += 1
                 refused = isinstance(exc, MqttConnectError)
                 self._limiter.log(
@@ -790,8 +791,10 @@ class MqttConsumer:
         if conn.finished:
             return
         conn.finished = True
+        # the watcher's own error only says "Disconnected during message iteration"
+        reason = (exc.__cause__ or exc) if exc is not None else "closed by the broker"
         self._log.warning("MQTT consumer %s: lost the connection to %s: %s",
-                          self.name, self.url, _reason(exc) if exc else "closed")
+                          self.name, self.url, reason)
 
     def _drop(self, conn: _Connection) -> None:
         """Forget ``conn`` and close it without waiting (the next call reconnects)."""
