@@ -45,9 +45,14 @@ def test_readme_example_runs(code: str, tmp_path: Path) -> None:
 
 
 def test_demo_runs(tmp_path: Path) -> None:
+    """The quick start's demo command (with a short run): readings reach the console and CSV."""
+    csv_path = tmp_path / "demo.csv"
     result = subprocess.run(
-        [sys.executable, "-m", "aioconveyor", "--interval", "0.1", "--count", "2"],
+        [sys.executable, "-m", "aioconveyor", "--interval", "0.1", "--count", "2",
+         "--csv", str(csv_path)],
         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("consume: hello paul") == 4
+    assert "simulated" in result.stdout and "power_w" in result.stdout
+    assert "summary: stopped (2 readings done)" in result.stdout
+    assert len(csv_path.read_text().splitlines()) == 1 + 2

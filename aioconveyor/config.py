@@ -1,0 +1,537 @@
+"""``conveyor.toml`` to a ready :class:`~aioconveyor.AioConveyor`: TOML, ``${ENV}``
+interpolation, validation, and secret masking for everything printed or logged.
+
+The format (the README has a complete example)::
+
+    [conveyor]                    # AioConveyor options (interval = loop_interval, ...)
+    interval = 10
+    [producer]
+    function = "package.module:function"   # every other key is a keyword argument
+    [[consumers]]
+    type = "postgres"             # mqtt, csv, pretty, or "package.module:attribute"
+    dsn = "${POSTGRES_DSN}"       # the consumer's own options and the Consumer settings
+
+Every mistake raises :class:`ConfigError` naming the file, the key (``consumers[1].retries``)
+and what was expected. Loading builds every object (imports the producer, constructs the
+consumers and the conveyor) but opens nothing: no connection, no file, no thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import importlib
+import inspect
+import logging
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .conveyor import AioConveyor
+from .errors import ConveyorError
+from .fanout import Consumer, resolve
+from .schedule import CronSchedule, IntervalSchedule
+
+__all__ = [
+    "BUILTIN_CONSUMERS",
+    "ConfigError",
+    "LoadedConfig",
+    "load_config",
+    "mask_secrets",
+]
+
+logger = logging.getLogger(__name__)
+
+BUILTIN_CONSUMERS: dict[str, str] = {
+    "csv": "aioconveyor.consumers.csv:CsvConsumer",
+    "mqtt": "aioconveyor.consumers.mqtt:MqttConsumer",
+    "postgres": "aioconveyor.consumers.postgres:PostgresConsumer",
+    "pretty": "aioconveyor.consumers.pretty:PrettyPrintConsumer",
+}
+"""The short ``type`` names of ``[[consumers]]`` and the classes they stand for."""
+
+_SECTIONS = ("conveyor", "producer", "consumers")
+_ALIASES = {"interval": "loop_interval", "offset": "loop_offset"}
+_SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
+_NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})
+_SETTINGS = tuple(f.name for f in dataclasses.fields(Consumer) if f.name != "fn")
+_HOOKS = ("on_delivered", "on_error")
+_INNER_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.S)
+_SECRET_NAME = re.compile(r"pass(word|wd|phrase)?|secret|token|api[_-]?key|credential|"
+                          r"private[_-]?key", re.I)
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@\s]+)@")
+_KV_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<pw>[^&\s'\",;]+)",
+                          re.I)
+_MASK = "***"
+
+
+class ConfigError(ConveyorError, ValueError):
+    """A config file that cannot be used: ``path``, ``key`` (or ``None``) and ``message``."""
+
+    def __init__(self, path: str | os.PathLike[str], key: str | None, message: str) -> None:
+        self.path = os.fspath(path)
+        self.key = key
+        self.message = message
+        super().__init__(f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}")
+
+
+def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with URL passwords (``scheme://user:***@``), ``password=***`` pairs and every
+    string in ``secrets`` replaced by ``***``."""
+    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, _MASK)
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{_MASK}@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{_MASK}", text)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A config file turned into a conveyor that has not been started."""
+
+    path: Path
+    conveyor: AioConveyor
+    producer: str
+    """The producer as written (``package.module:function``), with its keyword names."""
+    consumers: tuple[str, ...]
+    """One line per consumer: its lane name and what it is (secrets masked)."""
+    secrets: frozenset[str]
+    """Values that must never be shown (passwords, tokens, secret environment variables)."""
+
+    def mask(self, text: str) -> str:
+        """``text`` safe to print or log."""
+        return mask_secrets(text, self.secrets)
+
+    def describe(self) -> list[str]:
+        """What the file builds, in a few lines (nothing secret)."""
+        conv = self.conveyor
+        lines = [f"conveyor {conv.name!r}: {describe_schedule(conv)}",
+                 f"producer: {self.producer}"]
+        lines += [f"consumer {line}" for line in self.consumers]
+        if not self.consumers:
+            lines.append("no consumers (the producer runs for its side effects)")
+        return [self.mask(line) for line in lines]
+
+
+def describe_schedule(conv: AioConveyor) -> str:
+    """``every 10 s at +2 s`` or ``cron '*/5 * * * *' (UTC)``; repr for anything else."""
+    schedule = conv.schedule
+    if isinstance(schedule, IntervalSchedule):
+        text = f"every {schedule.interval:g} s"
+        return text + (f" at +{schedule.offset:g} s" if schedule.offset else "")
+    if isinstance(schedule, CronSchedule):
+        return f"cron {schedule.expression!r} ({schedule.tz})"
+    return repr(schedule)
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Read, interpolate and validate ``path``; build the conveyor without starting it.
+
+    ``overrides`` are ``KEY=VALUE`` strings (``conveyor.interval=0.5``,
+    ``consumers[0].path=out.csv``); VALUE is read as a TOML value, else as a string.
+    ``env`` defaults to ``os.environ``. The folder of ``path`` is put on ``sys.path`` so the
+    file can name modules that live next to it. Raises :class:`ConfigError`.
+    """
+    return _Loader(Path(path), os.environ if env is None else env).load(overrides)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _strip_name(message: str, names: Mapping[str, str]) -> tuple[str | None, str]:
+    """Split ``"retries must be ..."`` into the key it names and ``"must be ..."``."""
+    for name in sorted(names, key=len, reverse=True):
+        for prefix in (f"{name} ", f"consumer {name} "):
+            if message.startswith(prefix):
+                return names[name], message[len(prefix):]
+    return None, message
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):  # some builtins have none
+        return None
+
+
+def _keyword_names(sig: inspect.Signature) -> list[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [n for n, p in sig.parameters.items() if p.kind in kinds]
+
+
+def _takes_any_keyword(sig: inspect.Signature) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _type_name(value: object) -> str:
+    return {dict: "table", list: "array", str: "string", bool: "boolean",
+            int: "integer", float: "float"}.get(type(value), type(value).__name__)
+
+
+def _noop(*args: Any) -> None:
+    """Stands in for the producer while single options are checked."""
+
+
+class _Loader:
+    """One load of one file: remembers the secrets it meets on the way."""
+
+    def __init__(self, path: Path, env: Mapping[str, str]) -> None:
+        self.path = path
+        self.env = env
+        self.secrets: set[str] = set()
+
+    def error(self, key: str | None, message: str) -> ConfigError:
+        return ConfigError(self.path, key, mask_secrets(message, self.secrets))
+
+    # -- reading ---------------------------------------------------------------------
+
+    def load(self, overrides: Sequence[str]) -> LoadedConfig:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise self.error(None, "no such file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self.error(None, f"cannot read the file: {exc}") from None
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise self.error(None, f"not valid TOML: {exc}") from None
+        for override in overrides:
+            self.override(doc, override)
+        doc = self.interpolate(doc, "")
+        for key in doc:
+            if key not in _SECTIONS:
+                raise self.error(key, "unknown section; expected [conveyor], [producer] and "
+                                      f"[[consumers]]{_suggest(key, _SECTIONS)}")
+        folder = str(self.path.resolve().parent)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
+
+        producer, producer_text = self.producer(doc.get("producer"))
+        raw_consumers = doc.get("consumers", [])
+        if not isinstance(raw_consumers, list) or not all(
+                isinstance(c, dict) for c in raw_consumers):
+            raise self.error("consumers", "expected [[consumers]] tables (an array of tables), "
+                                          f"got {_type_name(raw_consumers)}")
+        consumers: list[Consumer] = []
+        lines: list[str] = []
+        for i, table in enumerate(raw_consumers):
+            consumer, line = self.consumer(f"consumers[{i}]", table)
+            consumers.append(consumer)
+            lines.append(line)
+        options = self.conveyor_options(doc.get("conveyor", {}))
+        try:
+            conveyor = AioConveyor(producer, consumers, **options)
+        except (TypeError, ValueError) as exc:
+            raise self.error("conveyor", str(exc)) from None
+        names = [s.name for s in resolve(consumers, conveyor.consumer_timeout)]
+        lines = [f"{n}: {line}" for n, line in zip(names, lines, strict=True)]
+        return LoadedConfig(self.path, conveyor, producer_text, tuple(lines),
+                            frozenset(self.secrets))
+
+    def override(self, doc: dict[str, Any], text: str) -> None:
+        """Apply one ``--set KEY=VALUE``."""
+        key, sep, raw = text.partition("=")
+        key = key.strip()
+        where = f"--set {key or text}"
+        if not sep or not key:
+            raise self.error("--set", f"expected KEY=VALUE (like conveyor.interval=5), got "
+                                      f"{text!r}")
+        try:
+            value: Any = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # a bare word: take it as a string
+        parts = [p for p in re.split(r"[.\[\]]", key) if p]
+        node: Any = doc
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise self.error(where, f"{'.'.join(parts[:i]) or 'the array'} has "
+                                            f"{len(node)} entries; {part!r} is not an index")
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise self.error(where, f"{'.'.join(parts[:i])} is not a table")
+
+    def interpolate(self, value: Any, key: str) -> Any:
+        """Replace ``${NAME}`` / ``${NAME:-default}`` in every string; ``$$`` is ``$``."""
+        if isinstance(value, dict):
+            out = {k: self.interpolate(v, f"{key}.{k}" if key else k) for k, v in value.items()}
+            for k, v in out.items():
+                if isinstance(v, str) and v and _SECRET_NAME.search(k):
+                    self.secrets.add(v)
+            return out
+        if isinstance(value, list):
+            return [self.interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        if not isinstance(value, str):
+            return value
+        text = self.substitute(value, key)
+        for m in _URL_PASSWORD.finditer(text):
+            self.secrets.add(m["pw"])
+        for m in _KV_PASSWORD.finditer(text):
+            self.secrets.add(m["pw"])
+        return text
+
+    def substitute(self, text: str, key: str) -> str:
+        if "$" not in text:
+            return text
+        out: list[str] = []
+        i = 0
+        while (j := text.find("$", i)) >= 0:
+            out.append(text[i:j])
+            following = text[j + 1:j + 2]
+            if following == "$":
+                out.append("$")
+                i = j + 2
+                continue
+            if following != "{":
+                out.append("$")
+                i = j + 1
+                continue
+            end = text.find("}", j + 2)
+            if end < 0:
+                raise self.error(key, "a ${ without its closing }: write ${NAME}, "
+                                      "${NAME:-default}, or $$ for a literal $")
+            inner = text[j + 2:end]
+            m = _INNER_REF.fullmatch(inner)
+            if m is None:
+                raise self.error(key, f"${{{inner}}} is not an environment reference: write "
+                                      "${NAME}, ${NAME:-default}, or $$ for a literal $")
+            name, default = m[1], m[2]
+            found = self.env.get(name)
+            if found is None or (found == "" and default is not None):
+                if default is None:
+                    raise self.error(key, f"environment variable {name} is not set (the value "
+                                          f"uses ${{{name}}}); set it, or give a default: "
+                                          f"${{{name}:-...}}")
+                found = default
+            elif _SECRET_NAME.search(name):
+                self.secrets.add(found)
+            out.append(found)
+            i = end + 1
+        out.append(text[i:])
+        return "".join(out)
+
+    # -- sections --------------------------------------------------------------------
+
+    def table(self, key: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table ([{key}]), got {_type_name(value)}")
+        return value
+
+    def import_target(self, key: str, spec: Any) -> Any:
+        """``"package.module:attribute"`` to the object it names."""
+        expected = 'expected "package.module:attribute"'
+        if not isinstance(spec, str):
+            raise self.error(key, f"{expected}, got {_type_name(spec)} {spec!r}")
+        module_name, colon, attr = spec.partition(":")
+        dotted = [*module_name.split("."), *attr.split(".")]
+        if not colon or not all(p.isidentifier() for p in dotted):
+            raise self.error(key, f"{expected} (a colon between module and name), got {spec!r}")
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(f"{exc.name}.")):
+                raise self.error(key, f"no module named {exc.name!r} (looked in "
+                                      f"{self.path.resolve().parent} and on sys.path)") from None
+            raise self.error(key, f"importing {module_name!r} failed: {exc}") from None
+        except Exception as exc:  # the user's module raised while importing
+            raise self.error(key, f"importing {module_name!r} failed: "
+                                  f"{type(exc).__name__}: {exc}") from None
+        for part in attr.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                names = [n for n in dir(obj) if not n.startswith("_")]
+                raise self.error(key, f"{module_name!r} has no attribute {part!r}"
+                                      f"{_suggest(part, names)}") from None
+        return obj
+
+    def construct(self, key: str, cls: Any, options: dict[str, Any], what: str) -> Any:
+        """``cls(**options)`` with unknown, missing and bad options named by key."""
+        sig = _signature(cls)
+        if sig is not None:
+            names = _keyword_names(sig)
+            if not _takes_any_keyword(sig):
+                for k in options:
+                    if k not in names:
+                        raise self.error(f"{key}.{k}", f"unknown option for {what}"
+                                         f"{_suggest(k, names)}; it takes: {', '.join(names)}")
+            for n in names:
+                p = sig.parameters[n]
+                if p.default is inspect.Parameter.empty and n not in options:
+                    raise self.error(key, f"missing required option {n!r} for {what}")
+        try:
+            return cls(**options)
+        except (TypeError, ValueError) as exc:
+            sub, message = _strip_name(str(exc), {k: f"{key}.{k}" for k in options})
+            raise self.error(sub or key, message) from None
+
+    def callable_with(self, key: str, target: Any, options: dict[str, Any], nargs: int,
+                      what: str) -> Any:
+        """``target`` ready to be called with ``nargs`` positional arguments: a class is
+        instantiated with ``options``, a function gets them bound (``functools.partial``)."""
+        label = getattr(target, "__qualname__", None) or repr(target)
+        if inspect.isclass(target):
+            obj = self.construct(key, target, options, label)
+        elif not callable(target):
+            raise self.error(key, f"{label} is not callable (expected a function or a class)")
+        elif options and not (inspect.isroutine(target) or isinstance(target, functools.partial)):
+            raise self.error(key, f"{label} is an object, not a class or a function: it takes "
+                                  f"no options, got {', '.join(sorted(options))}")
+        else:
+            sig = _signature(target)
+            if options and sig is not None and not _takes_any_keyword(sig):
+                names = _keyword_names(sig)
+                for k in options:
+                    if k not in names:
+                        raise self.error(f"{key}.{k}", f"unknown option: {label}() has no "
+                                         f"argument {k!r}{_suggest(k, names)}")
+            obj = functools.partial(target, **options) if options else target
+        if not callable(obj):
+            raise self.error(key, f"{label}(...) made a {type(obj).__name__}, which is not "
+                                  f"callable as {what}")
+        sig = _signature(obj)
+        if sig is not None:
+            try:
+                sig.bind(*range(nargs))
+            except TypeError as exc:
+                args = "data, event_time" if nargs == 2 else "event_time"
+                raise self.error(key, f"{label} cannot be called as {what} ({args}): {exc}; "
+                                      f"its signature is {sig}") from None
+        return obj
+
+    def producer(self, raw: Any) -> tuple[Any, str]:
+        if raw is None:
+            raise self.error("producer", 'missing [producer] table with function = '
+                                         '"package.module:function"')
+        table = self.table("producer", raw)
+        if "function" not in table:
+            raise self.error("producer.function", 'missing; expected "package.module:function"')
+        options = {k: v for k, v in table.items() if k != "function"}
+        target = self.import_target("producer.function", table["function"])
+        fn = self.callable_with("producer", target, options, 1, "a producer")
+        text = str(table["function"])
+        if options:
+            text += f" ({', '.join(sorted(options))})"
+        return fn, text
+
+    def consumer(self, key: str, table: dict[str, Any]) -> tuple[Consumer, str]:
+        kind = table.get("type")
+        choices = f"{', '.join(repr(k) for k in BUILTIN_CONSUMERS)} or \"package.module:attribute\""
+        if kind is None:
+            raise self.error(f"{key}.type", f"missing; expected {choices}")
+        if not isinstance(kind, str) or (":" not in kind and kind not in BUILTIN_CONSUMERS):
+            hint = _suggest(kind, BUILTIN_CONSUMERS) if isinstance(kind, str) else ""
+            raise self.error(f"{key}.type", f"unknown consumer type {kind!r}{hint}; expected "
+                                            f"{choices}")
+        target = self.import_target(f"{key}.type", BUILTIN_CONSUMERS.get(kind, kind))
+        options = {k: v for k, v in table.items() if k != "type"}
+        settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}
+        sig = _signature(target)
+        accepted = set(_keyword_names(sig)) if sig is not None else set()
+        for k in settings:
+            if k in accepted:  # e.g. name, or PostgresConsumer's retries / batch_size
+                options[k] = settings[k]
+        if "discovery" in options and isinstance(options["discovery"], dict):
+            options["discovery"] = self.discovery(f"{key}.discovery", options["discovery"])
+        fn = self.callable_with(key, target, options, 2, "a consumer")
+        for hook in _HOOKS:
+            if hook in settings:
+                settings[hook] = self.callable_with(
+                    f"{key}.{hook}", self.import_target(f"{key}.{hook}", settings[hook]), {},
+                    3 if hook == "on_error" else 2, f"the {hook} hook")
+        if isinstance(settings.get("spool"), str):
+            settings["spool"] = str(self.path.resolve().parent / settings["spool"])
+        for k, v in settings.items():  # one at a time, so an error names its key
+            try:
+                Consumer(fn, **{k: v})
+            except (TypeError, ValueError) as exc:
+                raise self.error(f"{key}.{k}", _strip_name(str(exc), {k: k})[1]) from None
+        consumer = Consumer(fn, **settings)
+        try:
+            AioConveyor(_noop, [consumer], loop_interval=1.0)
+        except (TypeError, ValueError) as exc:
+            raise self.error(key, str(exc)) from None
+        shown = repr(fn) if inspect.isclass(target) else str(kind)
+        if isinstance(fn, functools.partial):
+            shown = f"{kind} ({', '.join(sorted(fn.keywords))})"
+        return consumer, shown
+
+    def discovery(self, key: str, table: dict[str, Any]) -> Any:
+        """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`."""
+        mqtt = importlib.import_module("aioconveyor.consumers.mqtt")
+        options = dict(table)
+        sensors = options.get("sensors")
+        if not isinstance(sensors, list) or not all(isinstance(s, dict) for s in sensors):
+            raise self.error(f"{key}.sensors", "expected an array of tables (sensors = "
+                                               "[{ key = \"power_w\", name = \"Power\" }, ...]), "
+                                               f"got {_type_name(sensors)}")
+        options["sensors"] = [self.construct(f"{key}.sensors[{i}]", mqtt.HaSensor, s, "HaSensor")
+                              for i, s in enumerate(sensors)]
+        return self.construct(key, mqtt.HaDiscovery, options, "HaDiscovery")
+
+    def conveyor_options(self, raw: Any) -> dict[str, Any]:
+        table = self.table("conveyor", raw)
+        sig = inspect.signature(AioConveyor.__init__)
+        kwargs = [n for n in sig.parameters if n not in _NOT_FROM_TOML]
+        known = [*_ALIASES, *kwargs]
+        options: dict[str, Any] = {}
+        written: dict[str, str] = {}  # kwarg -> the key the file used
+        for k, v in table.items():
+            if k not in known:
+                raise self.error(f"conveyor.{k}", f"unknown option{_suggest(k, known)}; "
+                                                  f"expected one of: {', '.join(known)}")
+            kwarg = _ALIASES.get(k, k)
+            if kwarg in written:
+                raise self.error(f"conveyor.{k}", f"given twice, as {written[kwarg]!r} and {k!r}")
+            written[kwarg] = k
+            options[kwarg] = v
+        if "cron_tz" in options:
+            tz = options["cron_tz"]
+            if not isinstance(tz, str):
+                raise self.error("conveyor.cron_tz", f'expected a time zone name like '
+                                                     f'"Europe/Berlin", got {tz!r}')
+            try:
+                options["cron_tz"] = ZoneInfo(tz)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise self.error("conveyor.cron_tz", f"unknown time zone {tz!r}") from None
+        keys = {kw: f"conveyor.{k}" for kw, k in written.items()}
+        schedule = {k: v for k, v in options.items() if k in _SCHEDULE_KWARGS}
+        self.check_options(schedule, keys, "conveyor")
+        for k, v in options.items():
+            if k not in _SCHEDULE_KWARGS:
+                self.check_options({**schedule, k: v}, keys, keys[k])
+        return options
+
+    def check_options(self, options: dict[str, Any], keys: dict[str, str], key: str) -> None:
+        try:
+            AioConveyor(_noop, (), **options)
+        except (TypeError, ValueError) as exc:
+            sub, message = _strip_name(str(exc), {k: keys[k] for k in options})
+            raise self.error(sub or key, message) from None
+
