@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from support.services import MQTT_URL, POSTGRES_DSN, require_server
 
 

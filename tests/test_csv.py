@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aioconveyor.consumers import CsvConsumer
 
 from aioconveyor import AioConveyor, Batch, Consumer, Record, StartupError
+from aioconveyor.consumers import CsvConsumer
 from aioconveyor.testing import FakeClock, MemoryConsumer
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

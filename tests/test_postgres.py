@@ -22,13 +22,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aioconveyor.consumers import PostgresConsumer
-from aioconveyor.consumers.postgres import mask_dsn
-from support.proxy import TcpProxy
-from support.services import free_port, host_port
 
 from aioconveyor import AioConveyor, Batch, Consumer, Record, StartupError
+from aioconveyor.consumers import PostgresConsumer
+from aioconveyor.consumers.postgres import mask_dsn
 from aioconveyor.testing import wait_until
+from support.proxy import TcpProxy
+from support.services import free_port, host_port
 
 PASSWORD = "s3cr3t-Pa55"
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

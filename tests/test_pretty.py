@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aioconveyor.consumers import PrettyPrintConsumer
 from rich.console import Console
 
 from aioconveyor import AioConveyor, Batch, Consumer, Record
+from aioconveyor.consumers import PrettyPrintConsumer
 from aioconveyor.testing import MemoryConsumer
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
