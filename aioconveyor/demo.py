@@ -182,6 +182,7 @@ class Demo:
             self.destinations.append(("PostgreSQL", f"table {POSTGRES_TABLE} at {pg.dsn}"))
         if options.mqtt is not None:
             consumers.append(self._mqtt(options.mqtt))
+        self.lane_names = [c.name for c in consumers]
         self.conveyor = AioConveyor(
             self.inverter, consumers, loop_interval=options.interval,
             loop_offset=options.offset, max_ticks=options.count, name="inverter",
@@ -279,6 +280,9 @@ class Demo:
                           Text(str(c.errors), style="red" if c.errors else ""),
                           Text(str(c.dropped), style="yellow" if c.dropped else ""),
                           str(c.queued + c.in_flight), Text(mask_secrets(c.last_error or "")))
+        if not s.consumers:  # not started yet
+            for name in self.lane_names:
+                lanes.add_row(name, "0", "0", "0", "0", "")
         return Panel(Group(head, Text(""), lanes), title="aioconveyor demo · simulated inverter",
                      subtitle="Ctrl-C stops", border_style="cyan", expand=False)
 
