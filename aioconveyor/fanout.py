@@ -258,6 +258,10 @@ async def _maybe_await(value: Any) -> None:
 class Lane:
     """Delivers one consumer's copies, in order, on a task of its own."""
 
+    #: Seconds a call cancelled at its timeout gets to finish its cleanup (e.g. a rollback)
+    #: before the lane abandons it and counts it in ``abandoned``.
+    CANCEL_GRACE = 0.5
+
     def __init__(self, settings: LaneSettings, counters: LaneCounters, conveyor: str) -> None:
         self.settings = settings
         self.counters = counters
@@ -626,7 +630,7 @@ class Lane:
             logger.error("consumer %s: sync call hung past %g s; its thread was abandoned",
                          self.settings.name, self.settings.timeout)
             return
-        done, _ = await asyncio.wait({future}, timeout=0.5)
+        done, _ = await asyncio.wait({future}, timeout=self.CANCEL_GRACE)
         if not done:
             with self.counters.lock:
                 self.counters.abandoned += 1

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from aioconveyor._logs import LogLimiter
 from aioconveyor.errors import ConveyorError
-from aioconveyor.fanout import Consumer
+from aioconveyor.fanout import Consumer, Lane
 
 from ._records import as_mapping, iter_records, json_dumps
 
@@ -58,8 +58,8 @@ PAYLOAD_COLUMN = "payload"
 _STAGE = "aioconveyor_stage"
 """The per-transaction temporary table rows are COPY-ed into (``ON COMMIT DROP``)."""
 
-_ROLLBACK_GRACE = 0.4
-"""Seconds a rollback after a cancelled write may take (the lane waits 0.5 s for a
+_ROLLBACK_GRACE = 0.8 * Lane.CANCEL_GRACE
+"""Seconds a rollback after a cancelled write may take (within the lane's grace for a
 cancelled call) before the connection is dropped instead."""
 
 _JSON_TYPES = frozenset({"json", "jsonb"})

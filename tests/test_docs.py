@@ -29,16 +29,25 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
 
 
-def readme_examples() -> list[str]:
-    return re.findall(r"<!-- test -->\n```python\n(.*?)\n```", README, re.S)
+def readme_examples() -> list[tuple[str, str]]:
+    """(server it needs or "", code) of every python block marked <!-- test --> or
+    <!-- test: postgres|mqtt -->."""
+    return re.findall(r"<!-- test(?:: (\w+))? -->\n```python\n(.*?)\n```", README, re.S)
 
 
 def test_there_are_tested_examples() -> None:
-    assert len(readme_examples()) >= 3
+    assert len(readme_examples()) >= 6
 
 
-@pytest.mark.parametrize("code", readme_examples(), ids=lambda c: c.splitlines()[0][:40])
-def test_readme_example_runs(code: str, tmp_path: Path) -> None:
+SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url"}
+
+
+@pytest.mark.parametrize(("needs", "code"), readme_examples(),
+                         ids=lambda v: v.splitlines()[0][:40] if v else "-")
+def test_readme_example_runs(needs: str, code: str, tmp_path: Path,
+                             request: pytest.FixtureRequest) -> None:
+    if needs:
+        request.getfixturevalue(SERVER_FIXTURES[needs])  # skip locally / fail in CI if down
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr

@@ -47,16 +47,6 @@ def with_password(dsn: str, *, port: int | None = None) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-class Proxy(TcpProxy):
-    """TcpProxy that also closes its event loop (support.proxy leaves it open, which
-    ``filterwarnings = error`` turns into an unraisable ResourceWarning at exit)."""
-
-    def close(self) -> None:
-        super().close()
-        if not self._thread.is_alive():
-            self._loop.close()
-
-
 async def eventually(check: Callable[[], Awaitable[bool]], what: str,
                      timeout: float = 20.0) -> None:
     """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
@@ -320,7 +310,7 @@ async def test_network_outage_is_ridden_out_without_loss_or_duplicates(
     caplog.set_level(logging.DEBUG)
     table = new_table()
     producer = Counter()
-    with Proxy(*host_port(postgres_dsn, 5432)) as proxy:
+    with TcpProxy(*host_port(postgres_dsn, 5432)) as proxy:
         sink = PostgresConsumer(with_password(postgres_dsn, port=proxy.port), table,
                                 create_table=True, batch_size=10, batch_age=0.1,
                                 max_backoff=1.0, connect_timeout=2.0)

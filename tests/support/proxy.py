@@ -51,6 +51,8 @@ class TcpProxy:
             self._call(self._cut())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
 
     def __enter__(self) -> TcpProxy:
         return self.start()
