@@ -253,7 +253,8 @@ class Demo:
         head.add_column(style="bold")
         head.add_column()
         nxt = "-"
-        if s.next_tick_time is not None:
+        done = self.options.count is not None and s.ticks >= self.options.count
+        if s.next_tick_time is not None and not done:
             wait = max(0.0, s.next_tick_time.timestamp() - time.time())
             nxt = f"{s.next_tick_time.astimezone():%H:%M:%S.%f}"[:-3] + f"  (in {wait:.1f} s)"
         of = f" of {self.options.count}" if self.options.count else ""

@@ -1,0 +1,638 @@
+"""``aioconveyor run|check conveyor.toml``: loading, validation, env interpolation, secrets,
+and real runs in subprocesses (exit codes, signals, summaries)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aioconveyor import AioConveyor, IntervalSchedule
+from aioconveyor.config import ConfigError, LoadedConfig, load_config, mask_secrets
+
+BIN = Path(sys.executable).parent / "aioconveyor"
+
+
+@pytest.fixture(autouse=True)
+def restore_sys_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_config puts the config's folder on sys.path; keep that within each test."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+@pytest.fixture
+def module(tmp_path: Path) -> Callable[[str], str]:
+    """Write a helper module next to the config file; returns its (unique) name."""
+
+    def write(source: str) -> str:
+        name = f"helpers_{uuid.uuid4().hex[:8]}"
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        return name
+
+    return write
+
+
+HELPERS = """
+    from datetime import datetime
+
+    async def produce(event_time, *, start=0, step=1):
+        produce.n = getattr(produce, "n", -1) + 1
+        return {"value": start + step * produce.n}
+
+    def write_line(data, event_time, path="lines.txt", token=None):
+        with open(path, "a") as fh:
+            fh.write(f"{event_time.isoformat()} {data['value']}\\n")
+
+    def on_error(exc, data, event_time):
+        pass
+
+    class Sink:
+        def __init__(self, label, *, secret=None):
+            self.label = label
+        def __call__(self, data, event_time):
+            pass
+
+    not_callable = 42
+"""
+
+
+def config(tmp_path: Path, text: str, name: str = "conveyor.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(path: Path, **kwargs: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, **kwargs)
+    return info.value
+
+
+def load_text(tmp_path: Path, text: str, **kwargs: Any) -> LoadedConfig:
+    return load_config(config(tmp_path, text), **kwargs)
+
+
+def fail_text(tmp_path: Path, text: str, **kwargs: Any) -> ConfigError:
+    return error_of(config(tmp_path, text), **kwargs)
+
+
+# -- building --------------------------------------------------------------------------
+
+
+def test_a_complete_file_builds_the_conveyor_and_opens_nothing(
+    tmp_path: Path, module: Callable[[str], str], postgres_dsn: str, mqtt_url: str
+) -> None:
+    helpers = module(HELPERS)
+    loaded = load_text(tmp_path, f"""
+        [conveyor]
+        name = "home"
+        interval = 10
+        offset = 2
+        jitter = 0.5
+        stop_timeout = 3
+        producer_timeout = inf
+
+        [producer]
+        function = "{helpers}:produce"
+        start = 100
+
+        [[consumers]]
+        type = "csv"
+        path = "out/readings.csv"
+        batch_size = 10
+
+        [[consumers]]
+        type = "pretty"
+
+        [[consumers]]
+        type = "{helpers}:write_line"
+        path = "lines.txt"
+        retries = 2
+        timeout = 4.5
+        on_error = "{helpers}:on_error"
+
+        [[consumers]]
+        type = "postgres"
+        dsn = "{postgres_dsn}"
+        table = "readings"
+        create_table = true
+
+        [[consumers]]
+        type = "mqtt"
+        url = "{mqtt_url}"
+        topic = "home/inverter/state"
+        timeout = 7
+        [consumers.discovery]
+        node_id = "inverter"
+        device_name = "Inverter"
+        sensors = [{{ key = "value", name = "Value", unit = "W" }}]
+    """)
+    conv = loaded.conveyor
+    assert isinstance(conv, AioConveyor) and not conv.running
+    assert conv.name == "home"
+    assert conv.schedule == IntervalSchedule(10, 2)
+    assert conv.stop_timeout == 3 and conv.producer_timeout == math.inf
+    specs = conv._consumers
+    assert [type(c.fn).__name__ for c in specs] == [
+        "CsvConsumer", "PrettyPrintConsumer", "partial", "PostgresConsumer", "MqttConsumer"]
+    assert specs[0].batch_size == 10
+    assert specs[2].retries == 2 and specs[2].timeout == 4.5 and specs[2].on_error is not None
+    assert specs[2].fn.keywords == {"path": "lines.txt"}
+    mqtt = specs[4].fn
+    assert mqtt.timeout == 7 and specs[4].timeout == 7  # the class's option and the lane's
+    assert mqtt.discovery.sensors[0].unit == "W"
+    assert not (tmp_path / "out").exists(), "check/load must not create files"
+    assert loaded.producer == f"{helpers}:produce (start)"
+    assert [line.split(":", 1)[0] for line in loaded.consumers] == [
+        "csv", "pretty", "write_line", "postgres", "mqtt"]
+    described = "\n".join(loaded.describe())
+    assert "every 10 s at +2 s" in described and "home" in described
+
+
+async def test_the_producer_gets_its_keyword_arguments(
+    tmp_path: Path, module: Callable[[str], str]
+) -> None:
+    helpers = module(HELPERS)
+    loaded = load_text(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        start = 10
+        step = 5
+    """)
+    produce = loaded.conveyor.produce
+    assert [await produce(None) for _ in range(3)] == [{"value": 10}, {"value": 15},
+                                                       {"value": 20}]
+
+
+def test_cron_and_its_time_zone(tmp_path: Path, module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    loaded = load_text(tmp_path, f"""
+        [conveyor]
+        cron = "*/5 * * * *"
+        cron_tz = "Europe/Berlin"
+        [producer]
+        function = "{helpers}:produce"
+    """)
+    assert "cron '*/5 * * * *' (Europe/Berlin)" in loaded.describe()[0]
+
+
+def test_a_class_consumer_is_built_with_its_options(
+    tmp_path: Path, module: Callable[[str], str]
+) -> None:
+    helpers = module(HELPERS)
+    loaded = load_text(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "{helpers}:Sink"
+        label = "kitchen"
+        name = "kitchen-sink"
+        queue_size = 5
+        spool = "spool/kitchen.db"
+    """)
+    [spec] = loaded.conveyor._consumers
+    assert spec.fn.label == "kitchen"
+    assert spec.name == "kitchen-sink" and spec.queue_size == 5
+    assert spec.spool == str(tmp_path.resolve() / "spool" / "kitchen.db")  # next to the file
+    assert not (tmp_path / "spool").exists()
+
+
+# -- ${ENV} ----------------------------------------------------------------------------
+
+
+def test_env_references_defaults_and_dollar_escapes(
+    tmp_path: Path, module: Callable[[str], str]
+) -> None:
+    helpers = module(HELPERS)
+    env = {"OUT": "/data", "EMPTY": ""}
+    loaded = load_text(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "{helpers}:Sink"
+        label = "${{OUT}}/a-${{MISSING:-fallback}}-${{EMPTY:-default}}-$$HOME-$5"
+    """, env=env)
+    assert loaded.conveyor._consumers[0].fn.label == "/data/a-fallback-default-$HOME-$5"
+
+
+def test_a_missing_env_variable_names_the_file_the_key_and_the_variable(
+    tmp_path: Path, module: Callable[[str], str]
+) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "postgres"
+        dsn = "postgresql://app:${{DB_PASSWORD}}@db/home"
+    """, env={})
+    assert err.key == "consumers[0].dsn"
+    assert str(err).startswith(f"{tmp_path / 'conveyor.toml'}: consumers[0].dsn: ")
+    assert "environment variable DB_PASSWORD is not set" in str(err)
+
+
+@pytest.mark.parametrize("value", ["${NOT VALID}", "${OPEN", "${}", "${1X}"])
+def test_a_broken_env_reference_is_an_error(value: str, tmp_path: Path) -> None:
+    err = fail_text(tmp_path, f"""
+        [conveyor]
+        name = "{value}"
+    """, env={})
+    assert err.key == "conveyor.name"
+    assert "$$ for a literal $" in err.message
+
+
+# -- errors name the file, the key and what was expected --------------------------------
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    err = error_of(tmp_path / "nope.toml")
+    assert str(err) == f"{tmp_path / 'nope.toml'}: no such file"
+
+
+def test_broken_toml_says_where(tmp_path: Path) -> None:
+    err = fail_text(tmp_path, """
+        [conveyor]
+        interval = = 5
+    """)
+    assert err.key is None
+    assert "not valid TOML" in str(err) and "line 3" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "message"),
+    [
+        ("[conveyr]\n", "conveyr", "unknown section; expected [conveyor], [producer] and "
+                                   "[[consumers]]; did you mean 'conveyor'?"),
+        ("[conveyor]\nintervall = 5\n", "conveyor.intervall", "did you mean 'interval'?"),
+        ('[conveyor]\ninterval = "10"\n', "conveyor.interval", "must be a number, got '10'"),
+        ("[conveyor]\ninterval = -1\n", "conveyor.interval", "must be a finite number > 0"),
+        ("[conveyor]\ninterval = 10\noffset = 12\n", "conveyor.offset", "must be in [0, "),
+        ("[conveyor]\ninterval = 60\njitter = 60\n", "conveyor.jitter",
+         "must be smaller than the tick period (60 s)"),
+        ("[conveyor]\ninterval = 5\nloop_interval = 5\n", "conveyor.loop_interval",
+         "given twice"),
+        ('[conveyor]\nmisfire = "later"\n', "conveyor.misfire", "must be one of 'skip', 'coalesce', got 'later'"),
+        ('[conveyor]\ncron = "every minute"\n', "conveyor.cron", "valid cron expression"),
+        ('[conveyor]\ncron = "* * * * *"\ncron_tz = "Mars/Olympus"\n', "conveyor.cron_tz",
+         "unknown time zone 'Mars/Olympus'"),
+        ("[conveyor]\nmax_ticks = 0\n", "conveyor.max_ticks", ">= 1"),
+        ("conveyor = 5\n", "conveyor", "expected a table ([conveyor]), got integer"),
+    ],
+)
+def test_conveyor_errors_name_the_key(body: str, key: str, message: str, tmp_path: Path,
+                                      module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f'{body}[producer]\nfunction = "{helpers}:produce"\n')
+    assert err.key == key, str(err)
+    assert message in err.message
+    assert str(err).startswith(str(tmp_path / "conveyor.toml"))
+
+
+@pytest.mark.parametrize(
+    ("producer", "key", "message"),
+    [
+        (None, "producer", "missing [producer] table"),
+        ("start = 1", "producer.function", 'missing; expected "package.module:function"'),
+        ('function = "{h}.produce"', "producer.function", "a colon between module and name"),
+        ("function = 5", "producer.function", "got integer 5"),
+        ('function = "no_such_module_xyz:f"', "producer.function",
+         "no module named 'no_such_module_xyz'"),
+        ('function = "{h}:prodce"', "producer.function",
+         "has no attribute 'prodce'; did you mean 'produce'?"),
+        ('function = "{h}:not_callable"', "producer", "is not callable"),
+        ('function = "{h}:produce"\nstrat = 1', "producer.strat",
+         "has no argument 'strat'; did you mean 'start'?"),
+        ('function = "{h}:write_line"', "producer", "cannot be called as a producer"),
+    ],
+)
+def test_producer_errors_name_the_key(producer: str | None, key: str, message: str,
+                                      tmp_path: Path, module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    body = "" if producer is None else "[producer]\n" + producer.replace("{h}", helpers)
+    err = fail_text(tmp_path, body + "\n")
+    assert err.key == key, str(err)
+    assert message in err.message
+
+
+@pytest.mark.parametrize(
+    ("consumer", "key", "message"),
+    [
+        ('path = "x.csv"', "consumers[0].type", 'missing; expected \'csv\''),
+        ('type = "postgress"', "consumers[0].type",
+         "unknown consumer type 'postgress'; did you mean 'postgres'?"),
+        ('type = "csv"', "consumers[0]", "missing required option 'path' for CsvConsumer"),
+        ('type = "csv"\npth = "x.csv"', "consumers[0].pth",
+         "unknown option for CsvConsumer; did you mean 'path'?; it takes: path, fields"),
+        ('type = "csv"\npath = "x.csv"\nretries = -1', "consumers[0].retries",
+         "must be >= 0, got -1"),
+        ('type = "csv"\npath = "x.csv"\noverflow = "explode"', "consumers[0].overflow",
+         "must be one of 'drop_oldest'"),
+        ('type = "csv"\npath = "x.csv"\nrotate = "hourly"', "consumers[0].rotate",
+         "must be None or 'daily'"),
+        ('type = "mqtt"\nport = 99999', "consumers[0].port", "must be an int in 1..65535"),
+        ('type = "mqtt"\n[consumers.discovery]\nnode_id = "x"\ndevice_name = "X"\nsensors = 3',
+         "consumers[0].discovery.sensors", "expected an array of tables"),
+        ('type = "mqtt"\n[consumers.discovery]\nnode_id = "x"\ndevice_name = "X"\n'
+         'sensors = [{ key = "a" }]', "consumers[0].discovery.sensors[0]",
+         "missing required option 'name' for HaSensor"),
+        ('type = "{h}:write_line"\npaht = "x"', "consumers[0].paht",
+         "has no argument 'paht'; did you mean 'path'?"),
+        ('type = "{h}:produce"', "consumers[0]", "cannot be called as a consumer"),
+        ('type = "{h}:Sink"', "consumers[0]", "missing required option 'label'"),
+        ('type = "{h}:write_line"\non_error = "{h}:nope"', "consumers[0].on_error",
+         "has no attribute 'nope'"),
+        ('type = "{h}:write_line"\non_delivered = "{h}:on_error"', "consumers[0].on_delivered",
+         "cannot be called as the on_delivered hook"),
+    ],
+)
+def test_consumer_errors_name_the_key(consumer: str, key: str, message: str, tmp_path: Path,
+                                      module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f'[producer]\nfunction = "{helpers}:produce"\n'
+                              f"[[consumers]]\n{consumer.replace('{h}', helpers)}\n")
+    assert err.key == key, str(err)
+    assert message in err.message
+
+
+def test_consumers_must_be_an_array_of_tables(tmp_path: Path,
+                                              module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f'consumers = ["csv"]\n[producer]\nfunction = "{helpers}:produce"\n')
+    assert err.key == "consumers" and "array of tables" in err.message
+
+
+def test_index_in_keys_counts_from_zero(tmp_path: Path, module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "pretty"
+        [[consumers]]
+        type = "pretty"
+        max_rows = 0
+    """)
+    assert err.key == "consumers[1].max_rows" and "must be >= 1" in err.message
+
+
+# -- --set overrides -------------------------------------------------------------------
+
+
+def test_overrides_replace_values_before_validation(tmp_path: Path,
+                                                    module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    loaded = load_text(tmp_path, f"""
+        [conveyor]
+        interval = 60
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "{helpers}:Sink"
+        label = "a"
+    """, overrides=["conveyor.interval=0.5", "conveyor.max_ticks=3", "consumers[0].label=b",
+                    'consumers.0.name="renamed"'])
+    conv = loaded.conveyor
+    assert conv.schedule == IntervalSchedule(0.5) and conv.max_ticks == 3
+    assert conv._consumers[0].fn.label == "b" and conv._consumers[0].name == "renamed"
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("interval", "expected KEY=VALUE"),
+    ("consumers[3].label=x", "has 1 entries; '3' is not an index"),
+    ("producer.function.x=1", "producer.function is not a table"),
+])
+def test_bad_overrides_are_config_errors(override: str, message: str, tmp_path: Path,
+                                         module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "pretty"
+    """, overrides=[override])
+    assert err.key is not None and err.key.startswith("--set")
+    assert message in err.message
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def test_mask_secrets_hides_url_passwords_password_pairs_and_known_values() -> None:
+    text = ("postgresql://app:pa55w0rd@db/home host=db password=hunter2 user=x "
+            "mqtts://u:p%40ss@broker:8883 token abcdef123")
+    masked = mask_secrets(text, {"abcdef123"})
+    assert masked == ("postgresql://app:***@db/home host=db password=*** user=x "
+                      "mqtts://u:***@broker:8883 token ***")
+
+
+def test_secrets_never_show_in_descriptions_or_errors(tmp_path: Path,
+                                                      module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    env = {"DB_PASSWORD": "Tr0ub4dor", "API_TOKEN": "tok-123456", "PORT": "notaport"}
+    text = f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "postgres"
+        dsn = "postgresql://app:${{DB_PASSWORD}}@db/home"
+        [[consumers]]
+        type = "{helpers}:write_line"
+        token = "${{API_TOKEN}}"
+        [[consumers]]
+        type = "{helpers}:Sink"
+        label = "x"
+        secret = "literal-secret-value"
+    """
+    loaded = load_text(tmp_path, text, env=env)
+    shown = "\n".join(loaded.describe())
+    for secret in ("Tr0ub4dor", "tok-123456", "literal-secret-value"):
+        assert secret not in shown
+        assert loaded.mask(f"error: {secret}!") == "error: ***!"
+    assert "postgresql://app:***@db/home" in shown
+    # an error later in the file must not echo a secret met earlier either
+    err = fail_text(tmp_path, text + '[[consumers]]\ntype = "mqtt"\nurl = "mqtt://u:${DB_PASSWORD}@h:x"\n',
+                    env=env)
+    assert "Tr0ub4dor" not in str(err) and err.key == "consumers[3].url"
+
+
+# -- the command line, for real --------------------------------------------------------
+
+
+def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+            entry: str = "script") -> subprocess.CompletedProcess[str]:
+    command = [str(BIN)] if entry == "script" else [sys.executable, "-m", "aioconveyor"]
+    return subprocess.run([*command, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60, check=False, env={**os.environ, **(env or {})})
+
+
+RUNNABLE = """
+    [conveyor]
+    interval = 0.05
+    max_ticks = 3
+
+    [producer]
+    function = "{h}:produce"
+    start = 40
+
+    [[consumers]]
+    type = "csv"
+    path = "${{OUT_DIR:-.}}/readings.csv"
+
+    [[consumers]]
+    type = "pretty"
+
+    [[consumers]]
+    type = "{h}:write_line"
+    path = "lines.txt"
+"""
+
+
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_run_feeds_csv_pretty_and_a_custom_function(entry: str, tmp_path: Path,
+                                                    module: Callable[[str], str]) -> None:
+    path = config(tmp_path, RUNNABLE.format(h=module(HELPERS)))
+    result = run_cli(tmp_path, "run", str(path), env={"OUT_DIR": str(tmp_path / "data")},
+                     entry=entry)
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "data" / "readings.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["value"] for r in rows] == ["40", "41", "42"]
+    lines = (tmp_path / "lines.txt").read_text().splitlines()
+    assert [line.split()[1] for line in lines] == ["40", "41", "42"]
+    assert [line.split()[0] for line in lines] == [r["event_time"] for r in rows]
+    assert result.stdout.count("pretty ·") == 3
+    assert "summary: stopped (max_ticks 3 reached)" in result.stdout
+    assert "write_line: 3 delivered, 0 errors, 0 dropped" in result.stdout
+    # logs: timestamped lines on stderr
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    aioconveyor\.cli: "
+                     r"conveyor produce running", result.stderr, re.M), result.stderr
+
+
+def test_check_validates_without_running(tmp_path: Path, module: Callable[[str], str]) -> None:
+    path = config(tmp_path, RUNNABLE.format(h=module(HELPERS)))
+    result = run_cli(tmp_path, "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{path}: OK"
+    assert "every 0.05 s" in result.stdout and "consumer write_line:" in result.stdout
+    assert not (tmp_path / "readings.csv").exists() and not (tmp_path / "lines.txt").exists()
+
+
+def test_check_of_a_broken_file_exits_2_naming_file_and_key(tmp_path: Path,
+                                                            module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    path = config(tmp_path, f'[producer]\nfunction = "{helpers}:produce"\n'
+                            '[[consumers]]\ntype = "csv"\npath = "x.csv"\nbatch_size = "big"\n')
+    for command in ("check", "run"):
+        result = run_cli(tmp_path, command, str(path))
+        assert result.returncode == 2
+        assert result.stderr.strip() == (
+            f"aioconveyor: error: {path}: consumers[0].batch_size: must be an int, "
+            "got 'big' (str)"), result.stderr
+        assert result.stdout == ""
+
+
+def test_invalid_toml_exits_2(tmp_path: Path) -> None:
+    path = config(tmp_path, "[conveyor\ninterval = 5\n")
+    result = run_cli(tmp_path, "check", str(path))
+    assert result.returncode == 2
+    assert f"{path}: not valid TOML" in result.stderr and "line 1" in result.stderr
+
+
+def test_a_missing_env_variable_exits_2_and_keeps_secrets_out(
+    tmp_path: Path, module: Callable[[str], str]
+) -> None:
+    helpers = module(HELPERS)
+    path = config(tmp_path, f"""
+        [producer]
+        function = "{helpers}:produce"
+        [[consumers]]
+        type = "mqtt"
+        url = "mqtt://${{MQTT_USER}}:${{MQTT_PASSWORD}}@broker"
+    """)
+    result = run_cli(tmp_path, "run", str(path), env={"MQTT_USER": "me"})
+    assert result.returncode == 2
+    assert f"{path}: consumers[0].url: environment variable MQTT_PASSWORD is not set" in (
+        result.stderr)
+    ok = run_cli(tmp_path, "check", str(path),
+                 env={"MQTT_USER": "me", "MQTT_PASSWORD": "Sup3rSecret"})
+    assert ok.returncode == 0, ok.stderr
+    assert "Sup3rSecret" not in ok.stdout + ok.stderr
+    assert "mqtt://me:***@broker:1883" in ok.stdout
+
+
+def test_bad_command_line_exits_2(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "run")
+    assert result.returncode == 2 and "the following arguments are required: CONFIG" in (
+        result.stderr)
+    result = run_cli(tmp_path, "check", "x.toml", "--log-level", "chatty")
+    assert result.returncode == 2 and "--log-level" in result.stderr
+
+
+def test_run_help_documents_set_and_log_level(tmp_path: Path) -> None:
+    result = run_cli(tmp_path, "run", "--help")
+    assert result.returncode == 0
+    for word in ("CONFIG", "--set", "KEY=VALUE", "--log-level", "--stats-interval", "SIGTERM"):
+        assert word in result.stdout, word
+
+
+def test_a_consumer_that_cannot_open_exits_1(tmp_path: Path,
+                                             module: Callable[[str], str]) -> None:
+    (tmp_path / "readings.csv").write_text("some,other,file\n")
+    path = config(tmp_path, RUNNABLE.format(h=module(HELPERS)))
+    result = run_cli(tmp_path, "run", str(path))
+    assert result.returncode == 1
+    assert "could not start" in result.stderr and "readings.csv" in result.stderr
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for p in processes:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_runner_gracefully(
+    sig: signal.Signals, tmp_path: Path, module: Callable[[str], str],
+    spawned: list[subprocess.Popen[bytes]],
+) -> None:
+    path = config(tmp_path, RUNNABLE.format(h=module(HELPERS)).replace("max_ticks = 3", ""))
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    with out.open("w") as o, err.open("w") as e:
+        process = subprocess.Popen([str(BIN), "run", str(path), "--stats-interval", "0.1"],
+                                   cwd=tmp_path, stdout=o, stderr=e)
+    spawned.append(process)
+    lines = tmp_path / "lines.txt"
+    deadline = time.monotonic() + 30
+    while not (lines.exists() and len(lines.read_text().splitlines()) >= 3
+               and "status: " in err.read_text()):
+        assert process.poll() is None, err.read_text()
+        assert time.monotonic() < deadline, "the runner did not deliver within 30 s"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    assert process.wait(30) == 0, err.read_text()
+    stdout, stderr = out.read_text(), err.read_text()
+    assert f"summary: stopped ({sig.name})" in stdout
+    assert f"{sig.name} received: stopping" in stderr
+    assert re.search(r"status: \d+ ticks, 0 missed, 0 producer errors; consumers "
+                     r"\(delivered/errors/dropped/queued\): csv:readings.csv \d+/0/0/0", stderr)
+    delivered = int(stdout.split("write_line: ", 1)[1].split(" delivered")[0])
+    assert delivered == len(lines.read_text().splitlines())
+
+
+def test_console_script_is_installed() -> None:
+    assert BIN.exists(), "pip install -e . should install the aioconveyor console script"
