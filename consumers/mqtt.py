@@ -316,6 +316,7 @@ class _State(enum.Enum):
 class _Message(NamedTuple):
     topic: str
     payload: bytes
+    qos: int
     retain: bool
 
 
@@ -587,13 +588,11 @@ class MqttConsumer:
 
     def _message(self, data: Any, event_time: datetime) -> _Message:
         topic = self._topic_for(data, event_time) if self._topic_fields else self.topic
-        return _Message(topic, self._payload(data, event_time), self.retain)
+        return _Message(topic, self._payload(data, event_time), self.qos, self.retain)
 
     def _topic_for(self, data: Any, event_time: datetime) -> str:
         values: dict[str, Any] = {"event_time": event_time}
-        if not isinstance(data, _PASSTHROUGH):
-            with contextlib.suppress(TypeError):
-                values.update(as_mapping(data))
+        values.update(_fields(data, event_time) or {})
         when = event_time.isoformat()
         try:
             topic = self.topic.format_map(values)
@@ -639,17 +638,17 @@ class MqttConsumer:
 
     def _json(self, data: Any, event_time: datetime) -> str:
         """The default payload: JSON, with ``event_time_key`` added to a mapping."""
-        value = data
-        with contextlib.suppress(TypeError):
-            value = as_mapping(data)
-        if isinstance(value, Mapping) and self.event_time_key is not None:
+        value: Any = _fields(data, event_time)
+        if value is None:
+            value = data
+        elif self.event_time_key is not None:
             value = dict(value)
             value.setdefault(self.event_time_key, event_time)
         try:
             return json_dumps(value)
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # the data's own fault: retrying cannot help
             raise MqttRecordError(f"the record of {event_time.isoformat()} cannot be encoded "
-                                  f"as JSON: {exc}") from exc
+                                  f"as JSON: {type(exc).__name__}: {exc}") from exc
 
     async def _publish(self, messages: Sequence[_Message]) -> None:
         conn = await self._connection()
@@ -666,7 +665,7 @@ class MqttConsumer:
         loop = asyncio.get_running_loop()
         tasks = [
             loop.create_task(
-                conn.client.publish(m.topic, m.payload, qos=self.qos, retain=m.retain,
+                conn.client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
                                     timeout=self.timeout),
                 name=f"aioconveyor.mqtt[{self.name}].publish",
             )
@@ -778,9 +777,9 @@ class MqttConsumer:
                     qos=self.qos,
                 )
                 out.append(_Message(self.discovery.config_topic(sensor),
-                                    json_dumps(config).encode(), True))
+                                    json_dumps(config).encode(), 1, True))
         if self.availability_topic is not None:
-            out.append(_Message(self.availability_topic, ONLINE.encode(), True))
+            out.append(_Message(self.availability_topic, ONLINE.encode(), 1, True))
         return out
 
     def _lost(self, conn: _Connection, task: asyncio.Task[None]) -> None:
@@ -808,7 +807,7 @@ class MqttConsumer:
         try:
             if conn.alive and self.availability_topic is not None:
                 await self._publish_on(conn, [_Message(self.availability_topic,
-                                                       OFFLINE.encode(), True)])
+                                                       OFFLINE.encode(), 1, True)])
             conn.finished = True
             await conn.client.__aexit__(None, None, None)
         except Exception as exc:
@@ -823,6 +822,20 @@ class MqttConsumer:
         await asyncio.wait({conn.watcher}, timeout=1.0)
         if not conn.watcher.done():
             conn.watcher.cancel()
+
+
+def _fields(data: Any, event_time: datetime) -> Mapping[str, Any] | None:
+    """The record as a mapping (mapping, dataclass, ``model_dump()``), or None if it is not
+    one; a ``model_dump()`` that fails is the record's fault."""
+    if isinstance(data, _PASSTHROUGH):
+        return None
+    try:
+        return as_mapping(data)
+    except TypeError:
+        return None
+    except Exception as exc:
+        raise MqttRecordError(f"the record of {event_time.isoformat()} cannot be read as a "
+                              f"mapping: {type(exc).__name__}: {exc}") from exc
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -270,6 +271,20 @@ async def test_event_time_key_can_be_renamed_or_left_out(mqtt_url: str, prefix: 
                           [1, 2]]
 
 
+async def test_qos0_records_still_announce_availability_with_qos1(mqtt_url: str,
+                                                                 prefix: str) -> None:
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        async with MqttConsumer(mqtt_url, topic=f"{prefix}/state", qos=0,
+                                availability_topic=f"{prefix}/avail") as consumer:
+            await consumer({"v": 1}, T0)
+        await sub.wait_for(lambda: len(sub) == 3, "online, the record, offline")
+    assert [(str(m.topic), payload(m), m.qos) for m in sub.messages] == [
+        (f"{prefix}/avail", b"online", 1),
+        (f"{prefix}/state", b'{"v":1,"event_time":"2024-05-01T12:00:00+00:00"}', 0),
+        (f"{prefix}/avail", b"offline", 1),
+    ]
+
+
 # -- records that can never be published -----------------------------------------------
 
 
@@ -517,7 +532,7 @@ async def test_the_password_never_shows(caplog: pytest.LogCaptureFixture) -> Non
     assert SECRET not in repr(consumer) and SECRET not in consumer.url
     assert consumer.url == f"mqtt://alice:***@127.0.0.1:{closed_port}"
     other = MqttConsumer(host="127.0.0.1", port=closed_port, username="bob", password=SECRET)
-    assert SECRET not in repr(other) and SECRET not in str(vars(other).get("url"))
+    assert SECRET not in repr(other) and other.url == f"mqtt://bob:***@127.0.0.1:{closed_port}"
     conv = AioConveyor(lambda t: {"v": 1}, [consumer], loop_interval=0.05, stop_timeout=0.5)
     async with conv:
         assert await wait_until(lambda: lane(conv).errors >= 2, timeout=10)
@@ -532,12 +547,15 @@ async def test_the_password_never_shows(caplog: pytest.LogCaptureFixture) -> Non
         assert SECRET not in str(info.value) and "alice:***@" in str(info.value)
 
 
+ODD_PASSWORD = "r:ght/@#%"
+
+
 @pytest.fixture
 def login_broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A private broker that only lets alice (password "right") in."""
+    """A private broker that only lets alice (password ``ODD_PASSWORD``) in."""
     require_mosquitto()
     passwords = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "alice", "right"],
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "alice", ODD_PASSWORD],
                    check=True, capture_output=True, timeout=30)
     with Mosquitto(tmp_path, anonymous=False,
                    extra_config=f"password_file {passwords}\n") as private:
@@ -553,18 +571,25 @@ async def test_a_refused_login_fails_the_start_without_leaking_the_password(
         await conv.__aenter__()
     assert "refused the connection" in str(info.value) and SECRET not in str(info.value)
     assert SECRET not in repr(info.value.__cause__)
-    good = MqttConsumer(f"mqtt://alice:right@127.0.0.1:{login_broker.port}", topic="ok")
-    async with good:
-        await good({"v": 1}, T0)
+
+
+@pytest.mark.parametrize("secret", [urllib.parse.quote(ODD_PASSWORD, safe=""), ODD_PASSWORD],
+                         ids=["percent-encoded", "raw"])
+async def test_the_url_password_may_hold_any_character(login_broker: Mosquitto,
+                                                        secret: str) -> None:
+    consumer = MqttConsumer(f"mqtt://alice:{secret}@127.0.0.1:{login_broker.port}", topic="ok")
+    assert consumer.url == f"mqtt://alice:***@127.0.0.1:{login_broker.port}"
+    async with consumer:
+        await consumer({"v": 1}, T0)
 
 
 def test_url_parts_and_tls() -> None:
     c = MqttConsumer("mqtts://u%40x:p%3Aw@broker.example")
     assert (c.host, c.port, c.username, c.url) == ("broker.example", 8883, "u@x",
                                                    "mqtts://u%40x:***@broker.example:8883")
-    assert c._password == "p:w" and c._tls is not None
+    assert c._tls is not None
     raw = MqttConsumer("mqtt://u:pa/ss@wo#rd@10.0.0.1:1999")  # unescaped odd characters
-    assert (raw.host, raw.port, raw._password) == ("10.0.0.1", 1999, "pa/ss@wo#rd")
+    assert (raw.host, raw.port, raw.url) == ("10.0.0.1", 1999, "mqtt://u:***@10.0.0.1:1999")
     plain = MqttConsumer("mqtts://h", tls=False, port=1884)
     assert plain._tls is None and plain.url == "mqtt://h:1884"
     assert MqttConsumer().url == "mqtt://localhost:1883"
