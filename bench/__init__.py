@@ -1,0 +1,1 @@
+"""aioconveyor benchmarks: python -m bench [--quick]."""
