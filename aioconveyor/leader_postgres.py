@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import urllib.parse
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -128,6 +129,9 @@ class PostgresLeader:
     * ``connect_timeout``: seconds allowed to connect; each lock query gets the same bound
       (inside a conveyor each check is also bounded by the tick's grace).
     * ``ssl``: passed to ``asyncpg.connect`` (``True``, ``"require"``, an ``SSLContext``...).
+    * ``server_settings``: session settings, over the ones above; e.g.
+      ``{"idle_session_timeout": "30s"}`` (PostgreSQL 14+) so that a leader whose process
+      hangs (its kernel still answers keepalives) loses the lock after 30 s without a check.
     * ``name``: this instance in logs and in ``pg_stat_activity.application_name``
       (default ``host:pid``).
     """
@@ -140,6 +144,7 @@ class PostgresLeader:
         keepalive: float = 10.0,
         connect_timeout: float = 5.0,
         ssl: Any = None,
+        server_settings: Mapping[str, str] | None = None,
         name: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -158,6 +163,10 @@ class PostgresLeader:
         self._dsn = dsn
         self._secrets = _secrets_of(dsn)
         self._ssl = ssl
+        if server_settings is not None and not isinstance(server_settings, Mapping):
+            raise TypeError(f"server_settings must be a mapping of str to str, "
+                            f"got {type(server_settings).__name__}")
+        self._server_settings = {str(k): str(v) for k, v in (server_settings or {}).items()}
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._limiter = LogLimiter()
         self._conn: Any = None
@@ -191,14 +200,15 @@ class PostgresLeader:
     async def open(self) -> None:
         """Connect once, so that a wrong DSN, password or database fails the start.
 
-        A server that is merely unreachable (refused, timed out, starting up) does not:
+        A server that is merely unreachable (refused, timed out, starting up, full) does not:
         this instance then starts as a standby and keeps trying on every tick.
         """
         if self._closed:
             raise RuntimeError(f"{self!r} is closed; a PostgresLeader opens once")
         try:
             self._conn = await self._connect()
-        except (OSError, TimeoutError, self._asyncpg.CannotConnectNowError) as exc:
+        except (OSError, TimeoutError, self._asyncpg.CannotConnectNowError,
+                self._asyncpg.TooManyConnectionsError) as exc:
             self._log.warning("leader %s: PostgreSQL not reachable yet, standing by and "
                               "retrying every tick: %s", self.name, self._describe(exc))
         except Exception as exc:
@@ -220,7 +230,7 @@ class PostgresLeader:
         stale = self._acquiring is not None  # finished (or still running) since a past tick
         if self._acquiring is None:
             self._acquiring = asyncio.get_running_loop().create_task(
-                self._acquire(), name=f"aioconveyor.leader[{self.name}].acquire"
+                self._acquire(), name=f"aioconveyor[{self.name}].leader.acquire"
             )
         # shielded: a connect slower than the tick's grace goes on and serves a later tick
         got = await asyncio.shield(self._acquiring)
@@ -249,8 +259,12 @@ class PostgresLeader:
         try:
             await conn.execute("SELECT pg_advisory_unlock_all()", timeout=self.connect_timeout)
             await conn.close(timeout=self.connect_timeout)
-        except BaseException:
+        except Exception as exc:
             conn.terminate()  # closing the socket releases the lock just as well
+            self._log.warning("leader %s: no clean goodbye (%s); connection dropped",
+                              self.name, self._describe(exc))
+        except BaseException:
+            conn.terminate()
             raise
         finally:
             if was_leader:
@@ -270,10 +284,12 @@ class PostgresLeader:
                 "tcp_keepalives_idle": str(math.ceil(self.keepalive)),
                 "tcp_keepalives_interval": str(interval),
                 "tcp_keepalives_count": str(_PROBES),
+                **self._server_settings,
             },
         )
         try:
-            if conn.get_server_version() >= (12, 0):
+            if conn.get_server_version() >= (12, 0) and \
+                    "tcp_user_timeout" not in self._server_settings:
                 user_timeout_ms = int(2 * self.keepalive * 1000)
                 await conn.execute(f"SET tcp_user_timeout = {user_timeout_ms}",
                                    timeout=self.connect_timeout)
@@ -284,24 +300,27 @@ class PostgresLeader:
 
     async def _acquire(self) -> bool | None:
         """(Re)connect if needed and try the lock: True got it, False busy, None failed."""
-        try:
-            if self._conn is None or self._conn.is_closed():
-                self._conn = None
-                self._conn = await self._connect()
-            got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_id,
-                                            timeout=self.connect_timeout)
-        except Exception as exc:
-            self._drop()
-            self._limiter.log(
-                self._log, logging.WARNING, type(exc).__qualname__,
-                "leader %s: cannot reach PostgreSQL for %r, standing by: %s",
-                self.name, self.key, self._describe(exc),
-            )
-            return None
-        except BaseException:
-            self._drop()  # cancelled mid-query: the lock may be ours; closing frees it
-            raise
-        return bool(got)
+        while True:
+            reused = self._conn is not None and not self._conn.is_closed()
+            try:
+                if not reused:
+                    self._conn = await self._connect()
+                got = await self._conn.fetchval("SELECT pg_try_advisory_lock($1)",
+                                                self.lock_id, timeout=self.connect_timeout)
+            except Exception as exc:
+                self._drop()
+                if reused:
+                    continue  # it died since the last tick (server restart...): once, fresh
+                self._limiter.log(
+                    self._log, logging.WARNING, type(exc).__qualname__,
+                    "leader %s: cannot reach PostgreSQL for %r, standing by: %s",
+                    self.name, self.key, self._describe(exc),
+                )
+                return None
+            except BaseException:
+                self._drop()  # cancelled mid-query: the lock may be ours; closing frees it
+                raise
+            return bool(got)
 
     async def _check(self) -> bool:
         """One round trip on the lock's session; on any doubt give leadership up."""
