@@ -14,6 +14,7 @@ from .conveyor import AioConveyor
 from .errors import (
     ConsumerTimeout,
     ConveyorError,
+    Rejected,
     RestartBudgetExceeded,
     RetryAfter,
     StartupError,
@@ -45,6 +46,7 @@ __all__ = [
     "Overflow",
     "PostgresLeader",
     "Record",
+    "Rejected",
     "RestartBudgetExceeded",
     "RetryAfter",
     "Schedule",

@@ -6,7 +6,8 @@ The whole hierarchy::
     ├── StartupError                   start() failed, e.g. a consumer's open() raised
     ├── RestartBudgetExceeded          a part had to be restarted too often: conveyor stopped
     ├── ConsumerTimeout (TimeoutError) one consumer call ran past its timeout (stats, logs)
-    └── RetryAfter                     raised *by a consumer*: wait this long, then retry
+    ├── RetryAfter                     raised *by a consumer*: wait this long, then retry
+    └── Rejected                       raised *by a consumer*: bad data, don't retry
 
 Bad arguments are plain ``ValueError`` / ``TypeError`` raised at construction time.
 """
@@ -18,6 +19,7 @@ from datetime import datetime
 __all__ = [
     "ConsumerTimeout",
     "ConveyorError",
+    "Rejected",
     "RestartBudgetExceeded",
     "RetryAfter",
     "StartupError",
@@ -70,3 +72,19 @@ class RetryAfter(ConveyorError):
             raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
         super().__init__(message or f"retry after {seconds:g} s")
         self.seconds = float(seconds)
+
+
+class Rejected(ConveyorError):
+    """Raise from a consumer when data is bad and retrying cannot help.
+
+    The lane does not retry: it counts the call's items as ``rejected`` (or only ``count``
+    of them, the rest as delivered, e.g. after writing the good records of a batch), logs
+    once, calls ``on_error`` and goes on with the next item.
+    """
+
+    def __init__(self, message: str = "", *, count: int | None = None) -> None:
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 1):
+            raise ValueError(f"count must be an int >= 1 or None, got {count!r}")
+        super().__init__(message or "rejected")
+        self.count = count

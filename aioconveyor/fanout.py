@@ -27,7 +27,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 from . import _validate
 from . import tick as tick_module
 from ._logs import LogLimiter
-from .errors import ConsumerTimeout, RetryAfter
+from .errors import ConsumerTimeout, Rejected, RetryAfter
 from .spool import Spool
 from .stats import LaneCounters
 from .tick import Tick
@@ -477,6 +477,7 @@ class Lane:
         outcome = "failed"
         attempt = 0
         error: Exception | None = None
+        raised_rejects = 0
         rejected_before = self._rejected_so_far()
         try:
             while True:
@@ -485,6 +486,10 @@ class Lane:
                 except Exception as exc:
                     error = exc
                     self._record_error(exc, last.tick)
+                    if isinstance(exc, Rejected):
+                        outcome = "rejected"
+                        raised_rejects = n if exc.count is None else min(n, exc.count)
+                        break
                     if isinstance(exc, RetryAfter):
                         delay = exc.seconds
                     elif attempt < s.retries:
@@ -510,13 +515,14 @@ class Lane:
             outcome = "dropped"
             raise
         finally:
-            rejected = 0
-            if outcome == "delivered" and rejected_before is not None:
-                rejected = min(n, max(0, (self._rejected_so_far() or 0) - rejected_before))
+            rejected = raised_rejects
+            if outcome in ("delivered", "rejected") and rejected_before is not None:
+                counted = (self._rejected_so_far() or 0) - rejected_before
+                rejected = min(n, max(rejected, counted))  # either way, counted once
             self._settle(entries, outcome, rejected)
         if outcome == "delivered" and s.on_delivered is not None:
             await self._hook("on_delivered", s.on_delivered, payload, last.record.event_time)
-        elif outcome == "failed" and s.on_error is not None:
+        elif outcome in ("failed", "rejected") and s.on_error is not None:
             await self._hook("on_error", s.on_error, error, payload, last.record.event_time)
 
     def _rejected_so_far(self) -> int | None:
@@ -537,10 +543,11 @@ class Lane:
         with self.counters.lock:
             c = self.counters
             c.in_flight -= n
-            if outcome == "delivered":
+            if outcome in ("delivered", "rejected"):
                 c.delivered += n - rejected
                 c.rejected += rejected
-                c.last_success_time = time.time()
+                if n > rejected:
+                    c.last_success_time = time.time()
             elif outcome == "dropped" and spooled:
                 c.queued += n  # not delivered, but safe on disk for the next run
             elif outcome == "dropped":

@@ -11,14 +11,25 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .csv import CsvConsumer as CsvConsumer
+    from .mqtt import HaDiscovery as HaDiscovery
+    from .mqtt import HaSensor as HaSensor
     from .mqtt import MqttConsumer as MqttConsumer
     from .postgres import PostgresConsumer as PostgresConsumer
     from .pretty import PrettyPrintConsumer as PrettyPrintConsumer
 
-__all__ = ["CsvConsumer", "MqttConsumer", "PostgresConsumer", "PrettyPrintConsumer"]
+__all__ = [
+    "CsvConsumer",
+    "HaDiscovery",
+    "HaSensor",
+    "MqttConsumer",
+    "PostgresConsumer",
+    "PrettyPrintConsumer",
+]
 
 _WHERE = {
     "CsvConsumer": ".csv",
+    "HaDiscovery": ".mqtt",
+    "HaSensor": ".mqtt",
     "MqttConsumer": ".mqtt",
     "PostgresConsumer": ".postgres",
     "PrettyPrintConsumer": ".pretty",

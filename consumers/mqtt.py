@@ -12,9 +12,9 @@ the queue has room, and a message whose acknowledgement was lost is sent again: 
 is *at least once*.
 
 A record that can never be published (a topic field it lacks, an encoder that fails) is
-reported once through the lane (``errors`` / ``last_error``), counted in
-:attr:`MqttConsumer.rejected` and then skipped when the lane retries it; the other records
-of its batch are published.
+reported through the lane as :class:`~aioconveyor.Rejected` (``errors`` / ``last_error``,
+counted as ``rejected``, never retried) and counted in :attr:`MqttConsumer.rejected`; the
+other records of its batch are published first.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from aioconveyor import __version__
 from aioconveyor._logs import LogLimiter
-from aioconveyor.errors import ConveyorError
+from aioconveyor.errors import ConveyorError, Rejected
 
 from ._records import as_mapping, iter_records, json_dumps
 
@@ -81,10 +81,10 @@ class MqttConsumerError(ConveyorError):
     """Root of the errors :class:`MqttConsumer` raises (the lane counts and logs them)."""
 
 
-class MqttRecordError(MqttConsumerError, ValueError):
+class MqttRecordError(MqttConsumerError, Rejected, ValueError):
     """A record that can never be published: a topic field it lacks, an encoder that failed.
 
-    Reported once through the lane, then skipped (see the module docstring).
+    A :class:`~aioconveyor.Rejected`: the lane counts it and does not retry it.
     """
 
 
@@ -509,7 +509,6 @@ class MqttConsumer:
         self._state = _State.NEW
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
-        self._reported: tuple[Any, datetime] | None = None
         self._limiter = LogLimiter()
         self._failed_connects = 0
 
@@ -527,7 +526,6 @@ class MqttConsumer:
             raise RuntimeError(f"MqttConsumer {self.name!r} is already open; use one instance "
                                "per conveyor")
         self._state = _State.OPEN
-        self._reported = None
         try:
             await self._connection()
         except MqttConnectionError as exc:
@@ -566,9 +564,6 @@ class MqttConsumer:
         if self._state is not _State.OPEN:
             raise RuntimeError(f"MqttConsumer {self.name!r} is {self._state.value}: "
                                "call open() first (the conveyor does)")
-        reported, self._reported = self._reported, None
-        if reported is not None and reported[0] is data and reported[1] == event_time:
-            return  # the lane's retry of a call whose bad records were already reported
         messages: list[_Message] = []
         problems: list[MqttRecordError] = []
         for when, item in iter_records(data, event_time):
@@ -580,11 +575,10 @@ class MqttConsumer:
             await self._publish(messages)
         if problems:
             self.rejected += len(problems)
-            self._reported = (data, event_time)
             if len(problems) == 1:
                 raise problems[0]
             raise MqttRecordError(f"{len(problems)} records could not be published; the first: "
-                                  f"{problems[0]}") from problems[0]
+                                  f"{problems[0]}", count=len(problems)) from problems[0]
 
     def _message(self, data: Any, event_time: datetime) -> _Message:
         topic = self._topic_for(data, event_time) if self._topic_fields else self.topic

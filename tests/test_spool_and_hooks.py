@@ -232,3 +232,31 @@ def test_records_a_consumer_rejects_are_counted_apart_from_deliveries() -> None:
     c = conv.stats().consumers[0]
     assert picky.written == [2, 4, 6]
     assert (c.delivered, c.rejected, c.offered) == (3, 4, 7)
+
+
+def test_rejected_data_is_counted_not_retried_and_reported_to_on_error() -> None:
+    from aioconveyor import Rejected
+
+    calls: list[int] = []
+    reported: list[str] = []
+
+    async def strict(data: Batch, event_time: datetime) -> None:
+        calls.append(len(data))
+        bad = [r.data for r in data if r.data % 3 == 0]
+        if bad:  # write the good ones, then say how many were bad
+            raise Rejected(f"not a valid reading: {bad}", count=len(bad))
+
+    n = 0
+
+    def produce_n(event_time: datetime) -> int:
+        nonlocal n
+        n += 1
+        return n
+
+    spec = Consumer(strict, batch_size=3, retries=5, on_error=lambda e, d, t: reported.append(str(e)))
+    with AioConveyor(produce_n, [spec], loop_interval=FAST, max_ticks=9) as conv:
+        assert conv.join(10)
+    c = conv.stats().consumers[0]
+    assert (c.delivered, c.rejected, c.retries, c.failed) == (6, 3, 0, 0)
+    assert sum(calls) == 9  # nothing was tried twice
+    assert len(reported) == 3 and "not a valid reading" in reported[0]
