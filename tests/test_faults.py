@@ -108,7 +108,7 @@ def test_a_consumer_that_always_raises_backs_off_boundedly_and_harms_no_one() ->
     with conv:
         assert conv.join(20)
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert max(gaps) < 0.08 * 1.5 + 0.1  # capped backoff (+50 % jitter, + scheduling slack)
+    assert max(gaps) < 0.5  # capped at 0.08 s (+50 % jitter, + slack for a busy machine)
     assert sorted(gaps)[len(gaps) // 2] > 0.02  # and it really backs off
     s = conv.stats()
     assert sink.data == list(range(1, 151))
