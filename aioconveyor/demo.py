@@ -30,7 +30,7 @@ from .errors import ConveyorError
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-__all__ = ["Demo", "DemoOptions", "FIELDS", "InverterSimulator", "daylight"]
+__all__ = ["Demo", "DemoOptions", "InverterSimulator", "daylight"]
 
 logger = logging.getLogger(__name__)
 
