@@ -28,7 +28,7 @@ from . import _validate
 from .clock import Clock, SystemClock
 from .endpoint import OpsEndpoint
 from .errors import ConveyorError, RestartBudgetExceeded, StartupError
-from .fanout import Consumer, Fanout, Lane, callable_name, make_lanes
+from .fanout import Consumer, Fanout, Lane, callable_name, resolve
 from .health import Health, assess
 from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
@@ -195,13 +195,13 @@ class AioConveyor:
         self.planner = Planner(self.schedule, misfire=misfire, misfire_grace=misfire_grace,
                                jitter=jitter, eager=eager, rng=random.Random(seed))
         # settings of every consumer are resolved (and checked) now, not in the thread
-        lanes = make_lanes(self._consumers, lambda n: ConveyorCounters(n).lane(n), self.name,
-                           self.consumer_timeout)
+        self._lane_settings = resolve(self._consumers, self.consumer_timeout)
         self._consumer_bounds = {
-            lane.settings.name: self.health_bound + lane.settings.batch_age for lane in lanes
+            s.name: self.health_bound + s.batch_age for s in self._lane_settings
         }
 
         self._counters = ConveyorCounters(self.name)
+        self._lane_counters = [self._counters.lane(s.name) for s in self._lane_settings]
         self._state = _State.NEW
         self._lock = threading.Lock()
         self._finished = threading.Event()
@@ -232,6 +232,11 @@ class AioConveyor:
     def exception(self) -> BaseException | None:
         """Why the conveyor ended on its own (start-up failure, restart budget), else None."""
         return self._exception
+
+    @property
+    def consumer_names(self) -> tuple[str, ...]:
+        """The names of the consumers, as used in logs and ``stats()``, in order."""
+        return tuple(s.name for s in self._lane_settings)
 
     def stats(self) -> ConveyorStats:
         """A consistent snapshot of the counters; safe from any thread at any time."""
@@ -402,8 +407,9 @@ class _Engine:
         self.conv = conv
         counters = conv._counters
         self.counters = counters
-        self.lanes: list[Lane] = make_lanes(conv._consumers, counters.lane, conv.name,
-                                            conv.consumer_timeout)
+        self.lanes = [Lane(settings, lane_counters, conv.name)
+                      for settings, lane_counters in zip(conv._lane_settings, conv._lane_counters,
+                                                         strict=True)]
         self.failure: BaseException | None = None
         self._deadline: float | None = None
         self._stop_event = asyncio.Event()

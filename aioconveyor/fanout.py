@@ -655,9 +655,3 @@ class Fanout:
         for lane in self.lanes:
             await lane.put(data, tick)
 
-
-def make_lanes(
-    consumers: Sequence[Consumer], counters_for: Callable[[str], LaneCounters],
-    conveyor: str, default_timeout: float,
-) -> list[Lane]:
-    return [Lane(s, counters_for(s.name), conveyor) for s in resolve(consumers, default_timeout)]
