@@ -165,6 +165,8 @@ def summary_lines(stats: ConveyorStats, elapsed: float, why: str,
     for c in stats.consumers:
         line = (f"  {c.name}: {c.delivered} delivered, {c.errors} errors, {c.dropped} dropped, "
                 f"{c.failed} failed, {c.queued} queued")
+        if c.rejected:
+            line += f", {c.rejected} rejected"
         if c.last_error:
             line += f"; last error: {c.last_error}"
         lines.append(mask_secrets(line, secrets))

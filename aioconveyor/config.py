@@ -36,7 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .conveyor import AioConveyor
 from .errors import ConveyorError
-from .fanout import Consumer, resolve
+from .fanout import Consumer
 from .schedule import CronSchedule, IntervalSchedule
 
 __all__ = [
@@ -240,8 +240,7 @@ class _Loader:
             conveyor = AioConveyor(producer, consumers, **options)
         except (TypeError, ValueError) as exc:
             raise self.error("conveyor", str(exc)) from None
-        names = [s.name for s in resolve(consumers, conveyor.consumer_timeout)]
-        lines = [f"{n}: {line}" for n, line in zip(names, lines, strict=True)]
+        lines = [f"{n}: {line}" for n, line in zip(conveyor.consumer_names, lines, strict=True)]
         return LoadedConfig(self.path, conveyor, producer_text, tuple(lines),
                             frozenset(self.secrets))
 

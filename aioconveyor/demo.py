@@ -182,7 +182,6 @@ class Demo:
             self.destinations.append(("PostgreSQL", f"table {POSTGRES_TABLE} at {pg.dsn}"))
         if options.mqtt is not None:
             consumers.append(self._mqtt(options.mqtt))
-        self.lane_names = [c.name for c in consumers]
         self.conveyor = AioConveyor(
             self.inverter, consumers, loop_interval=options.interval,
             loop_offset=options.offset, max_ticks=options.count, name="inverter",
@@ -271,19 +270,17 @@ class Demo:
             if reading["state"] == "sleeping" and self.options.speed == 1:
                 head.add_row("", Text("night here: try --speed 720 (a day in 2 minutes)",
                                       style="dim"))
-        lanes = Table(box=None, padding=(0, 2), header_style="bold")
-        lanes.add_column("consumer")
+        lanes = Table(box=None, padding=(0, 1), header_style="bold")
+        names = [c.name for c in s.consumers]
+        lanes.add_column("consumer", no_wrap=True, min_width=max(map(len, [*names, "consumer"])))
         for column in ("delivered", "errors", "dropped", "queued"):
-            lanes.add_column(column, justify="right")
-        lanes.add_column("last error", overflow="ellipsis", no_wrap=True, max_width=50)
+            lanes.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+        lanes.add_column("last error", overflow="ellipsis", no_wrap=True, max_width=60)
         for c in s.consumers:
             lanes.add_row(c.name, str(c.delivered),
                           Text(str(c.errors), style="red" if c.errors else ""),
                           Text(str(c.dropped), style="yellow" if c.dropped else ""),
                           str(c.queued + c.in_flight), Text(mask_secrets(c.last_error or "")))
-        if not s.consumers:  # not started yet
-            for name in self.lane_names:
-                lanes.add_row(name, "0", "0", "0", "0", "")
         return Panel(Group(head, Text(""), lanes), title="aioconveyor demo · simulated inverter",
                      subtitle="Ctrl-C stops", border_style="cyan", expand=False)
 

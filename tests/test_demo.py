@@ -390,4 +390,4 @@ def test_without_server_flags_the_demo_needs_no_server() -> None:
     """The quick start promises that a bare machine is enough."""
     demo = Demo(DemoOptions(csv=os.devnull), Console(file=io.StringIO()))
     assert [what for what, _ in demo.destinations] == ["CSV"]
-    assert demo.lane_names == ["pretty", "csv"]
+    assert demo.conveyor.consumer_names == ("pretty", "csv")
