@@ -151,7 +151,7 @@ def load_config(
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _strip_name(message: str, names: Mapping[str, str]) -> tuple[str | None, str]:
@@ -217,12 +217,13 @@ class _Loader:
         doc = self.interpolate(doc, "")
         for key in doc:
             if key not in _SECTIONS:
-                raise self.error(key, "unknown section; expected [conveyor], [producer] and "
-                                      f"[[consumers]]{_suggest(key, _SECTIONS)}")
+                raise self.error(key, f"unknown section{_suggest(key, _SECTIONS)}; expected "
+                                      "[conveyor], [producer] and [[consumers]]")
         folder = str(self.path.resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
 
+        options = self.conveyor_options(doc.get("conveyor", {}))
         producer, producer_text = self.producer(doc.get("producer"))
         raw_consumers = doc.get("consumers", [])
         if not isinstance(raw_consumers, list) or not all(
@@ -235,7 +236,6 @@ class _Loader:
             consumer, line = self.consumer(f"consumers[{i}]", table)
             consumers.append(consumer)
             lines.append(line)
-        options = self.conveyor_options(doc.get("conveyor", {}))
         try:
             conveyor = AioConveyor(producer, consumers, **options)
         except (TypeError, ValueError) as exc:

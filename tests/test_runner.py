@@ -272,9 +272,9 @@ def test_broken_toml_says_where(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "key", "message"),
     [
-        ("[conveyr]\n", "conveyr", "unknown section; expected [conveyor], [producer] and "
-                                   "[[consumers]]; did you mean 'conveyor'?"),
-        ("[conveyor]\nintervall = 5\n", "conveyor.intervall", "did you mean 'interval'?"),
+        ("[conveyr]\n", "conveyr", "unknown section (did you mean 'conveyor'?); expected "
+                                   "[conveyor], [producer] and [[consumers]]"),
+        ("[conveyor]\nintervall = 5\n", "conveyor.intervall", "unknown option (did you mean 'interval'?); expected one of: interval, offset, "),
         ('[conveyor]\ninterval = "10"\n', "conveyor.interval", "must be a number, got '10'"),
         ("[conveyor]\ninterval = -1\n", "conveyor.interval", "must be a finite number > 0"),
         ("[conveyor]\ninterval = 10\noffset = 12\n", "conveyor.offset", "must be in [0, "),
@@ -309,10 +309,10 @@ def test_conveyor_errors_name_the_key(body: str, key: str, message: str, tmp_pat
         ('function = "no_such_module_xyz:f"', "producer.function",
          "no module named 'no_such_module_xyz'"),
         ('function = "{h}:prodce"', "producer.function",
-         "has no attribute 'prodce'; did you mean 'produce'?"),
+         "has no attribute 'prodce' (did you mean 'produce'?)"),
         ('function = "{h}:not_callable"', "producer", "is not callable"),
         ('function = "{h}:produce"\nstrat = 1', "producer.strat",
-         "has no argument 'strat'; did you mean 'start'?"),
+         "has no argument 'strat' (did you mean 'start'?)"),
         ('function = "{h}:write_line"', "producer", "cannot be called as a producer"),
     ],
 )
@@ -330,10 +330,10 @@ def test_producer_errors_name_the_key(producer: str | None, key: str, message: s
     [
         ('path = "x.csv"', "consumers[0].type", 'missing; expected \'csv\''),
         ('type = "postgress"', "consumers[0].type",
-         "unknown consumer type 'postgress'; did you mean 'postgres'?"),
+         "unknown consumer type 'postgress' (did you mean 'postgres'?)"),
         ('type = "csv"', "consumers[0]", "missing required option 'path' for CsvConsumer"),
         ('type = "csv"\npth = "x.csv"', "consumers[0].pth",
-         "unknown option for CsvConsumer; did you mean 'path'?; it takes: path, fields"),
+         "unknown option for CsvConsumer (did you mean 'path'?); it takes: path, fields"),
         ('type = "csv"\npath = "x.csv"\nretries = -1', "consumers[0].retries",
          "must be >= 0, got -1"),
         ('type = "csv"\npath = "x.csv"\noverflow = "explode"', "consumers[0].overflow",
@@ -347,7 +347,7 @@ def test_producer_errors_name_the_key(producer: str | None, key: str, message: s
          'sensors = [{ key = "a" }]', "consumers[0].discovery.sensors[0]",
          "missing required option 'name' for HaSensor"),
         ('type = "{h}:write_line"\npaht = "x"', "consumers[0].paht",
-         "has no argument 'paht'; did you mean 'path'?"),
+         "has no argument 'paht' (did you mean 'path'?)"),
         ('type = "{h}:produce"', "consumers[0]", "cannot be called as a consumer"),
         ('type = "{h}:Sink"', "consumers[0]", "missing required option 'label'"),
         ('type = "{h}:write_line"\non_error = "{h}:nope"', "consumers[0].on_error",
@@ -636,3 +636,28 @@ def test_a_signal_stops_the_runner_gracefully(
 
 def test_console_script_is_installed() -> None:
     assert BIN.exists(), "pip install -e . should install the aioconveyor console script"
+
+
+# -- the documented format -------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def documented_configs() -> list[str]:
+    """TOML examples of the README (and of its runner section while it is being written)."""
+    blocks: list[str] = []
+    for path in (ROOT / "README.md", ROOT / ".sections" / "runner.md"):
+        if path.exists():
+            blocks += re.findall(r"```toml\n(.*?)\n```", path.read_text(), re.S)
+    return blocks
+
+
+@pytest.mark.parametrize("text", documented_configs() or [
+    pytest.param("", marks=pytest.mark.skip(reason="no TOML example in the README yet"))])
+def test_documented_config_is_valid_and_is_the_example_file(text: str, tmp_path: Path) -> None:
+    assert text in (ROOT / "examples" / "conveyor.toml").read_text(), (
+        "the README's TOML example should be examples/conveyor.toml (which tests run)")
+    sys.path.insert(0, str(ROOT / "examples"))  # home_poller.py
+    loaded = load_text(tmp_path, text, env={"POSTGRES_DSN": "postgresql://u:pw@db/x"})
+    assert loaded.conveyor.consumer_names == (
+        "postgres:home_readings", "mqtt", "csv:readings-{date}.csv")
