@@ -389,6 +389,8 @@ class _Loader:
         except (TypeError, ValueError) as exc:
             sub, message = _strip_name(str(exc), {k: f"{key}.{k}" for k in options})
             raise self.error(sub or key, message) from None
+        except Exception as exc:  # a constructor of the user's that fails in its own way
+            raise self.error(key, f"{what}(...) raised {type(exc).__name__}: {exc}") from None
 
     def callable_with(self, key: str, target: Any, options: dict[str, Any], nargs: int,
                       what: str) -> Any:

@@ -64,6 +64,10 @@ HELPERS = """
             pass
 
     not_callable = 42
+
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("no such device")
 """
 
 
@@ -354,6 +358,7 @@ def test_producer_errors_name_the_key(producer: str | None, key: str, message: s
          "has no attribute 'nope'"),
         ('type = "{h}:write_line"\non_delivered = "{h}:on_error"', "consumers[0].on_delivered",
          "cannot be called as the on_delivered hook"),
+        ('type = "{h}:Broken"', "consumers[0]", "Broken(...) raised RuntimeError: no such device"),
     ],
 )
 def test_consumer_errors_name_the_key(consumer: str, key: str, message: str, tmp_path: Path,
