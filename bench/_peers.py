@@ -65,8 +65,11 @@ class ConveyorRunner:
                  **options: Any) -> None:
         from aioconveyor import AioConveyor, SystemClock
 
-        if options.pop("clock", None) == "spin":  # the pre-timerfd sleep, for comparison
+        clock = options.pop("clock", None)
+        if clock == "spin":  # the pre-timerfd sleep, for comparison
             options["clock"] = SystemClock(precise=False)
+        elif isinstance(clock, dict):
+            options["clock"] = SystemClock(**clock)
 
         async def produce(event_time: datetime) -> dict[str, Any]:
             started = time.time()
@@ -179,10 +182,44 @@ class ApschedulerRunner(_ThreadLoop):
         self.loop.call_later(0.05, self.loop.stop)
 
 
+class FloorRunner:
+    """The machine's floor: a plain thread sleeping to absolute deadlines (no event loop),
+    skipping a grid time it wakes up for more than half an interval late (as aioconveyor's
+    default grace does). No consumers."""
+
+    def __init__(self, interval: float, t0: float, stamps: Stamps,
+                 sinks: Sequence[Sink]) -> None:
+        self.interval, self.t0, self.stamps = interval, t0, stamps
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True, name="bench-floor")
+
+    def _main(self) -> None:
+        k = 0
+        while not self._stop.is_set():
+            planned = self.t0 + k * self.interval
+            while (remaining := planned - time.time()) > 0:
+                time.sleep(remaining)
+            started = time.time()
+            if started - planned <= self.interval / 2:
+                self.stamps.append((planned, started))
+                payload()
+                k += 1
+            else:
+                k = int((started - self.t0) / self.interval) + 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
 def make_runner(peer: str, interval: float, t0: float, stamps: Stamps,
                 sinks: Sequence[Sink], **options: Any) -> Runner:
     factories: dict[str, Callable[..., Runner]] = {
         "aioconveyor": ConveyorRunner, "naive": NaiveRunner, "apscheduler": ApschedulerRunner,
+        "floor": FloorRunner,
     }
     return factories[peer](interval, t0, stamps, sinks, **options)
 
