@@ -12,8 +12,10 @@ consumers closed), 1 the conveyor failed (a consumer could not open, the watchdo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -22,7 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import NoReturn
 
+from . import __version__
 from .config import ConfigError, LoadedConfig, load_config, mask_secrets
 from .conveyor import AioConveyor
 from .errors import ConveyorError
@@ -35,6 +39,7 @@ __all__ = [
     "EXIT_OK",
     "LOG_FORMAT",
     "StopSignals",
+    "force_exit",
     "main",
     "setup_logging",
     "summary_lines",
@@ -66,6 +71,15 @@ exit codes: 0 done (also after Ctrl-C / SIGTERM), 1 the conveyor failed,
 
 def _echo(text: str = "", *, err: bool = False) -> None:
     print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def force_exit(code: int = EXIT_FORCED) -> NoReturn:
+    """End the process now. A second signal means "do not wait": a normal exit would run
+    the conveyor's atexit hook, which waits for the drain all over again."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # -- signals ---------------------------------------------------------------------------
@@ -266,6 +280,7 @@ def demo_parser() -> argparse.ArgumentParser:
                              "and the summary")
     parser.add_argument("--log-level", type=_level, default="WARNING", metavar="LEVEL",
                         help=f"log level: {', '.join(LEVELS)} (default: WARNING)")
+    parser.add_argument("--version", action="version", version=f"aioconveyor {__version__}")
     return parser
 
 
@@ -410,7 +425,7 @@ def _run(options: argparse.Namespace) -> int:
             conv.join(conv.stop_timeout + 2.0)
         except KeyboardInterrupt:
             logger.warning("second signal: forced stop, queued items may be lost")
-            return EXIT_FORCED
+            force_exit()
     if conv.exception is not None:
         why = f"failed: {conv.exception}"
     elif why == "finished" and conv.max_ticks is not None:

@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .cli import EXIT_FAILED, EXIT_FORCED, EXIT_OK, StopSignals, summary_lines
+from .cli import EXIT_FAILED, EXIT_OK, StopSignals, force_exit, summary_lines
 from .config import mask_secrets
 from .conveyor import AioConveyor
 from .errors import ConveyorError
@@ -306,7 +306,7 @@ class Demo:
                 why = self._wait(stop)
             except KeyboardInterrupt:
                 self.say("forced stop: queued readings may be lost", style="red")
-                return EXIT_FORCED
+                force_exit()
         conv = self.conveyor
         if conv.exception is not None:
             why = f"failed: {conv.exception}"

@@ -63,6 +63,11 @@ HELPERS = """
         def __call__(self, data, event_time):
             pass
 
+    def hang(data, event_time, marker="entered"):
+        import pathlib, time
+        pathlib.Path(marker).touch()
+        time.sleep(60)
+
     not_callable = 42
 
     class Broken:
@@ -637,6 +642,40 @@ def test_a_signal_stops_the_runner_gracefully(
                      r"\(delivered/errors/dropped/queued\): csv:readings.csv \d+/0/0/0", stderr)
     delivered = int(stdout.split("write_line: ", 1)[1].split(" delivered")[0])
     assert delivered == len(lines.read_text().splitlines())
+
+
+def test_a_second_signal_forces_the_stop(tmp_path: Path, module: Callable[[str], str],
+                                         spawned: list[subprocess.Popen[bytes]]) -> None:
+    """The first SIGTERM waits for the drain (here: a hung consumer, up to 30 s); the second
+    ends the process at once with exit code 130."""
+    path = config(tmp_path, f"""
+        [conveyor]
+        interval = 0.05
+        stop_timeout = 30
+        [producer]
+        function = "{module(HELPERS)}:produce"
+        [[consumers]]
+        type = "{module(HELPERS)}:hang"
+        timeout = 60
+    """)
+    err = tmp_path / "err.txt"
+    with err.open("w") as e:
+        process = subprocess.Popen([str(BIN), "run", str(path)], cwd=tmp_path,
+                                   stdout=subprocess.DEVNULL, stderr=e)
+    spawned.append(process)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "entered").exists():
+        assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    while "SIGTERM received: stopping" not in err.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.02)
+    forced = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 130
+    assert time.monotonic() - forced < 10, "the forced stop waited for the drain"
+    assert "second signal: forced stop" in err.read_text()
 
 
 def test_console_script_is_installed() -> None:
