@@ -10,6 +10,10 @@ The format (the README has a complete example)::
     [[consumers]]
     type = "postgres"             # mqtt, csv, pretty, or "package.module:attribute"
     dsn = "${POSTGRES_DSN}"       # the consumer's own options and the Consumer settings
+    [leader]                      # optional: only one of several instances produces
+    type = "postgres"
+    dsn = "${POSTGRES_DSN}"
+    key = "home-poller"
 
 Every mistake raises :class:`ConfigError` naming the file, the key (``consumers[1].retries``)
 and what was expected. Loading builds every object (imports the producer, constructs the
@@ -41,6 +45,7 @@ from .schedule import CronSchedule, IntervalSchedule
 
 __all__ = [
     "BUILTIN_CONSUMERS",
+    "BUILTIN_LEADERS",
     "ConfigError",
     "LoadedConfig",
     "load_config",
@@ -57,7 +62,8 @@ BUILTIN_CONSUMERS: dict[str, str] = {
 }
 """The short ``type`` names of ``[[consumers]]`` and the classes they stand for."""
 
-_SECTIONS = ("conveyor", "producer", "consumers")
+_SECTIONS = ("conveyor", "producer", "consumers", "leader")
+BUILTIN_LEADERS = {"postgres": "aioconveyor.leader_postgres:PostgresLeader"}
 _ALIASES = {"interval": "loop_interval", "offset": "loop_offset"}
 _SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
 _NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})
@@ -114,6 +120,8 @@ class LoadedConfig:
         lines = [f"conveyor {conv.name!r}: {describe_schedule(conv)}",
                  f"producer: {self.producer}"]
         lines += [f"consumer {line}" for line in self.consumers]
+        if conv.leader is not None:
+            lines.append(f"leader: {conv.leader!r}")
         if not self.consumers:
             lines.append("no consumers (the producer runs for its side effects)")
         return [self.mask(line) for line in lines]
@@ -218,7 +226,7 @@ class _Loader:
         for key in doc:
             if key not in _SECTIONS:
                 raise self.error(key, f"unknown section{_suggest(key, _SECTIONS)}; expected "
-                                      "[conveyor], [producer] and [[consumers]]")
+                                      "[conveyor], [producer], [[consumers]] and [leader]")
         folder = str(self.path.resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -236,6 +244,8 @@ class _Loader:
             consumer, line = self.consumer(f"consumers[{i}]", table)
             consumers.append(consumer)
             lines.append(line)
+        if "leader" in doc:
+            options["leader"] = self.leader(doc["leader"])
         try:
             conveyor = AioConveyor(producer, consumers, **options)
         except (TypeError, ValueError) as exc:
@@ -482,6 +492,27 @@ class _Loader:
         if isinstance(fn, functools.partial):
             shown = f"{kind} ({', '.join(sorted(fn.keywords))})"
         return consumer, shown
+
+    def leader(self, raw: Any) -> Any:
+        """``[leader]``: ``type = "postgres"`` (or ``"package.module:attribute"``) + options."""
+        table = dict(self.table("leader", raw))
+        kind = table.pop("type", None)
+        choices = '"postgres" or "package.module:attribute"'
+        if not isinstance(kind, str) or (":" not in kind and kind not in BUILTIN_LEADERS):
+            found = "missing" if kind is None else f"unknown leader type {kind!r}"
+            raise self.error("leader.type", f"{found}; expected {choices}")
+        target = self.import_target("leader.type", BUILTIN_LEADERS.get(kind, kind))
+        if inspect.isclass(target):
+            leader = self.construct("leader", target, table, target.__qualname__)
+        elif table:
+            raise self.error("leader", f"{kind} is an object, not a class: it takes no options")
+        else:
+            leader = target
+        try:
+            AioConveyor(_noop, (), leader=leader)
+        except (TypeError, ValueError) as exc:
+            raise self.error("leader.type", str(exc)) from None
+        return leader
 
     def discovery(self, key: str, table: dict[str, Any]) -> Any:
         """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`."""

@@ -678,6 +678,59 @@ def test_a_second_signal_forces_the_stop(tmp_path: Path, module: Callable[[str],
     assert "second signal: forced stop" in err.read_text()
 
 
+# -- [leader] --------------------------------------------------------------------------
+
+
+def test_a_postgres_leader_is_built_from_its_table(tmp_path: Path,
+                                                   module: Callable[[str], str]) -> None:
+    loaded = load_text(tmp_path, f"""
+        [producer]
+        function = "{module(HELPERS)}:produce"
+        [leader]
+        type = "postgres"
+        dsn = "postgresql://app:${{PG_PASSWORD}}@db/home"
+        key = "home-poller"
+        keepalive = 5
+    """, env={"PG_PASSWORD": "L3ad3rSecret"})
+    leader = loaded.conveyor.leader
+    assert type(leader).__name__ == "PostgresLeader"
+    assert leader.key == "home-poller" and leader.keepalive == 5
+    shown = "\n".join(loaded.describe())
+    assert "leader: <PostgresLeader" in shown and "L3ad3rSecret" not in shown
+
+
+@pytest.mark.parametrize(("table", "key", "message"), [
+    ('dsn = "x"', "leader.type", 'missing; expected "postgres" or "package.module:attribute"'),
+    ('type = "etcd"', "leader.type", "unknown leader type 'etcd'"),
+    ('type = "postgres"\ndsn = "x"\nkey = "k"\nkeepalive = 0.5', "leader.keepalive",
+     "must be at least 1 second"),
+    ('type = "postgres"\ndsn = "x"\nkey = "k"\nttl = 5', "leader.ttl", "unknown option"),
+    ('type = "postgres"\ndsn = "x"', "leader", "missing required option 'key'"),
+    ('type = "{h}:Sink"\nlabel = "x"', "leader.type", "leader must provide open()"),
+])
+def test_leader_errors_name_the_key(table: str, key: str, message: str, tmp_path: Path,
+                                    module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f'[producer]\nfunction = "{helpers}:produce"\n'
+                              f"[leader]\n{table.replace('{h}', helpers)}\n")
+    assert err.key == key, str(err)
+    assert message in err.message
+
+
+def test_run_with_a_postgres_leader_produces(tmp_path: Path, module: Callable[[str], str],
+                                             postgres_dsn: str) -> None:
+    text = RUNNABLE.format(h=module(HELPERS)) + (
+        f'[leader]\ntype = "postgres"\ndsn = "{postgres_dsn}"\nkey = "{unique_key()}"\n')
+    result = run_cli(tmp_path, "run", str(config(tmp_path, text)))
+    assert result.returncode == 0, result.stderr
+    assert "summary: stopped (max_ticks 3 reached)" in result.stdout
+    assert "write_line: 3 delivered" in result.stdout
+
+
+def unique_key() -> str:
+    return f"test-runner-{uuid.uuid4().hex[:8]}"
+
+
 def test_console_script_is_installed() -> None:
     assert BIN.exists(), "pip install -e . should install the aioconveyor console script"
 
