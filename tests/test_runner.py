@@ -282,7 +282,7 @@ def test_broken_toml_says_where(tmp_path: Path) -> None:
     ("body", "key", "message"),
     [
         ("[conveyr]\n", "conveyr", "unknown section (did you mean 'conveyor'?); expected "
-                                   "[conveyor], [producer] and [[consumers]]"),
+                                   "[conveyor], [producer], [[consumers]] and [leader]"),
         ("[conveyor]\nintervall = 5\n", "conveyor.intervall", "unknown option (did you mean 'interval'?); expected one of: interval, offset, "),
         ('[conveyor]\ninterval = "10"\n', "conveyor.interval", "must be a number, got '10'"),
         ("[conveyor]\ninterval = -1\n", "conveyor.interval", "must be a finite number > 0"),
