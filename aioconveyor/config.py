@@ -62,8 +62,10 @@ BUILTIN_CONSUMERS: dict[str, str] = {
 }
 """The short ``type`` names of ``[[consumers]]`` and the classes they stand for."""
 
+BUILTIN_LEADERS: dict[str, str] = {"postgres": "aioconveyor.leader_postgres:PostgresLeader"}
+"""The short ``type`` names of ``[leader]``."""
+
 _SECTIONS = ("conveyor", "producer", "consumers", "leader")
-BUILTIN_LEADERS = {"postgres": "aioconveyor.leader_postgres:PostgresLeader"}
 _ALIASES = {"interval": "loop_interval", "offset": "loop_offset"}
 _SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
 _NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})

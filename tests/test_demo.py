@@ -178,6 +178,15 @@ def test_help_documents_every_flag_and_the_commands(capsys: pytest.CaptureFixtur
     assert "exit codes" in text
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import aioconveyor
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"aioconveyor {aioconveyor.__version__}\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
