@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
 import random
 import sys
 import tempfile
@@ -149,9 +150,10 @@ class DemoOptions:
 
 
 def default_csv_path() -> Path:
-    """A new file in the temp folder, named after the current time."""
+    """A new file in the temp folder, named after the current time and this process (so
+    demos started in the same second never share a file)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(tempfile.gettempdir()) / f"aioconveyor-demo-{stamp}.csv"
+    return Path(tempfile.gettempdir()) / f"aioconveyor-demo-{stamp}-{os.getpid()}.csv"
 
 
 class Demo:
