@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import enum
 import importlib
 import logging
@@ -18,11 +19,11 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, tzinfo
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _validate
 from .clock import Clock, SystemClock
@@ -37,6 +38,8 @@ from .stats import ConveyorCounters, ConveyorStats
 from .watchdog import LoopMonitor, Supervisor
 
 __all__ = ["AioConveyor"]
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -374,6 +377,54 @@ class AioConveyor:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
 
+    # -- consumers while running -----------------------------------------------------
+
+    def add_consumer(self, consumer: Any, timeout: float | None = None) -> str:
+        """Open ``consumer`` (a callable or ``Consumer``) and start fanning out to it.
+
+        Returns its name. Raises :class:`StartupError` if its ``open()`` fails, and
+        ``ValueError`` if a consumer of that name exists. Call from outside the conveyor's
+        loop (any thread; from its own loop use ``await asyncio.to_thread(...)``).
+        """
+        spec = self._checked_spec(consumer)
+        return self._call_engine(lambda e, deadline: e.add_lane(spec), timeout)
+
+    def remove_consumer(self, name: str, timeout: float | None = None) -> None:
+        """Stop giving ``name`` new items, deliver what it has queued (until ``timeout``,
+        default ``stop_timeout``), then close it. Leftovers are counted as dropped (or stay
+        in its spool)."""
+        self._call_engine(lambda e, deadline: e.remove_lane(name, deadline), timeout)
+
+    def replace_consumer(self, name: str, consumer: Any, timeout: float | None = None) -> None:
+        """Swap the consumer called ``name`` for ``consumer`` without losing items.
+
+        The new one is opened first (if that fails the old one carries on and the error is
+        raised); from then on new items go to it, while the old one delivers what it had
+        queued (until ``timeout``) and is closed. Stats continue under the same name.
+        """
+        spec = self._checked_spec(consumer)
+        self._call_engine(lambda e, deadline: e.replace_lane(name, spec, deadline), timeout)
+
+    @staticmethod
+    def _checked_spec(consumer: Any) -> Consumer:
+        if not isinstance(consumer, Consumer):
+            _validate.callable_("consumer", consumer)
+        return Consumer.wrap(consumer)
+
+    def _call_engine(
+        self, call: Callable[[_Engine, float], Coroutine[Any, Any, T]], timeout: float | None
+    ) -> T:
+        timeout = self.stop_timeout if timeout is None else _validate.positive("timeout", timeout)
+        loop, engine = self._loop, self._engine
+        if self._state is not _State.RUNNING or loop is None or engine is None:
+            raise RuntimeError(f"conveyor {self.name!r} is not running ({self._state.value})")
+        if self._in_own_loop():
+            raise RuntimeError("this blocks: from the conveyor's own loop use "
+                               "await asyncio.to_thread(conveyor.<method>, ...)")
+        deadline = time.monotonic() + timeout
+        future = asyncio.run_coroutine_threadsafe(call(engine, deadline), loop)
+        return future.result(timeout + self.stop_timeout + 1.0)
+
     def _in_own_loop(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop
@@ -410,6 +461,7 @@ class _Engine:
         self.lanes = [Lane(settings, lane_counters, conv.name)
                       for settings, lane_counters in zip(conv._lane_settings, conv._lane_counters,
                                                          strict=True)]
+        self._lane_stacks: dict[Lane, AsyncExitStack] = {}
         self.failure: BaseException | None = None
         self._deadline: float | None = None
         self._stop_event = asyncio.Event()
@@ -448,16 +500,101 @@ class _Engine:
     def scheduler_name(self) -> str:
         return f"aioconveyor[{self.conv.name}].scheduler"
 
+    async def _open_lane(self, lane: Lane, recover: bool = True) -> None:
+        """Open a lane's consumer; its close is kept for :meth:`_retire` or shutdown."""
+        stack = AsyncExitStack()
+        try:
+            await stack.enter_async_context(lane.opened(self._close_budget, recover))
+        except Exception as exc:
+            raise StartupError(
+                f"conveyor {self.conv.name!r}: consumer {lane.settings.name!r} "
+                f"failed to open: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._lane_stacks[lane] = stack
+
+    async def _close_lanes(self) -> None:
+        for lane in reversed(list(self._lane_stacks)):
+            await self._lane_stacks.pop(lane).aclose()
+
+    # -- consumers added, removed or replaced while running ---------------------------
+
+    def _find(self, name: str) -> Lane:
+        for lane in self.lanes:
+            if lane.settings.name == name:
+                return lane
+        raise KeyError(f"no consumer named {name!r}; have {[x.settings.name for x in self.lanes]}")
+
+    def _check_running(self) -> None:
+        if self._stop_event.is_set():
+            raise RuntimeError(f"conveyor {self.conv.name!r} is stopping")
+
+    def _sync_settings(self) -> None:
+        conv = self.conv
+        conv._lane_settings = [lane.settings for lane in self.lanes]
+        conv._consumer_bounds = {s.name: conv.health_bound + s.batch_age
+                                 for s in conv._lane_settings}
+
+    async def add_lane(self, spec: Consumer) -> str:
+        self._check_running()
+        (settings,) = resolve([spec], self.conv.consumer_timeout)
+        if any(lane.settings.name == settings.name for lane in self.lanes):
+            raise ValueError(f"a consumer named {settings.name!r} exists already; give another "
+                             "name= or use replace_consumer()")
+        counters = self.counters.lane(settings.name)
+        lane = Lane(settings, counters, self.conv.name)
+        try:
+            await self._open_lane(lane)
+        except BaseException:
+            with self.counters.lock:
+                self.counters.lanes.remove(counters)
+            raise
+        self.lanes.append(lane)
+        self.supervisor.watch(lane.task_name, lane.run, lane.counters)
+        self._sync_settings()
+        logger.info("conveyor %s: consumer %s added", self.conv.name, settings.name)
+        return settings.name
+
+    async def remove_lane(self, name: str, deadline: float) -> None:
+        self._check_running()
+        lane = self._find(name)
+        self.lanes.remove(lane)  # from now on it gets no new items
+        self._sync_settings()
+        await self._retire(lane, deadline, "consumer removed")
+        with self.counters.lock:
+            self.counters.lanes.remove(lane.counters)
+        logger.info("conveyor %s: consumer %s removed", self.conv.name, name)
+
+    async def replace_lane(self, name: str, spec: Consumer, deadline: float) -> None:
+        self._check_running()
+        old = self._find(name)
+        (settings,) = resolve([dataclasses.replace(spec, name=name)], self.conv.consumer_timeout)
+        new = Lane(settings, old.counters, self.conv.name, generation=old.generation + 1)
+        await self._open_lane(new, recover=False)  # if this fails, the old one goes on
+        self.lanes[self.lanes.index(old)] = new  # the next item goes to the new one
+        self.supervisor.watch(new.task_name, new.run, new.counters)
+        self._sync_settings()
+        await self._retire(old, deadline, "consumer replaced")
+        logger.info("conveyor %s: consumer %s replaced", self.conv.name, name)
+
+    async def _retire(self, lane: Lane, deadline: float, why: str) -> None:
+        """Deliver what ``lane`` has queued (until ``deadline``), then close its consumer."""
+        stack = self._lane_stacks.pop(lane)
+        task = self.supervisor.task(lane.task_name)
+        self.supervisor.forget(lane.task_name)
+        lane.begin_drain(deadline)
+        if task is not None and not task.done():
+            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
+            if not done:
+                task.cancel()
+                await asyncio.wait({task}, timeout=1.0)
+        lane.drop_remaining(f"{why}, drain timeout reached")
+        await stack.aclose()
+
     async def run(self, ready: Callable[[], None]) -> None:
         async with AsyncExitStack() as stack:
+            stack.push_async_callback(self._close_lanes)
             for lane in self.lanes:
-                try:
-                    await stack.enter_async_context(lane.opened(self._close_budget))
-                except Exception as exc:
-                    raise StartupError(
-                        f"conveyor {self.conv.name!r}: consumer {lane.settings.name!r} "
-                        f"failed to open: {type(exc).__name__}: {exc}"
-                    ) from exc
+                await self._open_lane(lane)
             if self.conv.leader is not None:
                 leader = self.conv.leader
                 try:

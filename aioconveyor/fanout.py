@@ -262,10 +262,13 @@ class Lane:
     #: before the lane abandons it and counts it in ``abandoned``.
     CANCEL_GRACE = 0.5
 
-    def __init__(self, settings: LaneSettings, counters: LaneCounters, conveyor: str) -> None:
+    def __init__(self, settings: LaneSettings, counters: LaneCounters, conveyor: str,
+                 generation: int = 1) -> None:
         self.settings = settings
         self.counters = counters
-        self.task_name = f"aioconveyor[{conveyor}].lane[{settings.name}]"
+        self.generation = generation  # > 1 for a lane that replaced another of its name
+        suffix = f"@{generation}" if generation > 1 else ""
+        self.task_name = f"aioconveyor[{conveyor}].lane[{settings.name}]{suffix}"
         self._queue: deque[_Entry] = deque()
         self._has_items = asyncio.Event()
         self._has_room = asyncio.Event()
@@ -362,11 +365,12 @@ class Lane:
     # -- lifecycle -------------------------------------------------------------------
 
     @asynccontextmanager
-    async def opened(self, close_budget: Callable[[], float]) -> AsyncIterator[Lane]:
+    async def opened(self, close_budget: Callable[[], float],
+                     recover: bool = True) -> AsyncIterator[Lane]:
         """Open the consumer object (``open()`` or ``__aenter__``), close it on exit."""
         fn = self.settings.fn
         if self._spool is not None:
-            self._recover(self._spool)
+            self._recover(self._spool, recover)
         try:
             if hasattr(fn, "open"):
                 await _maybe_await(fn.open())
@@ -381,9 +385,11 @@ class Lane:
         finally:
             await self._close(close_budget())
 
-    def _recover(self, spool: Spool) -> None:
+    def _recover(self, spool: Spool, recover: bool) -> None:
         """Queue what an earlier run left in the spool, ahead of anything new."""
         left = spool.open()
+        if not recover:  # the lane this one replaces is still delivering those
+            return
         for spool_id, data, tick in left:
             self._append(_Entry(Record(data, tick.event_time), tick, time.monotonic(), spool_id))
         if left:
@@ -648,8 +654,8 @@ class Lane:
 class Fanout:
     """Hands every produced item to every lane, each its own copy."""
 
-    def __init__(self, lanes: Sequence[Lane]) -> None:
-        self.lanes = list(lanes)
+    def __init__(self, lanes: list[Lane]) -> None:
+        self.lanes = lanes  # shared with the engine, which adds and removes lanes at run time
 
     async def offer(self, data: Any, tick: Tick) -> None:
         for lane in self.lanes:

@@ -25,6 +25,7 @@ import socket
 import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from ssl import SSLContext
 from typing import Any
 
 from ._logs import LogLimiter
@@ -102,6 +103,21 @@ def _secrets_of(dsn: str | None) -> tuple[str, ...]:
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_ssl(ssl: object) -> None:
+    """What asyncpg accepts as ``ssl``: None, a bool, an SSLContext or an sslmode name."""
+    if ssl is None or isinstance(ssl, bool | SSLContext):
+        return
+    if isinstance(ssl, str):
+        if ssl not in _SSL_MODES:
+            raise ValueError(f"ssl must be one of {', '.join(map(repr, _SSL_MODES))}, a bool or "
+                             f"an ssl.SSLContext, got {ssl!r}")
+        return
+    raise TypeError(f"ssl must be a bool, an sslmode str or an ssl.SSLContext, got {ssl!r}")
+
+
 def _default_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -162,10 +178,13 @@ class PostgresLeader:
         self._asyncpg = _import_asyncpg()
         self._dsn = dsn
         self._secrets = _secrets_of(dsn)
+        _check_ssl(ssl)
         self._ssl = ssl
         if server_settings is not None and not isinstance(server_settings, Mapping):
             raise TypeError(f"server_settings must be a mapping of str to str, "
-                            f"got {type(server_settings).__name__}")
+                            f"got {server_settings!r}")
+        if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
+            raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
         self._server_settings = {str(k): str(v) for k, v in (server_settings or {}).items()}
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._limiter = LogLimiter()

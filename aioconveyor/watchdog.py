@@ -81,6 +81,12 @@ class Supervisor:
     def task(self, name: str) -> asyncio.Task[None] | None:
         return self._watched[name].task
 
+    def forget(self, name: str) -> None:
+        """Stop watching ``name`` (a lane that was removed); it is not restarted again."""
+        w = self._watched.pop(name, None)
+        if w is not None:
+            w.finished = True
+
     def _start(self, w: _Watched) -> None:
         w.task = asyncio.get_running_loop().create_task(w.factory(), name=w.name)
         w.task.add_done_callback(partial(self._on_done, w))
