@@ -92,7 +92,8 @@ class MqttConnectionError(MqttConsumerError, ConnectionError):
     """The broker could not be reached, refused us, or the connection dropped mid-publish.
 
     ``refused`` is true when the broker answered the CONNECT with an error (bad credentials,
-    not authorised, bad client id): retrying will not help until the configuration changes.
+    not authorised, bad client id) or its TLS certificate failed verification: retrying will
+    not help until the configuration changes.
     """
 
     def __init__(self, message: str, *, refused: bool = False) -> None:
@@ -181,7 +182,7 @@ class HaDiscovery:
             raise TypeError(f"HaDiscovery sensors must be a list of HaSensor, got {self.sensors!r}")
         sensors = tuple(self.sensors)
         if not sensors:
-            raise ValueError("HaDiscovery sensors must not be empty")
+            raise ValueError(f"HaDiscovery sensors must not be empty, got {self.sensors!r}")
         seen: set[str] = set()
         for i, sensor in enumerate(sensors):
             if not isinstance(sensor, HaSensor):
@@ -423,7 +424,7 @@ class MqttConsumer:
         _check_text("MqttConsumer", "username", self.username, optional=True)
         self._password = password if password is not None else address.password
         if self._password is not None and not isinstance(self._password, str):
-            raise TypeError("password must be a str")
+            raise TypeError(f"password must be a str, got {type(self._password).__name__}")
         if self._password is not None and self.username is None:
             raise ValueError("a password needs a username (MQTT sends none without one)")
 
@@ -488,6 +489,14 @@ class MqttConsumer:
             "backoff": min(0.2, float(max_backoff)),
             "max_backoff": float(max_backoff),
         }
+        if client_options is not None and not isinstance(client_options, Mapping):
+            raise TypeError(f"client_options must be a mapping or None, "
+                            f"got {type(client_options).__name__}")
+        for key in client_options or {}:
+            if not isinstance(key, str):
+                raise TypeError(f"client_options keys must be str, got {key!r}")
+        if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
+            raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
         self._client_options = dict(client_options or {})
         clash = {"hostname", "port", "username", "password", "identifier", "will", "keepalive",
                  "timeout", "tls_context"} & set(self._client_options)
@@ -520,7 +529,8 @@ class MqttConsumer:
 
     async def open(self) -> None:
         """Connect once (in the running loop). An unreachable broker is only logged (calls
-        retry), but a broker that refuses us (credentials) raises :class:`MqttConnectionError`.
+        retry), but a broker that refuses us (credentials) or whose TLS certificate we do not
+        trust raises :class:`MqttConnectionError`.
         """
         if self._state is _State.OPEN:
             raise RuntimeError(f"MqttConsumer {self.name!r} is already open; use one instance "
@@ -725,12 +735,15 @@ class MqttConsumer:
             except aiomqtt.MqttError as exc:
                 _abort(client)  # a CONNACK that never came leaves the socket open
                 self._failed_connects += 1
-                refused = isinstance(exc, MqttConnectError)
+                # aiomqtt keeps only the text of the ssl module's error
+                untrusted = "CERTIFICATE_VERIFY_FAILED" in str(exc)
+                refused = isinstance(exc, MqttConnectError) or untrusted
                 self._limiter.log(
                     self._log, logging.DEBUG, "connect",
                     "MQTT consumer %s: cannot connect to %s: %s", self.name, self.url, exc,
                 )
-                what = "refused the connection" if refused else "unreachable"
+                what = ("has a TLS certificate we do not trust" if untrusted
+                        else "refused the connection" if refused else "unreachable")
                 raise MqttConnectionError(f"MQTT broker {self.url} {what}: {exc}",
                                           refused=refused) from exc
             watcher = asyncio.get_running_loop().create_task(

@@ -27,6 +27,7 @@ import logging
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from ssl import SSLContext
 from typing import Any, TypeVar
 
 try:
@@ -137,6 +138,37 @@ def _secrets_of(dsn: str | None, extra: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _check_ssl(ssl: object) -> None:
+    """What asyncpg accepts as ``ssl``: None, a bool, an SSLContext or an sslmode name."""
+    if ssl is None or isinstance(ssl, bool | SSLContext):
+        return
+    if isinstance(ssl, str):
+        if ssl not in _SSL_MODES:
+            raise ValueError(f"ssl must be one of {', '.join(map(repr, _SSL_MODES))}, a bool or "
+                             f"an ssl.SSLContext, got {ssl!r}")
+        return
+    raise TypeError(f"ssl must be a bool, an sslmode str or an ssl.SSLContext, got {ssl!r}")
+
+
+def _check_mapping(what: str, value: object, *, secret: bool = False) -> None:
+    """``value`` is None or a mapping of str keys (to str values unless ``secret``). The
+    error names the offending entry; a ``secret`` one (it may hold a password) only by type
+    or key."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        shown = type(value).__name__ if secret else repr(value)
+        raise TypeError(f"{what} must be a mapping or None, got {shown}")
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise TypeError(f"{what} keys must be str, got {k!r}")
+        if not secret and not isinstance(v, str):
+            raise TypeError(f"{what}[{k!r}] must be a str, got {v!r}")
+
+
 def _inserted(status: str) -> int:
     """Rows inserted, from a command status such as ``INSERT 0 17``."""
     return int(status.rsplit(" ", 1)[-1])
@@ -200,6 +232,11 @@ class PostgresConsumer:
     ) -> None:
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str or None, got {type(dsn).__name__}")
+        _check_ssl(ssl)
+        _check_mapping("server_settings", server_settings)
+        _check_mapping("pool_options", pool_options, secret=True)
+        if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
+            raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
         self._pool_options = dict(pool_options or {})
         self._secrets = _secrets_of(dsn, self._pool_options)
         self._dsn = dsn
@@ -329,7 +366,8 @@ class PostgresConsumer:
                             f"got {columns!r}")
         out = tuple(cls._identifier("columns[...]", c) for c in columns)
         if not out:
-            raise ValueError("columns must name at least one column (None: JSONB mode)")
+            raise ValueError(f"columns must name at least one column (None: JSONB mode), "
+                             f"got {columns!r}")
         if len(set(out)) != len(out):
             raise ValueError(f"columns must not repeat a column, got {list(out)!r}")
         return out
