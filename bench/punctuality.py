@@ -32,11 +32,14 @@ def run(quick: bool) -> Section:
             " of ticks - median of the first 10 % (the noise-free drift)",
             "p99 x aioconveyor = the peer's p99 divided by aioconveyor's (higher: the peer "
             "is worse)",
+            "floor = not a scheduler but the machine's limit: a bare thread sleeping to "
+            "absolute deadlines with time.sleep, skipping a tick it wakes up for more than half"
+            " an interval late (aioconveyor's default grace)",
         ],
     )
     for rate, duration in QUICK if quick else FULL:
         base: Row | None = None
-        for peer in PEERS:
+        for peer in (*PEERS, "floor"):
             row = run_worker("bench._peers", "tick_run", peer=peer, rate=rate,
                              duration=duration)
             row["label"] = f"{rate:g} Hz {peer}"

@@ -1,0 +1,159 @@
+"""5. MQTT: msg/s of MqttConsumer through the conveyor vs raw aiomqtt, QoS 0 and 1.
+
+The same JSON messages (a small mapping plus its ``event_time``, as the consumer encodes
+it) go to the same local Mosquitto topic, each method in a fresh process:
+
+* ``raw aiomqtt``: one ``aiomqtt.Client``; QoS 0 publishes one after the other (each
+  returns once handed to the socket layer); QoS 1 publishes ``CHUNK`` messages at a time
+  concurrently (``asyncio.gather``) and waits for their PUBACKs, which is how the consumer
+  publishes a batch. The payload is JSON-encoded per message, as the consumer must.
+* ``conveyor``: ``AioConveyor`` whose producer returns a :class:`~aioconveyor.Batch` of
+  ``CHUNK`` records per tick, published by ``MqttConsumer`` with
+  ``Consumer(batch_size=1, copy=False, overflow="block")``; ticks are driven by
+  ``FakeClock`` so the consumer is the bottleneck. Timed from the first producer call to
+  the last successful delivery (QoS 1: all PUBACKs received).
+* ``proposed``: the same, with a change suggested for ``consumers/mqtt.py`` applied in a
+  subclass here (QoS 0 batches published sequentially instead of a task per message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ._util import Row, Section, Target, ratio, run_worker
+
+URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+CHUNK = 500
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+TABLE_COLUMNS = [
+    ("method", "method"), ("qos", "QoS"), ("messages", "messages"), ("seconds", "seconds"),
+    ("msg_per_s", "msg/s"), ("vs_raw", "x raw aiomqtt"),
+]
+
+
+def make_messages(n: int) -> list[tuple[dict[str, Any], datetime]]:
+    return [({"sensor": f"sensor-{i % 16}", "n": i, "value": i * 0.5, "ok": i % 2 == 0},
+             T0 + timedelta(milliseconds=i)) for i in range(n)]
+
+
+def _host_port() -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(URL)
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+async def _raw(qos: int, messages: list[tuple[dict[str, Any], datetime]], topic: str) -> float:
+    import aiomqtt
+
+    host, port = _host_port()
+    async with aiomqtt.Client(host, port) as client:
+        started = time.perf_counter()
+        if qos == 0:
+            for data, when in messages:
+                payload = json.dumps({**data, "event_time": when.isoformat()},
+                                     separators=(",", ":"))
+                await client.publish(topic, payload.encode(), qos=0)
+        else:
+            for i in range(0, len(messages), CHUNK):
+                await asyncio.gather(*(
+                    client.publish(topic, json.dumps({**data, "event_time": when.isoformat()},
+                                                     separators=(",", ":")).encode(), qos=qos)
+                    for data, when in messages[i:i + CHUNK]
+                ))
+        return time.perf_counter() - started
+
+
+def _sequential_qos0(consumer_class: Any) -> Any:
+    """MqttConsumer with the proposed change: QoS 0 batches published one message after
+    the other (each publish returns at once) instead of one task per message."""
+
+    class Sequential(consumer_class):  # type: ignore[misc]
+        async def _publish_on(self, conn: Any, messages: Any) -> None:
+            if self.qos != 0:
+                await super()._publish_on(conn, messages)
+                return
+            for m in messages:
+                await conn.client.publish(m.topic, m.payload, qos=0, retain=m.retain,
+                                          timeout=self.timeout)
+
+    return Sequential
+
+
+async def _conveyor(qos: int, messages: list[tuple[dict[str, Any], datetime]],
+                    topic: str, proposed: bool = False) -> float:
+    from aioconveyor import AioConveyor, Batch, Consumer, Record
+    from aioconveyor.consumers import MqttConsumer  # type: ignore[import-not-found,unused-ignore]
+    from aioconveyor.testing import FakeClock
+
+    if proposed:
+        MqttConsumer = _sequential_qos0(MqttConsumer)
+
+    records = [Record(data, when) for data, when in messages]
+    first: list[float] = []
+    position = 0
+
+    async def produce(event_time: datetime) -> Batch:
+        nonlocal position
+        if not first:
+            first.append(time.time())
+        chunk = Batch(records[position:position + CHUNK])
+        position += CHUNK
+        return chunk
+
+    host, port = _host_port()
+    sink = MqttConsumer(host=host, port=port, topic=topic, qos=qos, name="mqtt")
+    consumer = Consumer(sink, batch_size=1, copy=False, overflow="block", queue_size=4)
+    conv = AioConveyor(produce, [consumer], loop_interval=1.0, clock=FakeClock(),
+                       max_ticks=len(records) // CHUNK, name="bench-mqtt")
+    await conv.run()
+    stats = conv.stats().consumer("mqtt")
+    assert stats.delivered == len(records) // CHUNK and stats.errors == 0, stats
+    assert stats.last_success_time is not None
+    return stats.last_success_time.timestamp() - first[0]
+
+
+def mqtt_run(method: str, qos: int, messages: int) -> Row:
+    topic = f"aioconveyor/bench/{os.getpid()}"
+    data = make_messages(messages)
+    if method == "raw":
+        seconds = asyncio.run(_raw(qos, data, topic))
+    else:
+        seconds = asyncio.run(_conveyor(qos, data, topic, proposed=method == "proposed"))
+    return {"messages": messages, "seconds": seconds, "msg_per_s": messages / seconds}
+
+
+def run(quick: bool) -> Section:
+    counts = {0: 10_000 if quick else 100_000, 1: 5_000 if quick else 50_000}
+    section = Section(
+        "mqtt", "MQTT: messages/s to the local Mosquitto", TABLE_COLUMNS,
+        notes=[f"batches of {CHUNK} messages per tick (conveyor) and per gather (raw QoS 1)",
+               "'proposed' = MqttConsumer subclassed here with the change suggested for "
+               "consumers/mqtt.py (QoS 0: publish one after the other, no task per message); "
+               "not what ships today"],
+    )
+    for qos in (0, 1):
+        raw = run_worker("bench.mqtt", "mqtt_run", timeout=600.0, method="raw", qos=qos,
+                         messages=counts[qos])
+        conv = run_worker("bench.mqtt", "mqtt_run", timeout=600.0, method="conveyor",
+                          qos=qos, messages=counts[qos])
+        raw |= {"method": "raw aiomqtt", "qos": qos, "vs_raw": 1.0}
+        conv |= {"method": "conveyor + MqttConsumer", "qos": qos,
+                 "vs_raw": ratio(conv["msg_per_s"], raw["msg_per_s"])}
+        section.rows += [raw, conv]
+        if qos == 0:
+            proposed = run_worker("bench.mqtt", "mqtt_run", timeout=600.0, method="proposed",
+                                  qos=qos, messages=counts[qos])
+            proposed |= {"method": "conveyor + MqttConsumer, proposed: sequential QoS 0",
+                         "qos": qos, "vs_raw": ratio(proposed["msg_per_s"], raw["msg_per_s"])}
+            section.rows.append(proposed)
+        section.targets.append(
+            Target(f"MQTT consumer vs raw aiomqtt, QoS {qos}", ">= 90 %", 100 * conv["vs_raw"],
+                   90.0, higher_is_better=True, unit="%"))
+    return section
