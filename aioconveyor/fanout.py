@@ -25,13 +25,12 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from . import _validate
-from . import tick as tick_module
 from ._logs import LogLimiter
 from .errors import ConsumerTimeout, Rejected, RetryAfter
 from .spool import Spool
 from .stats import LaneCounters
 from .tick import Tick
-from .workers import SyncWorker, is_async_callable
+from .workers import Caller, is_async_callable
 
 __all__ = [
     "Batch",
@@ -275,7 +274,8 @@ class Lane:
         self._has_room.set()
         self._closing = False
         self._drain_deadline = math.inf
-        self._worker: SyncWorker | None = None
+        self._caller = Caller(settings.fn, self.task_name)
+        counters.busy_since = lambda: self._caller.busy_since
         self._limiter = LogLimiter()
         self._rng = random.Random()
         self._spool = Spool(settings.spool, settings.name) if settings.spool is not None else None
@@ -407,8 +407,7 @@ class Lane:
         except Exception:
             logger.exception("consumer %s: close failed", self.settings.name)
         finally:
-            if self._worker is not None:
-                self._worker.close()
+            self._caller.close()
             if self._spool is not None:
                 self._spool.close()
 
@@ -590,65 +589,26 @@ class Lane:
             self.settings.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
         )
 
-    def _start_call(self, payload: Any, event_time: datetime, tick: Tick) -> asyncio.Future[Any]:
-        s = self.settings
-        token = tick_module._set(tick)
-        try:
-            if s.is_async:
-                call = s.fn(payload, event_time)
-                if inspect.iscoroutine(call):
-                    loop = asyncio.get_running_loop()
-                    return loop.create_task(call, name=f"{self.task_name}.call")
-                future: asyncio.Future[Any] = asyncio.ensure_future(call)
-                return future
-            if self._worker is None:
-                self._worker = SyncWorker(f"{self.task_name}.worker")
-            return self._worker.call(s.fn, payload, event_time)
-        finally:
-            tick_module._reset(token)
-
     async def _call(self, payload: Any, event_time: datetime, tick: Tick) -> None:
         s = self.settings
-        future = self._start_call(payload, event_time, tick)
-        self.counters.busy_since = time.monotonic()
-        try:
-            limit = None if s.timeout == math.inf else s.timeout
-            done, _ = await asyncio.wait({future}, timeout=limit)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        finally:
-            self.counters.busy_since = None
-        if not done:
-            await self._abandon(future)
+        future = await self._caller.call(tick, payload, event_time, timeout=s.timeout,
+                                         cancel_grace=self.CANCEL_GRACE)
+        if future is None:
+            self._timed_out()
             raise ConsumerTimeout(s.name, event_time, s.timeout)
-        result = future.result()
-        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-            async with asyncio.timeout(None if s.timeout == math.inf else s.timeout):
-                await result
+        await self._caller.result(future, s.timeout)
 
-    async def _abandon(self, future: asyncio.Future[Any]) -> None:
-        """A call ran past its timeout: cancel it and carry on with a fresh worker."""
-        future.cancel()
+    def _timed_out(self) -> None:
+        """Count a call that ran past its timeout (cancelled, or abandoned in its thread)."""
         with self.counters.lock:
             self.counters.timeouts += 1
             self.counters.restarts += 1
-        if not self.settings.is_async:
-            # the thread is stuck in the call: leave it behind, use a new one from now on
-            assert self._worker is not None
-            self._worker.close()
-            self._worker = None
-            with self.counters.lock:
+            if self._caller.abandoned:
                 self.counters.abandoned += 1
-            logger.error("consumer %s: sync call hung past %g s; its thread was abandoned",
-                         self.settings.name, self.settings.timeout)
-            return
-        done, _ = await asyncio.wait({future}, timeout=self.CANCEL_GRACE)
-        if not done:
-            with self.counters.lock:
-                self.counters.abandoned += 1
-            logger.error("consumer %s: call ignored cancellation; abandoned it",
-                         self.settings.name)
+        if self._caller.abandoned:
+            what = "thread" if not self.settings.is_async else "call (it ignored cancellation)"
+            logger.error("consumer %s: call hung past %g s; its %s was abandoned",
+                         self.settings.name, self.settings.timeout, what)
 
 
 class Fanout:

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from . import tick as tick_module
 from ._logs import LogLimiter
 from .clock import Clock
 from .fanout import Fanout
@@ -23,7 +21,7 @@ from .leader import Leader
 from .schedule import Plan, Planner
 from .stats import ConveyorCounters
 from .tick import Tick
-from .workers import SyncWorker, is_async_callable
+from .workers import Caller
 
 __all__ = ["Scheduler"]
 
@@ -62,10 +60,8 @@ class Scheduler:
         self.max_ticks = max_ticks
         self.on_finished = on_finished
         self.leader = leader
-        self.is_async = is_async_callable(produce)
         self.last_event: float | None = None
-        self.running_since: float | None = None  # monotonic start of the current producer call
-        self._worker: SyncWorker | None = None
+        self._caller = Caller(produce, f"aioconveyor[{name}].producer")
         self._consecutive_errors = 0
         self._not_before: float | None = None
         self._clock_offset: float | None = None
@@ -163,39 +159,12 @@ class Scheduler:
         return bool(leading)
 
     async def _call_producer(self, tick: Tick) -> Any:
-        token = tick_module._set(tick)
-        try:
-            if self.is_async:
-                future: asyncio.Future[Any] = asyncio.ensure_future(
-                    self.produce(tick.event_time)
-                )
-            else:
-                if self._worker is None:
-                    self._worker = SyncWorker(f"aioconveyor[{self.name}].producer")
-                future = self._worker.call(self.produce, tick.event_time)
-        finally:
-            tick_module._reset(token)
-        self.running_since = self.clock.monotonic()
-        try:
-            timeout = None if self.producer_timeout == math.inf else self.producer_timeout
-            done, _ = await asyncio.wait({future}, timeout=timeout)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        finally:
-            self.running_since = None
-        if not done:
-            future.cancel()
+        future = await self._caller.call(tick, tick.event_time, timeout=self.producer_timeout)
+        if future is None:
             with self.counters.lock:
                 self.counters.producer_timeouts += 1
-            if not self.is_async and self._worker is not None:
-                self._worker.close()  # stuck in the call: abandon the thread
-                self._worker = None
             raise TimeoutError(f"producer did not return within {self.producer_timeout:g} s")
-        result = future.result()
-        if asyncio.iscoroutine(result):  # a sync callable that returned a coroutine
-            result = await result
-        return result
+        return await self._caller.result(future)
 
     def _producer_failed(self, exc: Exception, tick: Tick) -> None:
         with self.counters.lock:
@@ -213,5 +182,4 @@ class Scheduler:
                 self._not_before = tick.event_time.timestamp() + delay
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.close()
+        self._caller.close()

@@ -125,12 +125,12 @@ class LaneCounters:
     last_error: str | None = None
     last_error_time: float | None = None
     last_success_time: float | None = None
-    busy_since: float | None = None  # monotonic start of the call in progress
+    busy_since: Callable[[], float | None] | None = None  # monotonic start of the call
     oldest_queued: Callable[[], float | None] | None = None  # monotonic enqueue time
 
     def snapshot(self) -> ConsumerStats:
         now = time.monotonic()
-        busy = self.busy_since
+        busy = self.busy_since() if self.busy_since is not None else None
         oldest = self.oldest_queued() if self.oldest_queued is not None else None
         return ConsumerStats(
             name=self.name,

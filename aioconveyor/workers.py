@@ -12,12 +12,17 @@ import asyncio
 import concurrent.futures
 import contextvars
 import inspect
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["SyncWorker", "is_async_callable"]
+from . import tick as tick_module
+from .tick import Tick
+
+__all__ = ["Caller", "SyncWorker", "is_async_callable"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -65,3 +70,82 @@ class SyncWorker:
     def close(self) -> None:
         """Let the thread exit after the calls already queued (never blocks)."""
         self._jobs.put(None)
+
+
+class Caller:
+    """Calls one user function (producer or consumer), one call at a time.
+
+    Async functions run as a named task, sync ones on this caller's own
+    :class:`SyncWorker`; the current :class:`~aioconveyor.tick.Tick` is visible inside either
+    way. :meth:`call` waits at most ``timeout`` seconds; on a timeout the call is cancelled,
+    and a sync call (which cannot be cancelled) costs its worker: it is abandoned, and the
+    next call gets a fresh thread.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.is_async = is_async_callable(fn)
+        self.busy_since: float | None = None  # monotonic start of the call in progress
+        self.abandoned = False  # after a timeout: the call had to be left running
+        self._worker: SyncWorker | None = None
+
+    def _start(self, tick: Tick, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        token = tick_module._set(tick)
+        try:
+            if self.is_async:
+                call = self.fn(*args)
+                if inspect.iscoroutine(call):
+                    return asyncio.get_running_loop().create_task(call, name=f"{self.name}.call")
+                future: asyncio.Future[Any] = asyncio.ensure_future(call)
+                return future
+            if self._worker is None:
+                self._worker = SyncWorker(f"{self.name}.worker")
+            return self._worker.call(self.fn, *args)
+        finally:
+            tick_module._reset(token)
+
+    async def call(self, tick: Tick, *args: Any, timeout: float,
+                   cancel_grace: float = 0.5) -> asyncio.Future[Any] | None:
+        """Start the call and wait for it: its finished future, or None after ``timeout``.
+
+        On a timeout the call is cancelled and given ``cancel_grace`` seconds to finish its
+        cleanup; :attr:`abandoned` then says whether it had to be left behind (a sync call's
+        thread, or a coroutine that ignored cancellation).
+        """
+        future = self._start(tick, args)
+        self.busy_since = time.monotonic()
+        try:
+            done, _ = await asyncio.wait({future}, timeout=None if timeout == math.inf else timeout)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        finally:
+            self.busy_since = None
+        if done:
+            return future
+        future.cancel()
+        if not self.is_async:
+            if self._worker is not None:
+                self._worker.close()  # stuck in the call: leave the thread behind
+                self._worker = None
+            self.abandoned = True
+        else:
+            settled, _ = await asyncio.wait({future}, timeout=cancel_grace)
+            self.abandoned = not settled
+        return None
+
+    @staticmethod
+    async def result(future: asyncio.Future[Any], timeout: float = math.inf) -> Any:
+        """The call's result (raising its exception); a sync function that returned a
+        coroutine has it awaited here."""
+        result = future.result()
+        if inspect.isawaitable(result):
+            async with asyncio.timeout(None if timeout == math.inf else timeout):
+                result = await result
+        return result
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None

@@ -107,7 +107,7 @@ def test_a_consumer_that_always_raises_backs_off_boundedly_and_harms_no_one() ->
                        loop_interval=0.01, max_ticks=150, stop_timeout=0.5)
     with conv:
         assert conv.join(20)
-    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    gaps = [b - a for a, b in itertools.pairwise(attempts)][:10]  # while ticking, not at stop
     assert max(gaps) < 0.5  # capped at 0.08 s (+50 % jitter, + slack for a busy machine)
     assert sorted(gaps)[len(gaps) // 2] > 0.02  # and it really backs off
     s = conv.stats()
