@@ -1,8 +1,11 @@
 """The ``aioconveyor`` command (also ``python -m aioconveyor``).
 
 * ``aioconveyor [demo] [options]``: the demo (a simulated solar inverter; see ``demo.py``).
-* ``aioconveyor run CONFIG``: run the conveyor a TOML file describes until SIGTERM / Ctrl-C.
+* ``aioconveyor run CONFIG``: run the conveyor a TOML file describes until SIGTERM / Ctrl-C;
+  SIGHUP re-reads CONFIG and applies its consumer changes (see ``reload.py``).
 * ``aioconveyor check CONFIG``: build everything CONFIG describes, open nothing, report.
+* ``aioconveyor health URL``: ask a running conveyor's ``/healthz`` (exit 0 healthy, else 1),
+  for Docker's ``HEALTHCHECK`` and other probes.
 
 Exit codes: 0 done (also after SIGINT / SIGTERM, which stop gracefully: queues drained,
 consumers closed), 1 the conveyor failed (a consumer could not open, the watchdog gave up),
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
+import json
 import logging
 import math
 import os
@@ -20,6 +25,9 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +35,10 @@ from types import FrameType, TracebackType
 from typing import NoReturn
 
 from . import __version__
-from .config import ConfigError, LoadedConfig, load_config, mask_secrets
+from .config import ConfigError, LoadedConfig, format_listen, load_config, mask_secrets
 from .conveyor import AioConveyor
 from .errors import ConveyorError
+from .reload import Reloader
 from .stats import ConveyorStats
 
 __all__ = [
@@ -38,6 +47,7 @@ __all__ = [
     "EXIT_FORCED",
     "EXIT_OK",
     "LOG_FORMAT",
+    "ReloadSignal",
     "StopSignals",
     "force_exit",
     "main",
@@ -61,8 +71,11 @@ COMMANDS = """\
 commands:
   aioconveyor [demo] [options]           the demo above (the default command)
   aioconveyor run CONFIG [--set K=V]     run the conveyor a TOML file describes, until
-                                         SIGTERM or Ctrl-C (see: aioconveyor run --help)
+                                         SIGTERM or Ctrl-C; SIGHUP reloads CONFIG
+                                         (see: aioconveyor run --help)
   aioconveyor check CONFIG [--set K=V]   validate CONFIG: build everything, open nothing
+  aioconveyor health URL [--timeout S]   exit 0 if URL (a running conveyor's /healthz)
+                                         answers 200, else 1 and why
 
 exit codes: 0 done (also after Ctrl-C / SIGTERM), 1 the conveyor failed,
             2 bad arguments or config file, 130 stop forced by a second Ctrl-C
@@ -119,6 +132,43 @@ class StopSignals:
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a stop request; True if one came."""
         return self.event.wait(timeout)
+
+
+class ReloadSignal:
+    """While active, SIGHUP asks for a reload: the handler only sets :attr:`event`, and the
+    main loop calls :meth:`take` and does the work outside the handler.
+
+    Handlers can only be installed from the main thread, and only where SIGHUP exists
+    (not on Windows); elsewhere this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = getattr(signal, "SIGHUP", None)
+        self.event = threading.Event()
+        self._previous: object = None
+        self._installed = False
+
+    def __enter__(self) -> ReloadSignal:
+        if self.signal is not None and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(self.signal, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._installed and self.signal is not None:
+            signal.signal(self.signal, self._previous)  # type: ignore[arg-type]
+            self._installed = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.event.set()
+
+    def take(self) -> bool:
+        """True (once) if a reload was asked for since the last call."""
+        if not self.event.is_set():
+            return False
+        self.event.clear()
+        return True
 
 
 # -- logging and summaries -------------------------------------------------------------
@@ -226,6 +276,20 @@ def _level(text: str) -> str:
     return text.upper()
 
 
+def _url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(
+            f"expected an http:// URL like http://127.0.0.1:9108/healthz, got {text!r}")
+    try:
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} in {text!r}") from None
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/healthz")
+    return urllib.parse.urlunsplit(parts)
+
+
 def _device(text: str) -> str:
     if not text or not all(ch.isascii() and (ch.isalnum() or ch in "_-") for ch in text):
         raise argparse.ArgumentTypeError(
@@ -287,7 +351,11 @@ def demo_parser() -> argparse.ArgumentParser:
 def _config_parser(command: str) -> argparse.ArgumentParser:
     what = {
         "run": "Run the conveyor CONFIG describes until SIGTERM or Ctrl-C, then stop "
-               "gracefully (drain queues, close consumers) and print a summary.",
+               "gracefully (drain queues, close consumers) and print a summary. SIGHUP "
+               "re-reads CONFIG: consumers added, changed or removed there are added, "
+               "replaced or removed without losing queued items; a broken file is logged "
+               "and ignored; changes to [conveyor], [producer], [leader] and [metrics] need "
+               "a restart.",
         "check": "Validate CONFIG: read it, fill in ${ENV} references, import the producer, "
                  "build the consumers and the conveyor, open nothing. Prints what it would run.",
     }[command]
@@ -310,17 +378,43 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+def health_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aioconveyor health",
+        description=(
+            "Ask a running conveyor whether it is healthy: GET URL (its /healthz, served "
+            "with [metrics] listen = \"host:port\") and exit 0 if the answer is 200, else 1 "
+            "with the reason in one line (the problems the conveyor reports, connection "
+            "refused, no answer in time). For Docker's HEALTHCHECK, Kubernetes exec probes "
+            "and scripts. Proxy settings of the environment are not used."
+        ),
+        epilog="example: aioconveyor health http://127.0.0.1:9108/healthz --timeout 3\n\n"
+               + COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("url", type=_url, metavar="URL",
+                        help="e.g. http://127.0.0.1:9108/healthz (a URL without a path means "
+                             "/healthz; /readyz works too)")
+    parser.add_argument("--timeout", type=_positive, default=5.0, metavar="SECONDS",
+                        help="seconds to wait for the connection and for the answer; longer "
+                             "counts as unhealthy (a blocked conveyor cannot answer) "
+                             "(default: 5)")
+    return parser
+
+
 # -- commands --------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aioconveyor`` and ``python -m aioconveyor``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args[0] if args and args[0] in ("demo", "run", "check") else "demo"
+    command = args[0] if args and args[0] in ("demo", "run", "check", "health") else "demo"
     if args and args[0] == command:
         args = args[1:]
     if command == "demo":
         return _demo(args)
+    if command == "health":
+        return _health(health_parser().parse_args(args))
     options = _config_parser(command).parse_args(args)
     if command == "check":
         return _check(options)
@@ -372,6 +466,52 @@ def _check(options: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _health(options: argparse.Namespace) -> int:
+    url: str = options.url
+    verdict, reason = _probe(url, options.timeout)
+    _echo(f"{'healthy' if verdict else 'unhealthy'}: {url}: {reason}", err=not verdict)
+    return EXIT_OK if verdict else EXIT_FAILED
+
+
+def _probe(url: str, timeout: float) -> tuple[bool, str]:
+    """GET ``url``: (True, why) on 200, else (False, why) in one line."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never a proxy
+    request = urllib.request.Request(url, headers={
+        "User-Agent": f"aioconveyor-health/{__version__}", "Accept": "application/json"})
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            status, body = int(response.status), response.read(65536)
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read(65536)
+    except urllib.error.URLError as exc:
+        return False, _unreachable(exc.reason, timeout)
+    except (OSError, http.client.HTTPException) as exc:
+        return False, _unreachable(exc, timeout)
+    answer = f"HTTP {status}"
+    with contextlib.suppress(ValueError):
+        document = json.loads(body)
+        if isinstance(document, dict) and isinstance(document.get("problems"), dict):
+            problems = document["problems"]
+            answer += f" ({document.get('status', '?')})"
+            if problems:
+                answer += ": " + "; ".join(f"{k}: {v}" for k, v in problems.items())
+            return status == 200, answer
+    text = " ".join(body.decode("utf-8", "replace").split())
+    if text:
+        answer += f": {text[:200]}"
+    return status == 200, answer
+
+
+def _unreachable(reason: object, timeout: float) -> str:
+    if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+        return f"no answer within {timeout:g} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused (is the conveyor running, with [metrics] listen?)"
+    if isinstance(reason, BaseException):
+        return f"cannot connect: {type(reason).__name__}: {reason}"
+    return f"cannot connect: {reason}"
+
+
 @dataclass(slots=True)
 class _Status:
     """Periodic one-line status in the log (``--stats-interval``)."""
@@ -395,10 +535,16 @@ class _Status:
 
 def _run(options: argparse.Namespace) -> int:
     secrets = setup_logging(options.log_level)
-    loaded = _load(options)
-    if loaded is None:
-        return EXIT_CONFIG
-    secrets.update(loaded.secrets)
+    with ReloadSignal() as hup:  # from the start: SIGHUP's default would end the process
+        loaded = _load(options)
+        if loaded is None:
+            return EXIT_CONFIG
+        secrets.update(loaded.secrets)
+        return _run_loaded(options, loaded, secrets, hup)
+
+
+def _run_loaded(options: argparse.Namespace, loaded: LoadedConfig, secrets: set[str],
+                hup: ReloadSignal) -> int:
     conv = loaded.conveyor
     logger.info("config %s", options.config)
     for line in loaded.describe():
@@ -406,13 +552,18 @@ def _run(options: argparse.Namespace) -> int:
     started = time.monotonic()
     why = "finished"
     status = _Status(options.stats_interval)
+    reloader = Reloader(conv, loaded, overrides=options.set, secrets=secrets)
     with StopSignals() as stop:
         try:
             conv.start()
         except ConveyorError as exc:
             logger.error("conveyor %s could not start: %s", conv.name, exc)
             return EXIT_FAILED
-        logger.info("conveyor %s running; SIGTERM or Ctrl-C stops it", conv.name)
+        address = conv.metrics_address
+        endpoint = f" (metrics and health on http://{format_listen(*address)})" if address else ""
+        reloads = ", SIGHUP reloads the config" if hup.signal is not None else ""
+        logger.info("conveyor %s running%s; SIGTERM or Ctrl-C stops it%s", conv.name, endpoint,
+                    reloads)
         try:
             while conv.running:
                 status.maybe_log(conv)
@@ -422,6 +573,9 @@ def _run(options: argparse.Namespace) -> int:
                                 "again to force)", why)
                     conv.stop()
                     break
+                if hup.take() and not stop.event.is_set():
+                    logger.info("SIGHUP received: reloading %s", options.config)
+                    reloader.reload()
             conv.join(conv.stop_timeout + 2.0)
         except KeyboardInterrupt:
             logger.warning("second signal: forced stop, queued items may be lost")

@@ -14,6 +14,8 @@ The format (the README has a complete example)::
     type = "postgres"
     dsn = "${POSTGRES_DSN}"
     key = "home-poller"
+    [metrics]                     # optional: /metrics, /healthz, /readyz over HTTP
+    listen = "127.0.0.1:9108"
 
 Every mistake raises :class:`ConfigError` naming the file, the key (``consumers[1].retries``)
 and what was expected. Loading builds every object (imports the producer, constructs the
@@ -22,6 +24,7 @@ consumers and the conveyor) but opens nothing: no connection, no file, no thread
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import functools
@@ -33,7 +36,7 @@ import re
 import sys
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -47,9 +50,12 @@ __all__ = [
     "BUILTIN_CONSUMERS",
     "BUILTIN_LEADERS",
     "ConfigError",
+    "ConfigTables",
     "LoadedConfig",
+    "format_listen",
     "load_config",
     "mask_secrets",
+    "parse_listen",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +71,9 @@ BUILTIN_CONSUMERS: dict[str, str] = {
 BUILTIN_LEADERS: dict[str, str] = {"postgres": "aioconveyor.leader_postgres:PostgresLeader"}
 """The short ``type`` names of ``[leader]``."""
 
-_SECTIONS = ("conveyor", "producer", "consumers", "leader")
+_SECTIONS = ("conveyor", "producer", "consumers", "leader", "metrics")
+_METRICS_KEYS = ("listen",)
+_LISTEN_EXAMPLE = 'expected "host:port" like "127.0.0.1:9108" (or "[::1]:9108")'
 _ALIASES = {"interval": "loop_interval", "offset": "loop_offset"}
 _SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
 _NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})
@@ -99,6 +107,52 @@ def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
     return _KV_PASSWORD.sub(lambda m: f"{m['head']}{_MASK}", text)
 
 
+def parse_listen(text: object) -> tuple[str, int]:
+    """``"127.0.0.1:9108"`` (or ``"[::1]:9108"``, ``"0.0.0.0:0"``) to ``(host, port)``.
+
+    Raises ``TypeError`` / ``ValueError`` saying what was expected.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"{_LISTEN_EXAMPLE}, got {_type_name(text)} {text!r}")
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep or not host or "]" in host:
+            raise ValueError(f"{_LISTEN_EXAMPLE}, got {text!r}")
+    else:
+        host, sep, port = text.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"an IPv6 address needs brackets: \"[{host}]:{port}\", got {text!r}")
+        if not sep:
+            raise ValueError(f"{_LISTEN_EXAMPLE}, got {text!r} (no port)")
+        if not host:
+            raise ValueError(f"missing the host: \"127.0.0.1:{port}\" (this machine only) or "
+                             f"\"0.0.0.0:{port}\" (every interface), got {text!r}")
+    if any(ch.isspace() for ch in host):
+        raise ValueError(f"{_LISTEN_EXAMPLE}, got {text!r} (a space in the host)")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise ValueError(f"the port must be a whole number 0..65535 (0: any free port), "
+                         f"got {port!r} in {text!r}")
+    return host, int(port)
+
+
+def format_listen(host: str, port: int) -> str:
+    """``(host, port)`` as written in a URL: ``127.0.0.1:9108``, ``[::1]:9108``."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigTables:
+    """The file's tables after ``--set`` and ``${ENV}``: what a reload compares.
+
+    ``sections`` holds ``conveyor``, ``producer``, ``leader`` and ``metrics`` (``None`` when
+    a table is absent); ``consumers`` maps each consumer's name to its ``[[consumers]]``
+    table.
+    """
+
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    consumers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedConfig:
     """A config file turned into a conveyor that has not been started."""
@@ -111,6 +165,10 @@ class LoadedConfig:
     """One line per consumer: its lane name and what it is (secrets masked)."""
     secrets: frozenset[str]
     """Values that must never be shown (passwords, tokens, secret environment variables)."""
+    tables: ConfigTables = field(default_factory=ConfigTables)
+    """The tables the objects were built from (for reloads)."""
+    specs: Mapping[str, Consumer] = field(default_factory=dict)
+    """Each consumer by name, its ``name`` set, ready for ``add_consumer`` and friends."""
 
     def mask(self, text: str) -> str:
         """``text`` safe to print or log."""
@@ -124,6 +182,10 @@ class LoadedConfig:
         lines += [f"consumer {line}" for line in self.consumers]
         if conv.leader is not None:
             lines.append(f"leader: {conv.leader!r}")
+        if conv.metrics_port is not None:
+            where = format_listen(conv.metrics_host, conv.metrics_port)
+            lines.append(f"metrics: http://{where}/metrics, /healthz and /readyz"
+                         + (" (port 0: any free port)" if conv.metrics_port == 0 else ""))
         if not self.consumers:
             lines.append("no consumers (the producer runs for its side effects)")
         return [self.mask(line) for line in lines]
@@ -228,7 +290,8 @@ class _Loader:
         for key in doc:
             if key not in _SECTIONS:
                 raise self.error(key, f"unknown section{_suggest(key, _SECTIONS)}; expected "
-                                      "[conveyor], [producer], [[consumers]] and [leader]")
+                                      "[conveyor], [producer], [[consumers]], [leader] and "
+                                      "[metrics]")
         folder = str(self.path.resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
@@ -248,13 +311,21 @@ class _Loader:
             lines.append(line)
         if "leader" in doc:
             options["leader"] = self.leader(doc["leader"])
+        if "metrics" in doc:
+            options.update(self.metrics(doc["metrics"], options))
         try:
             conveyor = AioConveyor(producer, consumers, **options)
         except (TypeError, ValueError) as exc:
             raise self.error("conveyor", str(exc)) from None
-        lines = [f"{n}: {line}" for n, line in zip(conveyor.consumer_names, lines, strict=True)]
+        names = conveyor.consumer_names
+        lines = [f"{n}: {line}" for n, line in zip(names, lines, strict=True)]
+        tables = ConfigTables(
+            sections={k: copy.deepcopy(doc.get(k)) for k in _SECTIONS if k != "consumers"},
+            consumers={n: copy.deepcopy(t) for n, t in zip(names, raw_consumers, strict=True)},
+        )
+        specs = {n: dataclasses.replace(c, name=n) for n, c in zip(names, consumers, strict=True)}
         return LoadedConfig(self.path, conveyor, producer_text, tuple(lines),
-                            frozenset(self.secrets))
+                            frozenset(self.secrets), tables, specs)
 
     def override(self, doc: dict[str, Any], text: str) -> None:
         """Apply one ``--set KEY=VALUE``."""
@@ -516,6 +587,27 @@ class _Loader:
             raise self.error("leader.type", str(exc)) from None
         return leader
 
+    def metrics(self, raw: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``[metrics] listen = "host:port"`` to ``metrics_host`` / ``metrics_port``."""
+        table = self.table("metrics", raw)
+        for k in table:
+            if k not in _METRICS_KEYS:
+                raise self.error(f"metrics.{k}", f"unknown option{_suggest(k, _METRICS_KEYS)}; "
+                                                 f"expected: {', '.join(_METRICS_KEYS)}")
+        if "listen" not in table:
+            raise self.error("metrics.listen", f"missing; {_LISTEN_EXAMPLE}")
+        for kwarg in ("metrics_host", "metrics_port"):
+            if kwarg in options:
+                raise self.error("metrics.listen", f"also given as conveyor.{kwarg}; keep one "
+                                                   "of them (preferably [metrics] listen)")
+        try:
+            host, port = parse_listen(table["listen"])
+        except (TypeError, ValueError) as exc:
+            raise self.error("metrics.listen", str(exc)) from None
+        result = {"metrics_host": host, "metrics_port": port}
+        self.check_options(result, {k: "metrics.listen" for k in result}, "metrics.listen")
+        return result
+
     def discovery(self, key: str, table: dict[str, Any]) -> Any:
         """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`."""
         mqtt = importlib.import_module("aioconveyor.consumers.mqtt")
@@ -568,4 +660,6 @@ class _Loader:
         except (TypeError, ValueError) as exc:
             sub, message = _strip_name(str(exc), {k: keys[k] for k in options})
             raise self.error(sub or key, message) from None
+        except ImportError as exc:  # metrics_port without prometheus-client
+            raise self.error(keys.get("metrics_port", key), str(exc)) from None
 

@@ -12,15 +12,25 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aioconveyor import AioConveyor, IntervalSchedule
-from aioconveyor.config import ConfigError, LoadedConfig, load_config, mask_secrets
+from aioconveyor.config import (
+    ConfigError,
+    LoadedConfig,
+    format_listen,
+    load_config,
+    mask_secrets,
+    parse_listen,
+)
+from support.runner import Runner, kill_all
 
 BIN = Path(sys.executable).parent / "aioconveyor"
 
@@ -282,7 +292,8 @@ def test_broken_toml_says_where(tmp_path: Path) -> None:
     ("body", "key", "message"),
     [
         ("[conveyr]\n", "conveyr", "unknown section (did you mean 'conveyor'?); expected "
-                                   "[conveyor], [producer], [[consumers]] and [leader]"),
+                                   "[conveyor], [producer], [[consumers]], [leader] and "
+                                   "[metrics]"),
         ("[conveyor]\nintervall = 5\n", "conveyor.intervall", "unknown option (did you mean 'interval'?); expected one of: interval, offset, "),
         ('[conveyor]\ninterval = "10"\n', "conveyor.interval", "must be a number, got '10'"),
         ("[conveyor]\ninterval = -1\n", "conveyor.interval", "must be a finite number > 0"),
@@ -606,6 +617,13 @@ def test_a_consumer_that_cannot_open_exits_1(tmp_path: Path,
 
 
 @pytest.fixture
+def runner_processes() -> Iterator[list[Runner]]:
+    started: list[Runner] = []
+    yield started
+    kill_all(started)
+
+
+@pytest.fixture
 def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
     processes: list[subprocess.Popen[bytes]] = []
     yield processes
@@ -725,6 +743,122 @@ def test_run_with_a_postgres_leader_produces(tmp_path: Path, module: Callable[[s
     assert result.returncode == 0, result.stderr
     assert "summary: stopped (max_ticks 3 reached)" in result.stdout
     assert "write_line: 3 delivered" in result.stdout
+
+
+# -- [metrics] -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listen", "expected"), [
+    ("127.0.0.1:9108", ("127.0.0.1", 9108)),
+    ("0.0.0.0:0", ("0.0.0.0", 0)),
+    ("localhost:65535", ("localhost", 65535)),
+    ("[::1]:9108", ("::1", 9108)),
+    ("[::]:0", ("::", 0)),
+])
+def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+    assert format_listen(*expected) == listen
+
+
+def test_metrics_listen_sets_host_and_port(tmp_path: Path, module: Callable[[str], str]) -> None:
+    loaded = load_text(tmp_path, f"""
+        [producer]
+        function = "{module(HELPERS)}:produce"
+        [metrics]
+        listen = "[::1]:9108"
+    """)
+    assert (loaded.conveyor.metrics_host, loaded.conveyor.metrics_port) == ("::1", 9108)
+    assert "metrics: http://[::1]:9108/metrics, /healthz and /readyz" in loaded.describe()
+    without = load_text(tmp_path, f'[producer]\nfunction = "{module(HELPERS)}:produce"\n')
+    assert without.conveyor.metrics_port is None
+    assert not any(line.startswith("metrics") for line in without.describe())
+
+
+@pytest.mark.parametrize(("table", "key", "message"), [
+    ("listen = 9108", "metrics.listen",
+     'expected "host:port" like "127.0.0.1:9108" (or "[::1]:9108"), got integer 9108'),
+    ('listen = "9108"', "metrics.listen", "got '9108' (no port)"),
+    ('listen = ":9108"', "metrics.listen", 'missing the host: "127.0.0.1:9108"'),
+    ('listen = "::1:9108"', "metrics.listen", 'an IPv6 address needs brackets: "[::1]:9108"'),
+    ('listen = "[::1]9108"', "metrics.listen", "got '[::1]9108'"),
+    ('listen = "localhost:http"', "metrics.listen",
+     "the port must be a whole number 0..65535 (0: any free port), got 'http'"),
+    ('listen = "localhost:70000"', "metrics.listen", "got '70000'"),
+    ('listen = "local host:9108"', "metrics.listen", "a space in the host"),
+    ('port = 9108', "metrics.port", "unknown option; expected: listen"),
+    ('listn = "127.0.0.1:9108"', "metrics.listn", "unknown option (did you mean 'listen'?)"),
+    ("", "metrics.listen", 'missing; expected "host:port"'),
+])
+def test_metrics_errors_name_the_key(table: str, key: str, message: str, tmp_path: Path,
+                                     module: Callable[[str], str]) -> None:
+    err = fail_text(tmp_path, f'[producer]\nfunction = "{module(HELPERS)}:produce"\n'
+                              f"[metrics]\n{table}\n")
+    assert err.key == key, str(err)
+    assert message in err.message
+    assert str(err).startswith(f"{tmp_path / 'conveyor.toml'}: {key}: ")
+
+
+def test_metrics_must_be_a_table_and_given_once(tmp_path: Path,
+                                                module: Callable[[str], str]) -> None:
+    helpers = module(HELPERS)
+    err = fail_text(tmp_path, f'metrics = "127.0.0.1:9108"\n[producer]\nfunction = "{helpers}:produce"\n')
+    assert err.key == "metrics" and "expected a table ([metrics]), got string" in err.message
+    err = fail_text(tmp_path, f'[conveyor]\nmetrics_port = 9100\n[producer]\nfunction = "{helpers}:produce"\n'
+                              '[metrics]\nlisten = "127.0.0.1:9108"\n')
+    assert err.key == "metrics.listen" and "also given as conveyor.metrics_port" in err.message
+
+
+def test_metrics_without_prometheus_client_is_a_keyed_error(tmp_path: Path,
+                                                            module: Callable[[str], str]) -> None:
+    path = config(tmp_path, f'[producer]\nfunction = "{module(HELPERS)}:produce"\n'
+                            '[metrics]\nlisten = "127.0.0.1:9108"\n')
+    code = ("import sys; sys.modules['prometheus_client'] = None\n"
+            "from aioconveyor.cli import main\n"
+            f"sys.exit(main(['check', {str(path)!r}]))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f'aioconveyor: error: {path}: metrics.listen: metrics_port needs prometheus-client: '
+        'pip install "aioconveyor[metrics]"')
+
+
+def test_check_shows_where_metrics_will_be_served(tmp_path: Path,
+                                                  module: Callable[[str], str]) -> None:
+    path = config(tmp_path, RUNNABLE.format(h=module(HELPERS))
+                  + '[metrics]\nlisten = "127.0.0.1:9108"\n')
+    result = run_cli(tmp_path, "check", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "  metrics: http://127.0.0.1:9108/metrics, /healthz and /readyz\n" in result.stdout
+    broken = run_cli(tmp_path, "check", str(path), "--set", "metrics.listen=9108")
+    assert broken.returncode == 2
+    assert f"{path}: metrics.listen: expected \"host:port\"" in broken.stderr
+
+
+def test_run_serves_metrics_from_the_metrics_table(
+    tmp_path: Path, module: Callable[[str], str], runner_processes: list[Runner],
+) -> None:
+    text = RUNNABLE.format(h=module(HELPERS)).replace("max_ticks = 3", "")
+    path = config(tmp_path, text + '[metrics]\nlisten = "127.0.0.1:9108"\n')
+    runner = Runner(tmp_path, path, "--set", "metrics.listen=127.0.0.1:0")  # any free port
+    runner_processes.append(runner)
+    base = runner.base_url()
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base) and not base.endswith(":9108")
+    runner.wait_until(lambda: len((tmp_path / "lines.txt").read_text().splitlines()) >= 3
+                      if (tmp_path / "lines.txt").exists() else False, "3 deliveries")
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        assert response.status == 200
+        body = response.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert families["aioconveyor_ticks"].samples[0].value >= 3
+    assert families["aioconveyor_up"].samples[0].value == 1.0
+    delivered = {s.labels["consumer"]: s.value
+                 for s in families["aioconveyor_consumer_delivered"].samples}
+    assert set(delivered) == {"csv:readings.csv", "pretty", "write_line"}
+    assert delivered["write_line"] >= 3
+    with urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
+        assert response.status == 200
+    assert runner.stop() == 0, runner.stderr
 
 
 def unique_key() -> str:
