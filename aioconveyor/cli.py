@@ -490,10 +490,10 @@ def _probe(url: str, timeout: float) -> tuple[bool, str]:
     answer = f"HTTP {status}"
     with contextlib.suppress(ValueError):
         document = json.loads(body)
-        if isinstance(document, dict) and isinstance(document.get("problems"), dict):
-            problems = document["problems"]
-            answer += f" ({document.get('status', '?')})"
-            if problems:
+        if isinstance(document, dict) and isinstance(document.get("status"), str):
+            answer += f" ({document['status']})"  # /healthz and /readyz
+            problems = document.get("problems")
+            if isinstance(problems, dict) and problems:
                 answer += ": " + "; ".join(f"{k}: {v}" for k, v in problems.items())
             return status == 200, answer
     text = " ".join(body.decode("utf-8", "replace").split())

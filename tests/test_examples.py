@@ -309,6 +309,8 @@ def test_systemd_unit_runs_the_config_and_stops_it_gracefully(tmp_path: Path) ->
     for flag in (a for a in start[3:] if a.startswith("--")):
         assert flag in help_text, f"ExecStart uses an unknown flag {flag}"
     assert service["KillSignal"] == "SIGTERM"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"  # the runner reloads on SIGHUP
+    assert "SIGHUP" in help_text
     # systemd must wait longer than the conveyor's own drain (plus the runner's margin)
     stop_timeout = example_config()["conveyor"]["stop_timeout"]
     assert int(service["TimeoutStopSec"]) > stop_timeout + 2
