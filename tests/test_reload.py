@@ -205,6 +205,46 @@ def test_a_consumer_that_fails_to_open_is_tried_again_on_the_next_reload(
     assert sum(line.startswith("open all ") for line in opens) == 1
 
 
+def test_a_replacement_that_fails_to_open_leaves_the_old_consumer_running(
+    tmp_path: Path, module: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = f"""
+        [conveyor]
+        interval = 0.05
+        [producer]
+        function = "{module}:produce"
+        [[consumers]]
+        type = "csv"
+        name = "readings"
+        path = "a.csv"
+    """
+    path = write(tmp_path / "conveyor.toml", text)
+    loaded = load_config(path)
+    conv = loaded.conveyor
+    reloader = Reloader(conv, loaded, timeout=5)
+    (tmp_path / "b.csv").write_text("not,our,header\n")
+    with conv:
+        write(path, text.replace("a.csv", "b.csv"))
+        with caplog.at_level(logging.INFO, logger="aioconveyor"):
+            assert reloader.reload() == ReloadPlan(changed=("readings",))
+        assert "reload: could not replace consumer readings (the old one keeps running)" in (
+            caplog.text)
+        before = len(csv_times(tmp_path / "a.csv"))
+        deadline = time.monotonic() + 10
+        while len(csv_times(tmp_path / "a.csv")) < before + 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        (tmp_path / "b.csv").unlink()
+        assert reloader.reload() == ReloadPlan(changed=("readings",))  # tried again
+        while not csv_times(tmp_path / "b.csv"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    a, b = csv_times(tmp_path / "a.csv"), csv_times(tmp_path / "b.csv")
+    assert len(a) + len(b) == len(set(a + b)) == conv.stats().produced
+
+
 # -- SIGHUP to a real runner -------------------------------------------------------------
 
 
