@@ -69,7 +69,7 @@ def markdown(report: dict[str, Any], sections: list[Section]) -> str:
     m = report["machine"]
     command = "python -m bench --quick" if report["quick"] else "python -m bench"
     lines = [
-        f"Measured {report['finished']} with `{command}`"
+        f"Measured {report['finished']} at commit `{m['commit']}` with `{command}`"
         f" in {report['seconds']:.0f} s on {m['cpu']} ({m['cores']} cores, "
         f"{m['memory_gib']} GiB), {m['os']}, Python {m['python']}; load average at start "
         f"{', '.join(str(x) for x in m['load_at_start'])}.",

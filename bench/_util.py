@@ -168,7 +168,8 @@ def markdown_table(columns: Sequence[tuple[str, str]], rows: Iterable[Row]) -> s
     lines = ["| " + " | ".join(h for _, h in columns) + " |",
              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(fmt(row.get(k, "")) for k, _ in columns) + " |")
+        cells = (fmt(row.get(k, "")).replace("|", "\\|") for k, _ in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -204,10 +205,20 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _commit() -> str:
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                              capture_output=True, text=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return proc.stdout.strip()
+
+
 def machine() -> Row:
     """What the numbers were measured on."""
     load = os.getloadavg()
     return {
+        "commit": _commit(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
