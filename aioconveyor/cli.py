@@ -77,8 +77,9 @@ commands:
   aioconveyor health URL [--timeout S]   exit 0 if URL (a running conveyor's /healthz)
                                          answers 200, else 1 and why
 
-exit codes: 0 done (also after Ctrl-C / SIGTERM), 1 the conveyor failed,
-            2 bad arguments or config file, 130 stop forced by a second Ctrl-C
+exit codes: 0 done (also after Ctrl-C / SIGTERM; health: healthy), 1 the conveyor
+            failed (health: unhealthy or unreachable), 2 bad arguments or config file,
+            130 stop forced by a second Ctrl-C
 """
 
 
