@@ -40,7 +40,7 @@ def status_of(url: str) -> int:
 
 
 def start_runner(tmp_path: Path, runners: list[Runner], consumer: str,
-                 conveyor: str = "") -> Runner:
+                 conveyor: str = "", listen: str = "127.0.0.1:0") -> Runner:
     name = f"health_helpers_{uuid.uuid4().hex[:8]}"
     (tmp_path / f"{name}.py").write_text(textwrap.dedent("""
         import pathlib
@@ -67,7 +67,7 @@ def start_runner(tmp_path: Path, runners: list[Runner], consumer: str,
         type = "{name}:{consumer}"
         timeout = 30
         [metrics]
-        listen = "127.0.0.1:0"
+        listen = "{listen}"
     """)
     runner = Runner(tmp_path, path)
     runners.append(runner)
@@ -85,6 +85,25 @@ def test_a_healthy_conveyor_exits_0(tmp_path: Path, runners: list[Runner]) -> No
     assert no_path.returncode == 0 and no_path.stdout.startswith(f"healthy: {base}/healthz:")
     ready = health(f"{base}/readyz")
     assert ready.returncode == 0 and ready.stdout == f"healthy: {base}/readyz: HTTP 200 (ready)\n"
+    assert runner.stop() == 0, runner.stderr
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_an_ipv6_endpoint(tmp_path: Path, runners: list[Runner]) -> None:
+    runner = start_runner(tmp_path, runners, "fine", listen="[::1]:0")
+    base = runner.base_url()
+    assert base.startswith("http://[::1]:")
+    result = health(base)
+    assert result.returncode == 0 and result.stdout == f"healthy: {base}/healthz: HTTP 200 (ok)\n"
     assert runner.stop() == 0, runner.stderr
 
 
