@@ -15,6 +15,7 @@ import enum
 import importlib
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -569,16 +570,27 @@ class _Engine:
         old = self._find(name)
         (settings,) = resolve([dataclasses.replace(spec, name=name)], self.conv.consumer_timeout)
         new = Lane(settings, old.counters, self.conv.name, generation=old.generation + 1)
-        await self._open_lane(new, recover=False)  # if this fails, the old one goes on
+        same_spool = (settings.spool is not None and old.settings.spool is not None
+                      and os.fspath(settings.spool) == os.fspath(old.settings.spool))
+        # if this fails, the old one goes on; a shared spool's items come from the old lane
+        await self._open_lane(new, recover=not same_spool)
         self.lanes[self.lanes.index(old)] = new  # the next item goes to the new one
-        self.supervisor.watch(new.task_name, new.run, new.counters)
+        moved = old.hand_over(new)  # and so does the old one's backlog, in order
         self._sync_settings()
-        await self._retire(old, deadline, "consumer replaced")
-        logger.info("conveyor %s: consumer %s replaced", self.conv.name, name)
+        # the old one finishes its call in flight (or hands that item over too) before the
+        # new one starts, so the order holds across the swap
+        await self._drain_lane(old, deadline, "consumer replaced")
+        self.supervisor.watch(new.task_name, new.run, new.counters)
+        await self._lane_stacks.pop(old).aclose()
+        logger.info("conveyor %s: consumer %s replaced (%d queued items handed over)",
+                    self.conv.name, name, moved)
 
     async def _retire(self, lane: Lane, deadline: float, why: str) -> None:
         """Deliver what ``lane`` has queued (until ``deadline``), then close its consumer."""
-        stack = self._lane_stacks.pop(lane)
+        await self._drain_lane(lane, deadline, why)
+        await self._lane_stacks.pop(lane).aclose()
+
+    async def _drain_lane(self, lane: Lane, deadline: float, why: str) -> None:
         task = self.supervisor.task(lane.task_name)
         self.supervisor.forget(lane.task_name)
         lane.begin_drain(deadline)
@@ -588,7 +600,6 @@ class _Engine:
                 task.cancel()
                 await asyncio.wait({task}, timeout=1.0)
         lane.drop_remaining(f"{why}, drain timeout reached")
-        await stack.aclose()
 
     async def run(self, ready: Callable[[], None]) -> None:
         async with AsyncExitStack() as stack:

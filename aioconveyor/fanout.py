@@ -9,6 +9,7 @@ exponential backoff and jitter, batching, and counting of everything that happen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy as copy_module
 import inspect
 import logging
@@ -279,6 +280,8 @@ class Lane:
         self._limiter = LogLimiter()
         self._rng = random.Random()
         self._spool = Spool(settings.spool, settings.name) if settings.spool is not None else None
+        self._successor: Lane | None = None  # the lane that replaced this one
+        self._replaced = asyncio.Event()
         counters.oldest_queued = self._oldest_enqueued
 
     def _oldest_enqueued(self) -> float | None:
@@ -417,6 +420,42 @@ class Lane:
         self._drain_deadline = deadline
         self._has_items.set()
 
+    def hand_over(self, successor: Lane) -> int:
+        """Move everything queued here (not the call in flight) to the front of
+        ``successor``'s queue, oldest first; returns how many items moved.
+
+        From now on an item this lane would give up on (its call in flight failing, or the
+        drain deadline) goes to ``successor`` too, instead of being retried or dropped.
+        """
+        self._successor = successor
+        self._replaced.set()
+        moved = list(self._queue)
+        self._queue.clear()
+        self._has_room.set()
+        with self.counters.lock:
+            self.counters.queued -= len(moved)
+        self._give(moved)
+        return len(moved)
+
+    def _give(self, entries: list[_Entry]) -> None:
+        """Put ``entries`` (oldest first) at the front of the successor's queue."""
+        successor = self._successor
+        assert successor is not None
+        same_spool = (self._spool is not None and successor._spool is not None
+                      and self._spool.path == successor._spool.path)
+        for entry in reversed(entries):
+            if not same_spool:
+                if self._spool is not None and entry.spool_id is not None:
+                    self._spool.remove([entry.spool_id])
+                new_id = (successor._spool.add(entry.record.data, entry.tick)
+                          if successor._spool is not None else None)
+                entry = entry._replace(spool_id=new_id)
+            successor._queue.appendleft(entry)
+        if entries:
+            with successor.counters.lock:
+                successor.counters.queued += len(entries)
+            successor._has_items.set()
+
     def drop_remaining(self, why: str) -> int:
         """Count everything still queued as dropped (after the drain deadline)."""
         n = len(self._queue)
@@ -507,12 +546,19 @@ class Lane:
                             s.name, n, last.record.event_time.isoformat(), attempt + 1,
                         )
                         break
-                    if time.monotonic() + delay > self._drain_deadline:
-                        outcome = "dropped"
+                    if (self._successor is not None
+                            or time.monotonic() + delay > self._drain_deadline):
+                        outcome = "dropped"  # (or handed to the successor: see _settle)
+                        break
+                    self._replaced.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._replaced.wait()  # a replacement cuts the wait short
+                    if self._successor is not None:
+                        outcome = "dropped"  # handed to the successor: see _settle
                         break
                     with self.counters.lock:
                         self.counters.retries += 1
-                    await asyncio.sleep(delay)
                 else:
                     outcome = "delivered"
                     break
@@ -542,6 +588,11 @@ class Lane:
     def _settle(self, entries: list[_Entry], outcome: str, rejected: int = 0) -> None:
         """Count the outcome; forget delivered and failed items from the spool."""
         n = len(entries)
+        if outcome == "dropped" and self._successor is not None:
+            with self.counters.lock:
+                self.counters.in_flight -= n
+            self._give(entries)  # not lost: the replacement delivers them
+            return
         spooled = self._spool is not None and entries[0].spool_id is not None
         if spooled and self._spool is not None and outcome != "dropped":
             self._spool.remove(e.spool_id for e in entries if e.spool_id is not None)

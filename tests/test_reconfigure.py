@@ -117,3 +117,19 @@ def test_changing_consumers_needs_a_running_conveyor() -> None:
         conv.add_consumer(MemoryConsumer())
     with pytest.raises(TypeError, match="consumer must be callable"):
         conv.add_consumer(42)
+
+
+def test_replacing_a_consumer_that_cannot_deliver_hands_its_backlog_over() -> None:
+    async def down(data: int, event_time: datetime) -> None:
+        raise ConnectionError("old server is gone")
+
+    fixed = MemoryConsumer("db")
+    spec = Consumer(down, name="db", retries=10**6, backoff=0.01, max_backoff=0.02)
+    with AioConveyor(Numbers(), [spec], loop_interval=0.01) as conv:
+        assert wait_until(lambda: conv.stats().consumer("db").queued >= 10)
+        conv.replace_consumer("db", fixed, timeout=10)
+        assert wait_until(lambda: conv.stats().consumer("db").queued == 0)
+    produced = conv.stats().produced
+    assert fixed.data == list(range(1, produced + 1))  # the old one's items too, in order
+    c = conv.stats().consumer("db")
+    assert (c.delivered, c.dropped, c.failed) == (produced, 0, 0)
