@@ -52,7 +52,9 @@ class OpsEndpoint:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
-        logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", *self.address)
+        host, port = self.address
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets
+        logger.info("serving /metrics, /healthz and /readyz on http://%s:%d", shown, port)
 
     async def close(self) -> None:
         if self._server is not None:
