@@ -41,8 +41,9 @@ class SystemClock:
     to the loop (``sleep(0)``), re-reading the wall clock each time. With ``margin=None``
     (the default) the margin follows the wake-up delays actually seen: their 95th
     percentile plus 0.1 ms, between 0.1 and 1 ms, and never more than a quarter of the
-    sleep. Elsewhere (or with ``precise=False``) the sleep uses asyncio timers and yields
-    for the last ``spin`` seconds. Either way long sleeps are cut into pieces of at most
+    sleep; a sleep shorter than ``spin`` seconds (a tick rate of hundreds of Hz) is yielded
+    through entirely. Elsewhere (or with ``precise=False``) the sleep uses asyncio timers
+    and yields for the last ``spin`` seconds. Either way long sleeps are cut into pieces of at most
     ``max_chunk`` seconds, so a wall-clock step or a suspend is noticed within a chunk.
     """
 
@@ -90,7 +91,9 @@ class SystemClock:
 
     async def _sleep_timerfd(self, deadline: float) -> None:
         now = time.time()
-        wake_at = deadline - self._margin(deadline - now)
+        # a sleep shorter than `spin` (ticks at hundreds of Hz) is yielded through entirely:
+        # waking a sleeping virtual CPU costs more than such a tick can spare
+        wake_at = deadline - self._margin(deadline - now) if deadline - now > self.spin else now
         if wake_at > now:
             loop = asyncio.get_running_loop()
             timers = self._timers.get(loop)
