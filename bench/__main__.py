@@ -94,6 +94,19 @@ def update_readme(text: str) -> None:
     README.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
 
 
+def render(path: Path, readme: bool) -> int:
+    report = json.loads(path.read_text())
+    sections = [Section.from_dict(d) for d in report["sections"].values()]
+    for section in sections:
+        print_section(section)
+    print("\n== Targets")
+    print(text_table(TARGET_COLUMNS, targets_rows(sections)))
+    if readme:
+        update_readme(markdown(report, sections))
+        print(f"tables written to {README}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs (about 3 minutes)")
@@ -103,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to write the JSON results (default: %(default)s)")
     parser.add_argument("--update-readme", action="store_true",
                         help="put the tables into bench/README.md between its markers")
+    parser.add_argument("--render", type=Path, metavar="JSON",
+                        help="run nothing: print (and with --update-readme, write) the tables "
+                             "of an earlier results file")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render(args.render, args.update_readme)
 
     started = time.monotonic()
     report: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -115,6 +115,16 @@ class Section:
     targets: list[Target] = field(default_factory=list)
     seconds: float = 0.0
 
+    @classmethod
+    def from_dict(cls, d: Row) -> Section:
+        targets = [Target(t["name"], t["goal"], math.nan if t["value"] is None else t["value"],
+                          t["limit"], unit=t["unit"],
+                          higher_is_better=t["goal"].lstrip().startswith(">"))
+                   for t in d["targets"]]
+        rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in d["rows"]]
+        return cls(d["name"], d["title"], [(k, h) for k, h in d["columns"]], rows,
+                   d["notes"], targets, d["seconds"])
+
     def as_dict(self) -> Row:
         return {"name": self.name, "title": self.title,
                 "columns": [list(c) for c in self.columns], "rows": self.rows,
@@ -137,7 +147,7 @@ def fmt(value: Any) -> str:
         if magnitude >= 100:
             return f"{value:.0f}"
         if magnitude >= 10:
-            return f"{value:.1f}"
+            return f"{value:.2f}".rstrip("0").rstrip(".") if magnitude < 100 else f"{value:.1f}"
         if magnitude >= 0.1:
             return f"{value:.2f}"
         if magnitude >= 0.001:
