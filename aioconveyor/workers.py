@@ -72,6 +72,34 @@ class SyncWorker:
         self._jobs.put(None)
 
 
+async def _finished_within(future: asyncio.Future[Any], timeout: float) -> bool:
+    """Wait for ``future`` at most ``timeout`` seconds (``math.inf``: no limit); True if done.
+
+    A done-callback and one timer: several times cheaper than ``asyncio.wait`` on this hot
+    path (one call per consumer per tick).
+    """
+    if future.done():
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[bool] = loop.create_future()
+
+    def settle(result: bool) -> None:
+        if not waiter.done():
+            waiter.set_result(result)
+
+    def on_done(_: asyncio.Future[Any]) -> None:
+        settle(True)
+
+    future.add_done_callback(on_done)
+    timer = None if timeout == math.inf else loop.call_later(timeout, settle, False)
+    try:
+        return await waiter
+    finally:
+        future.remove_done_callback(on_done)
+        if timer is not None:
+            timer.cancel()
+
+
 class Caller:
     """Calls one user function (producer or consumer), one call at a time.
 
@@ -116,14 +144,13 @@ class Caller:
         future = self._start(tick, args)
         self.busy_since = time.monotonic()
         try:
-            done, _ = await asyncio.wait({future}, timeout=None if timeout == math.inf else timeout)
+            if await _finished_within(future, timeout):
+                return future
         except asyncio.CancelledError:
             future.cancel()
             raise
         finally:
             self.busy_since = None
-        if done:
-            return future
         future.cancel()
         if not self.is_async:
             if self._worker is not None:

@@ -666,6 +666,14 @@ class MqttConsumer:
     async def _publish_on(self, conn: _Connection, messages: Sequence[_Message]) -> None:
         """Publish in order, then wait for every acknowledgement, or for the connection to
         drop (aiomqtt alone would wait for the PUBACK until ``timeout``)."""
+        if all(m.qos == 0 for m in messages):
+            # nothing to acknowledge: hand them to the socket one after the other
+            for m in messages:
+                if not conn.alive:
+                    raise aiomqtt.MqttError("connection lost while publishing")
+                await conn.client.publish(m.topic, m.payload, qos=0, retain=m.retain,
+                                          timeout=self.timeout)
+            return
         loop = asyncio.get_running_loop()
         tasks = [
             loop.create_task(

@@ -1,7 +1,9 @@
 """Write every record to a PostgreSQL table with asyncpg: COPY, exactly once, outage-proof.
 
-Each call writes its rows in one transaction: ``COPY`` (binary) into a temporary table,
-then ``INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING`` into the target table. A call
+Each call writes its rows with one binary ``COPY`` straight into the table, which stores
+all of them or none. When some keys are there already (a batch retried after its commit
+was acknowledged too late), it writes them in one transaction instead: ``COPY`` into a
+temporary table, then ``INSERT ... SELECT ... ON CONFLICT (key) DO NOTHING``. A call
 that fails half-way (lost connection, cancelled on timeout) commits nothing, and a call
 that committed but never heard back is harmless to repeat: the rows already there are
 skipped. The lane retries failed calls with capped backoff while new items queue, so a
@@ -539,6 +541,14 @@ class PostgresConsumer:
         pool = self._pool
         try:
             async with pool.acquire(timeout=self.connect_timeout) as conn:
+                try:  # fast path: one COPY straight into the table, all rows or none
+                    return await self._copy_direct(conn, rows), []
+                except asyncpg.UniqueViolationError:
+                    pass  # some keys are there already (a retried batch): merge, skip them
+                except _ROW_ERRORS as exc:
+                    if len(rows) == 1:
+                        return 0, [(self._row_time(rows[0]), exc)]
+                    return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
                 try:
                     return await _in_transaction(conn, lambda: self._copy(conn, rows)), []
                 except _ROW_ERRORS as exc:
@@ -552,6 +562,12 @@ class PostgresConsumer:
             # pooled connection reconnect on its next use, and let the lane retry the batch
             await pool.expire_connections()
             raise
+
+    async def _copy_direct(self, conn: Any, rows: list[_Row]) -> int:
+        """COPY ``rows`` into the table itself (atomic: a key already there fails it all)."""
+        status = await conn.copy_records_to_table(self.table, schema_name=self.schema,
+                                                  records=rows, columns=self.written_columns)
+        return _inserted(status)
 
     async def _copy(self, conn: Any, rows: list[_Row]) -> int:
         """COPY ``rows`` into the stage table, then merge it: the number of rows inserted."""
