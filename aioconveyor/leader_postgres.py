@@ -22,13 +22,12 @@ import logging
 import math
 import os
 import socket
-import urllib.parse
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from ssl import SSLContext
 from typing import Any
 
 from ._logs import LogLimiter
+from ._secrets import check_pg_ssl, mask_dsn, scrub, secrets_of
 from .errors import ConveyorError
 
 __all__ = ["PostgresLeader", "lock_id_for"]
@@ -40,7 +39,6 @@ STANDBY = "standby"
 UNKNOWN = "unknown"
 
 _LOCK_NAMESPACE = b"aioconveyor.leader:"
-_MASK = "***"
 _PROBES = 3
 """Unanswered keepalive probes after which the server drops the leader's session."""
 
@@ -66,56 +64,6 @@ def _import_asyncpg() -> Any:
             'pip install "aioconveyor[postgres]"'
         ) from exc
     return asyncpg
-
-
-def _mask_dsn(dsn: str | None) -> str | None:
-    """``dsn`` with any password (user info or ``password=`` query) replaced by ``***``."""
-    if dsn is None:
-        return None
-    try:
-        parts = urllib.parse.urlsplit(dsn)
-    except ValueError:
-        return _MASK
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    netloc = f"{userinfo.partition(':')[0]}:{_MASK}@{hosts}" if at and ":" in userinfo \
-        else parts.netloc
-    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query = parts.query
-    if any(k == "password" for k, _ in pairs):
-        query = urllib.parse.urlencode([(k, _MASK if k == "password" else v) for k, v in pairs],
-                                       safe="*")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets_of(dsn: str | None) -> tuple[str, ...]:
-    """Every spelling of the DSN's password, longest first (to scrub from messages)."""
-    found: set[str] = set()
-    if dsn:
-        try:
-            parts = urllib.parse.urlsplit(dsn)
-        except ValueError:
-            return (dsn,)  # unparsable: the whole thing might be a secret
-        userinfo, at, _ = parts.netloc.rpartition("@")
-        if at and ":" in userinfo:
-            raw = userinfo.partition(":")[2]
-            found.update({raw, urllib.parse.unquote(raw)})
-        found.update(v for k, v in urllib.parse.parse_qsl(parts.query) if k == "password")
-    return tuple(sorted((s for s in found if s), key=len, reverse=True))
-
-
-_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-
-def _check_ssl(ssl: object) -> None:
-    """What asyncpg accepts as ``ssl``: None, a bool, an SSLContext or an sslmode name."""
-    if ssl is None or isinstance(ssl, bool | SSLContext):
-        return
-    if isinstance(ssl, str):
-        if ssl not in _SSL_MODES:
-            raise ValueError(f"ssl must be one of {', '.join(map(repr, _SSL_MODES))}, a bool or "
-                             f"an ssl.SSLContext, got {ssl!r}")
-        return
-    raise TypeError(f"ssl must be a bool, an sslmode str or an ssl.SSLContext, got {ssl!r}")
 
 
 def _default_name() -> str:
@@ -177,8 +125,8 @@ class PostgresLeader:
         self.name = name or _default_name()
         self._asyncpg = _import_asyncpg()
         self._dsn = dsn
-        self._secrets = _secrets_of(dsn)
-        _check_ssl(ssl)
+        self._secrets = secrets_of(dsn)
+        check_pg_ssl(ssl)
         self._ssl = ssl
         if server_settings is not None and not isinstance(server_settings, Mapping):
             raise TypeError(f"server_settings must be a mapping of str to str, "
@@ -197,7 +145,7 @@ class PostgresLeader:
 
     def __repr__(self) -> str:
         return (f"<PostgresLeader {self.name!r} key={self.key!r} role={self._role} "
-                f"dsn={_mask_dsn(self._dsn)!r}>")
+                f"dsn={mask_dsn(self._dsn)!r}>")
 
     # -- the Leader protocol ---------------------------------------------------------
 
@@ -380,7 +328,4 @@ class PostgresLeader:
 
     def _describe(self, exc: BaseException) -> str:
         """``Type: message`` of ``exc`` with the password scrubbed out."""
-        text = f"{type(exc).__name__}: {exc}"
-        for secret in self._secrets:
-            text = text.replace(secret, _MASK)
-        return text
+        return scrub(f"{type(exc).__name__}: {exc}", self._secrets)

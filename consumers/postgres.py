@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from ssl import SSLContext
 from typing import Any, TypeVar
 
 try:
@@ -41,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from aioconveyor._logs import LogLimiter
+from aioconveyor._secrets import check_pg_ssl, mask_dsn, scrub, secrets_of
 from aioconveyor.errors import ConveyorError
 from aioconveyor.fanout import Consumer, Lane
 
@@ -66,7 +65,6 @@ _ROLLBACK_GRACE = 0.8 * Lane.CANCEL_GRACE
 cancelled call) before the connection is dropped instead."""
 
 _JSON_TYPES = frozenset({"json", "jsonb"})
-_MASK = "***"
 
 # What one bad row raises: a PostgreSQL data (22xxx) or integrity (23xxx) error, or the
 # TypeError / ValueError / OverflowError asyncpg's binary encoders raise client-side.
@@ -91,68 +89,6 @@ def quote_ident(name: str) -> str:
     if "\x00" in name:
         raise ValueError(f"an identifier cannot contain a NUL character, got {name!r}")
     return '"' + name.replace('"', '""') + '"'
-
-
-def mask_dsn(dsn: str | None) -> str | None:
-    """``dsn`` with its password (in the user info or a ``password=`` query) as ``***``."""
-    if dsn is None:
-        return None
-    try:
-        parts = urllib.parse.urlsplit(dsn)
-    except ValueError:
-        return _MASK  # unparsable: show nothing rather than risk showing a secret
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}:{_MASK}@{hosts}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        if any(k == "password" for k, _ in pairs):
-            query = "&".join(
-                f"{urllib.parse.quote(k, safe='')}="
-                f"{_MASK if k == 'password' else urllib.parse.quote(v, safe='')}"
-                for k, v in pairs
-            )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secrets_of(dsn: str | None, extra: Mapping[str, Any]) -> tuple[str, ...]:
-    """Every form of the password(s) that must never show up in logs or errors."""
-    found: set[str] = set()
-    if dsn:
-        try:
-            parts = urllib.parse.urlsplit(dsn)
-        except ValueError:
-            parts = None
-        if parts is not None:
-            userinfo, at, _ = parts.netloc.rpartition("@")
-            if at and ":" in userinfo:
-                raw = userinfo.partition(":")[2]
-                found.update({raw, urllib.parse.unquote(raw)})
-            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-                if k == "password":
-                    found.add(v)
-    password = extra.get("password")
-    if isinstance(password, str):
-        found.add(password)
-    return tuple(sorted((s for s in found if s), key=len, reverse=True))
-
-
-_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-
-
-def _check_ssl(ssl: object) -> None:
-    """What asyncpg accepts as ``ssl``: None, a bool, an SSLContext or an sslmode name."""
-    if ssl is None or isinstance(ssl, bool | SSLContext):
-        return
-    if isinstance(ssl, str):
-        if ssl not in _SSL_MODES:
-            raise ValueError(f"ssl must be one of {', '.join(map(repr, _SSL_MODES))}, a bool or "
-                             f"an ssl.SSLContext, got {ssl!r}")
-        return
-    raise TypeError(f"ssl must be a bool, an sslmode str or an ssl.SSLContext, got {ssl!r}")
 
 
 def _check_mapping(what: str, value: object, *, secret: bool = False) -> None:
@@ -234,13 +170,13 @@ class PostgresConsumer:
     ) -> None:
         if dsn is not None and not isinstance(dsn, str):
             raise TypeError(f"dsn must be a str or None, got {type(dsn).__name__}")
-        _check_ssl(ssl)
+        check_pg_ssl(ssl)
         _check_mapping("server_settings", server_settings)
         _check_mapping("pool_options", pool_options, secret=True)
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
             raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
         self._pool_options = dict(pool_options or {})
-        self._secrets = _secrets_of(dsn, self._pool_options)
+        self._secrets = secrets_of(dsn, self._pool_options.get("password"))
         self._dsn = dsn
         if pool is not None:
             given = [n for n, v in (("dsn", dsn), ("ssl", ssl), ("server_settings",
@@ -403,9 +339,7 @@ class PostgresConsumer:
         return f"<PostgresConsumer {self.name!r} table={self._target} {where}>"
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, _MASK)
-        return text
+        return scrub(text, self._secrets)
 
     def _scrubbed(self, exc: BaseException) -> BaseException:
         """``exc`` itself, or a ConveyorError without the password if its text had it."""
