@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-__all__ = ["FakeClock", "MemoryConsumer", "wait_until"]
+__all__ = ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"]
 
 
 class FakeClock:
@@ -135,4 +135,19 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(poll)
+    return True
+
+
+def wait_until_blocking(predicate: Callable[[], bool], timeout: float = 10.0,
+                        poll: float = 0.005) -> bool:
+    """Poll ``predicate`` from plain (non-async) code until it is true or ``timeout`` passes.
+
+    For tests that drive a conveyor from the main thread: a bounded wait on a condition,
+    never a sleep that hopes the work is done.
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
     return True

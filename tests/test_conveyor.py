@@ -21,7 +21,7 @@ from aioconveyor import (
     RetryAfter,
     StartupError,
 )
-from aioconveyor.testing import MemoryConsumer
+from aioconveyor.testing import MemoryConsumer, wait_until_blocking
 
 FAST = 0.05
 
@@ -192,7 +192,7 @@ def test_each_consumer_gets_its_own_copy() -> None:
     sink = MemoryConsumer()
     with AioConveyor(Counter(), [vandal, second, sink], loop_interval=FAST) as conv:
         assert sink.wait_for(3)
-        assert wait_until_sync(lambda: len(seen_by_second) >= 3)
+        assert wait_until_blocking(lambda: len(seen_by_second) >= 3)
     assert all(tags == ["a"] for tags in seen_by_second)
     assert [d["n"] for d in sink.data[:3]] == [0, 1, 2]
     assert conv.stats().consumer("vandal").delivered >= 3
@@ -215,13 +215,6 @@ def test_copy_false_shares_immutable_data() -> None:
     assert len(ids) == 2
 
 
-def wait_until_sync(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 # -- retries, batching, overflow -------------------------------------------------------
@@ -254,7 +247,7 @@ def test_retry_after_delays_only_its_lane() -> None:
 
     sink = MemoryConsumer()
     with AioConveyor(Counter(), [api, sink], loop_interval=FAST) as conv:
-        assert wait_until_sync(lambda: len(calls) >= 2)
+        assert wait_until_blocking(lambda: len(calls) >= 2)
         assert len(sink.data) >= 4  # the other lane kept going meanwhile
     assert calls[1] - calls[0] >= 0.3
     c = conv.stats().consumers[0]
@@ -292,10 +285,10 @@ def test_overflow_drops_are_counted_and_logged(
     conv = AioConveyor(Counter(), [Consumer(blocked, queue_size=3, overflow=policy, timeout=30)],
                        loop_interval=FAST)
     with conv:
-        assert wait_until_sync(lambda: conv.stats().consumers[0].dropped >= 3)
+        assert wait_until_blocking(lambda: conv.stats().consumers[0].dropped >= 3)
         produced_before_release = conv.stats().produced
         gate.set()
-        assert wait_until_sync(lambda: conv.stats().consumers[0].queued == 0)
+        assert wait_until_blocking(lambda: conv.stats().consumers[0].queued == 0)
     c = conv.stats().consumers[0]
     assert c.dropped >= 3
     assert "queue full" in caplog.text
@@ -330,7 +323,7 @@ def test_stop_drains_queued_items() -> None:
 
     conv = AioConveyor(Counter(), [Consumer(slow, timeout=5)], loop_interval=0.02)
     conv.start()
-    assert wait_until_sync(lambda: conv.stats().consumers[0].queued >= 5)
+    assert wait_until_blocking(lambda: conv.stats().consumers[0].queued >= 5)
     conv.stop(timeout=10)
     c = conv.stats().consumers[0]
     assert c.queued == 0 and c.dropped == 0 and c.delivered == conv.stats().produced
@@ -344,7 +337,7 @@ def test_stop_timeout_bounds_stop_and_counts_the_rest_as_dropped(
 
     conv = AioConveyor(Counter(), [Consumer(stuck, timeout=3600)], loop_interval=0.02)
     conv.start()
-    assert wait_until_sync(lambda: conv.stats().consumers[0].queued >= 3)
+    assert wait_until_blocking(lambda: conv.stats().consumers[0].queued >= 3)
     t = time.monotonic()
     conv.stop(timeout=0.5)
     assert time.monotonic() - t < 3.0
@@ -433,7 +426,7 @@ def test_watchdog_restarts_a_dead_lane_and_the_conveyor_goes_on(
     sink = MemoryConsumer()
     with AioConveyor(Counter(), [crashes_once, sink], loop_interval=FAST) as conv:
         assert sink.wait_for(5)
-        assert wait_until_sync(lambda: calls >= 3)
+        assert wait_until_blocking(lambda: calls >= 3)
     s = conv.stats()
     assert s.restarts == 1 and s.consumers[0].restarts == 1
     assert s.consumers[0].failed == 1  # the item it died on, counted, not lost silently
@@ -452,7 +445,7 @@ def test_watchdog_restarts_the_scheduler_on_the_same_grid() -> None:
         return len(seen)
 
     with AioConveyor(produce, [], loop_interval=FAST) as conv:
-        assert wait_until_sync(lambda: len(seen) >= 5)
+        assert wait_until_blocking(lambda: len(seen) >= 5)
     assert conv.stats().restarts == 1
     assert len(set(seen)) == len(seen)  # no grid time fired twice across the restart
 

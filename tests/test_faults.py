@@ -20,16 +20,7 @@ from typing import Any
 import pytest
 
 from aioconveyor import AioConveyor, Consumer
-from aioconveyor.testing import FakeClock, MemoryConsumer
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+from aioconveyor.testing import FakeClock, MemoryConsumer, wait_until_blocking
 
 
 class Numbers:
@@ -59,10 +50,10 @@ def test_a_hanging_consumer_is_restarted_within_two_intervals_by_default(kind: s
                        loop_interval=interval, stop_timeout=1.0)
     conv.start()
     try:
-        assert wait_until(lambda: conv.stats().consumers[0].restarts >= 1, timeout=2 * interval + 3)
+        assert wait_until_blocking(lambda: conv.stats().consumers[0].restarts >= 1, timeout=2 * interval + 3)
         restarted_at = time.monotonic()
         assert restarted_at - started[0] <= 2 * interval + 0.5
-        assert wait_until(lambda: len(started) >= 2, timeout=5)  # a fresh worker took over
+        assert wait_until_blocking(lambda: len(started) >= 2, timeout=5)  # a fresh worker took over
         produced = conv.stats().produced
         assert sink.wait_for(produced)
         assert sink.data == list(range(1, len(sink.data) + 1))  # 100 % delivery meanwhile
@@ -149,7 +140,7 @@ def test_stop_during_an_outage_returns_in_time_and_reports_the_undelivered(
     conv = AioConveyor(Numbers(), [Consumer(unreachable, name="pg", retries=10**6,
                                             backoff=0.05)], loop_interval=0.01)
     conv.start()
-    assert wait_until(lambda: conv.stats().consumer("pg").queued >= 20)
+    assert wait_until_blocking(lambda: conv.stats().consumer("pg").queued >= 20)
     t = time.monotonic()
     conv.stop(timeout=0.5)
     assert time.monotonic() - t < 2.0

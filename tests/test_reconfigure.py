@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from aioconveyor import AioConveyor, Consumer, StartupError
-from aioconveyor.testing import MemoryConsumer
+from aioconveyor.testing import MemoryConsumer, wait_until_blocking
 
 FAST = 0.02
 
@@ -25,13 +24,6 @@ class Numbers:
         return self.n
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 class Slow(MemoryConsumer):
@@ -76,7 +68,7 @@ def test_adding_a_consumer_whose_open_fails_leaves_the_conveyor_as_it_was() -> N
 def test_a_removed_consumer_first_delivers_what_it_had_queued() -> None:
     slow, other = Slow("slow"), MemoryConsumer("other")
     with AioConveyor(Numbers(), [slow, other], loop_interval=0.01) as conv:
-        assert wait_until(lambda: conv.stats().consumer("slow").queued >= 5)
+        assert wait_until_blocking(lambda: conv.stats().consumer("slow").queued >= 5)
         conv.remove_consumer("slow", timeout=10)
         offered = len(slow.data)
         assert slow.data == list(range(1, offered + 1))  # all it was given, in order
@@ -90,7 +82,7 @@ def test_a_removed_consumer_first_delivers_what_it_had_queued() -> None:
 def test_replacing_a_consumer_loses_and_repeats_nothing() -> None:
     old, new = Slow("writer"), MemoryConsumer("writer")
     with AioConveyor(Numbers(), [old], loop_interval=0.01) as conv:
-        assert wait_until(lambda: conv.stats().consumer("writer").queued >= 5)
+        assert wait_until_blocking(lambda: conv.stats().consumer("writer").queued >= 5)
         conv.replace_consumer("writer", new, timeout=10)
         assert new.wait_for(5)
     produced = conv.stats().produced
@@ -105,7 +97,7 @@ def test_replacing_a_spooled_consumer_keeps_every_item(tmp_path: Path) -> None:
     spool = tmp_path / "w.db"
     old, new = Slow("w"), MemoryConsumer("w")
     with AioConveyor(Numbers(), [Consumer(old, spool=spool)], loop_interval=0.01) as conv:
-        assert wait_until(lambda: conv.stats().consumer("w").queued >= 5)
+        assert wait_until_blocking(lambda: conv.stats().consumer("w").queued >= 5)
         conv.replace_consumer("w", Consumer(new, spool=spool), timeout=10)
         assert new.wait_for(5)
     assert sorted(old.data + new.data) == list(range(1, conv.stats().produced + 1))
@@ -126,9 +118,9 @@ def test_replacing_a_consumer_that_cannot_deliver_hands_its_backlog_over() -> No
     fixed = MemoryConsumer("db")
     spec = Consumer(down, name="db", retries=10**6, backoff=0.01, max_backoff=0.02)
     with AioConveyor(Numbers(), [spec], loop_interval=0.01) as conv:
-        assert wait_until(lambda: conv.stats().consumer("db").queued >= 10)
+        assert wait_until_blocking(lambda: conv.stats().consumer("db").queued >= 10)
         conv.replace_consumer("db", fixed, timeout=10)
-        assert wait_until(lambda: conv.stats().consumer("db").queued == 0)
+        assert wait_until_blocking(lambda: conv.stats().consumer("db").queued == 0)
     produced = conv.stats().produced
     assert fixed.data == list(range(1, produced + 1))  # the old one's items too, in order
     c = conv.stats().consumer("db")

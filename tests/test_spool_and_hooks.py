@@ -9,13 +9,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from aioconveyor import AioConveyor, Batch, Consumer
-from aioconveyor.testing import MemoryConsumer
+from aioconveyor.testing import MemoryConsumer, wait_until_blocking
 
 FAST = 0.02
 
@@ -24,13 +23,6 @@ async def produce(event_time: datetime) -> dict[str, Any]:
     return {"t": event_time.isoformat()}
 
 
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_items_not_delivered_at_stop_are_delivered_by_the_next_run(tmp_path: Path) -> None:
@@ -43,7 +35,7 @@ def test_items_not_delivered_at_stop_are_delivered_by_the_next_run(tmp_path: Pat
                                            backoff=0.01, max_backoff=0.05)],
                         loop_interval=FAST)
     first.start()
-    assert wait_until(lambda: first.stats().produced >= 10)
+    assert wait_until_blocking(lambda: first.stats().produced >= 10)
     first.stop(timeout=0.5)
     s1 = first.stats().consumer("db")
     assert s1.delivered == 0 and s1.dropped == 0 and s1.failed == 0
@@ -186,7 +178,7 @@ def test_batches_are_spooled_and_recovered_whole(tmp_path: Path) -> None:
                                            retries=10**6, backoff=0.01)],
                         loop_interval=FAST)
     first.start()
-    assert wait_until(lambda: first.stats().produced >= 9)
+    assert wait_until_blocking(lambda: first.stats().produced >= 9)
     first.stop(timeout=0.3)
     pending = first.stats().consumer("x").queued
 
@@ -198,7 +190,7 @@ def test_batches_are_spooled_and_recovered_whole(tmp_path: Path) -> None:
     second = AioConveyor(produce, [Consumer(up, name="x", spool=spool, batch_size=4)],
                          loop_interval=60)
     with second:
-        assert wait_until(lambda: sum(len(b) for b in batches) >= pending)
+        assert wait_until_blocking(lambda: sum(len(b) for b in batches) >= pending)
     times = [r.data["t"] for b in batches for r in b]
     assert len(times) == pending and times == sorted(times)
 
