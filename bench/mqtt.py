@@ -8,12 +8,11 @@ it) go to the same local Mosquitto topic, each method in a fresh process:
   concurrently (``asyncio.gather``) and waits for their PUBACKs, which is how the consumer
   publishes a batch. The payload is JSON-encoded per message, as the consumer must.
 * ``conveyor``: ``AioConveyor`` whose producer returns a :class:`~aioconveyor.Batch` of
-  ``CHUNK`` records per tick, published by ``MqttConsumer`` with
+  ``CHUNK`` records per tick, published by ``MqttConsumer`` (QoS 0: one message after the
+  other; QoS 1: all of a batch at once, then every PUBACK awaited) with
   ``Consumer(batch_size=1, copy=False, overflow="block")``; ticks are driven by
   ``FakeClock`` so the consumer is the bottleneck. Timed from the first producer call to
   the last successful delivery (QoS 1: all PUBACKs received).
-* ``proposed``: the same, with a change suggested for ``consumers/mqtt.py`` applied in a
-  subclass here (QoS 0 batches published sequentially instead of a task per message).
 """
 
 from __future__ import annotations
@@ -70,30 +69,11 @@ async def _raw(qos: int, messages: list[tuple[dict[str, Any], datetime]], topic:
         return time.perf_counter() - started
 
 
-def _sequential_qos0(consumer_class: Any) -> Any:
-    """MqttConsumer with the proposed change: QoS 0 batches published one message after
-    the other (each publish returns at once) instead of one task per message."""
-
-    class Sequential(consumer_class):  # type: ignore[misc]
-        async def _publish_on(self, conn: Any, messages: Any) -> None:
-            if self.qos != 0:
-                await super()._publish_on(conn, messages)
-                return
-            for m in messages:
-                await conn.client.publish(m.topic, m.payload, qos=0, retain=m.retain,
-                                          timeout=self.timeout)
-
-    return Sequential
-
-
 async def _conveyor(qos: int, messages: list[tuple[dict[str, Any], datetime]],
-                    topic: str, proposed: bool = False) -> float:
+                    topic: str) -> float:
     from aioconveyor import AioConveyor, Batch, Consumer, Record
     from aioconveyor.consumers import MqttConsumer  # type: ignore[import-not-found,unused-ignore]
     from aioconveyor.testing import FakeClock
-
-    if proposed:
-        MqttConsumer = _sequential_qos0(MqttConsumer)
 
     records = [Record(data, when) for data, when in messages]
     first: list[float] = []
@@ -125,7 +105,7 @@ def mqtt_run(method: str, qos: int, messages: int) -> Row:
     if method == "raw":
         seconds = asyncio.run(_raw(qos, data, topic))
     else:
-        seconds = asyncio.run(_conveyor(qos, data, topic, proposed=method == "proposed"))
+        seconds = asyncio.run(_conveyor(qos, data, topic))
     return {"messages": messages, "seconds": seconds, "msg_per_s": messages / seconds}
 
 
@@ -134,9 +114,8 @@ def run(quick: bool) -> Section:
     section = Section(
         "mqtt", "MQTT: messages/s to the local Mosquitto", TABLE_COLUMNS,
         notes=[f"batches of {CHUNK} messages per tick (conveyor) and per gather (raw QoS 1)",
-               "'proposed' = MqttConsumer subclassed here with the change suggested for "
-               "consumers/mqtt.py (QoS 0: publish one after the other, no task per message); "
-               "not what ships today"],
+               "the consumer publishes QoS 0 messages one after the other, like raw aiomqtt; "
+               "QoS 1 all of a batch at once, then awaits every PUBACK"],
     )
     for qos in (0, 1):
         raw = run_worker("bench.mqtt", "mqtt_run", timeout=600.0, method="raw", qos=qos,
@@ -147,12 +126,6 @@ def run(quick: bool) -> Section:
         conv |= {"method": "conveyor + MqttConsumer", "qos": qos,
                  "vs_raw": ratio(conv["msg_per_s"], raw["msg_per_s"])}
         section.rows += [raw, conv]
-        if qos == 0:
-            proposed = run_worker("bench.mqtt", "mqtt_run", timeout=600.0, method="proposed",
-                                  qos=qos, messages=counts[qos])
-            proposed |= {"method": "conveyor + MqttConsumer, proposed: sequential QoS 0",
-                         "qos": qos, "vs_raw": ratio(proposed["msg_per_s"], raw["msg_per_s"])}
-            section.rows.append(proposed)
         section.targets.append(
             Target(f"MQTT consumer vs raw aiomqtt, QoS {qos}", ">= 90 %", 100 * conv["vs_raw"],
                    90.0, higher_is_better=True, unit="%"))

@@ -8,16 +8,14 @@ the same freshly truncated table of the same server, each method in a fresh proc
 * ``per-row INSERT``: one ``INSERT ... VALUES`` statement (and commit) per row, on fewer
   rows (it is slow), scaled to rows/s;
 * ``conveyor``: ``AioConveyor`` whose producer returns a :class:`~aioconveyor.Batch` of
-  ``CHUNK`` records per tick, delivered by ``PostgresConsumer`` (COPY into a staging table,
-  then ``INSERT ... ON CONFLICT DO NOTHING``, one transaction per call) with
+  ``CHUNK`` records per tick, delivered by ``PostgresConsumer`` (one binary COPY straight
+  into the table per call; a staging table + ``INSERT ... ON CONFLICT DO NOTHING`` only
+  when a key is there already, which never happens here) with
   ``Consumer(batch_size=1, copy=False, overflow="block")``; ticks are driven by
   ``FakeClock`` so the producer never waits for wall-clock time and the consumer is the
   bottleneck. Timed from the first producer call to the last successful delivery.
 * ``conveyor, 1 row/tick``: the realistic shape (one record per tick, the lane batching
   ``CHUNK`` records per call), where the engine's tick rate is the limit.
-* ``proposed``: the 500 rows/tick run with a change suggested for ``consumers/postgres.py``
-  applied in a subclass here (optimistic COPY straight into the table, see
-  :func:`_optimistic`).
 """
 
 from __future__ import annotations
@@ -92,35 +90,10 @@ async def _raw(method: str, table: str, rows: list[tuple[Any, ...]]) -> float:
         await conn.close()
 
 
-def _optimistic(consumer_class: Any) -> Any:
-    """PostgresConsumer with the proposed change: COPY straight into the table under a
-    savepoint, and only if a row's key is already there (a retried batch) fall back to
-    the staging table + ``INSERT ... ON CONFLICT DO NOTHING``. Same exactly-once result."""
-    import asyncpg
-
-    class Optimistic(consumer_class):  # type: ignore[misc]
-        async def _copy(self, conn: Any, rows: list[tuple[Any, ...]]) -> int:
-            try:
-                async with conn.transaction():
-                    await conn.copy_records_to_table(self.table, schema_name=self.schema,
-                                                     records=rows,
-                                                     columns=self.written_columns)
-            except asyncpg.UniqueViolationError:
-                inserted: int = await super()._copy(conn, rows)
-                return inserted
-            return len(rows)
-
-    return Optimistic
-
-
-async def _conveyor(table: str, rows: list[tuple[Any, ...]], per_tick: int,
-                    proposed: bool = False) -> float:
+async def _conveyor(table: str, rows: list[tuple[Any, ...]], per_tick: int) -> float:
     from aioconveyor import AioConveyor, Batch, Consumer, Record
     from aioconveyor.consumers import PostgresConsumer  # type: ignore[import-not-found,unused-ignore]
     from aioconveyor.testing import FakeClock
-
-    if proposed:
-        PostgresConsumer = _optimistic(PostgresConsumer)
 
     records = [Record(dict(zip(COLUMNS[1:], r[1:], strict=True)), r[0]) for r in rows]
     first: list[float] = []
@@ -157,8 +130,8 @@ def pg_run(method: str, rows: int) -> Row:
     try:
         if method in ("copy", "insert"):
             seconds = asyncio.run(_raw(method, table, data))
-        elif method in ("conveyor", "proposed"):
-            seconds = asyncio.run(_conveyor(table, data, CHUNK, method == "proposed"))
+        elif method == "conveyor":
+            seconds = asyncio.run(_conveyor(table, data, CHUNK))
         else:
             seconds = asyncio.run(_conveyor(table, data, 1))
     finally:
@@ -176,20 +149,15 @@ def run(quick: bool) -> Section:
         notes=[f"chunks of {CHUNK} rows for COPY and the conveyor; per-row INSERT on "
                f"{n_insert:,} rows; '1 row/tick' on {n_tick:,} rows (FakeClock-driven)",
                "conveyor rows: the producer returns a Batch of records per tick; the "
-               "consumer's COPY goes to a staging table then INSERT ... ON CONFLICT DO NOTHING "
-               "(exactly-once), one transaction per call",
-               "'proposed' = PostgresConsumer subclassed here with the change suggested for "
-               "consumers/postgres.py (COPY straight into the table under a savepoint; the "
-               "staging table only when a key is already there); not what ships today"],
+               "consumer writes each call with one COPY straight into the table; staging + "
+               "ON CONFLICT only when a key exists (exactly-once)"],
     )
     results: dict[str, Row] = {}
     for method, label, count in (("copy", "raw asyncpg COPY", n),
                                  ("insert", "raw per-row INSERT", n_insert),
                                  ("conveyor", f"conveyor + PostgresConsumer ({CHUNK} rows/tick)",
                                   n),
-                                 ("tick", "conveyor + PostgresConsumer (1 row/tick)", n_tick),
-                                 ("proposed", f"conveyor + PostgresConsumer ({CHUNK} rows/tick)"
-                                  ", proposed: optimistic COPY", n)):
+                                 ("tick", "conveyor + PostgresConsumer (1 row/tick)", n_tick)):
         row = run_worker("bench.postgres", "pg_run", timeout=600.0, method=method, rows=count)
         row["method"] = label
         results[method] = row
