@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -41,9 +42,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 from aioconveyor._logs import LogLimiter
 from aioconveyor._secrets import check_pg_ssl, mask_dsn, scrub, secrets_of
 from aioconveyor.errors import ConveyorError
-from aioconveyor.fanout import Consumer, Lane
+from aioconveyor.fanout import Batch, Consumer, Lane
 
-from ._records import as_mapping, iter_records, json_dumps
+from ._records import as_mapping, json_dumps
 
 __all__ = ["PostgresConsumer", "mask_dsn", "quote_ident"]
 
@@ -213,6 +214,17 @@ class PostgresConsumer:
             if self.time_column is not None and self.time_column not in written:
                 written.insert(0, self.time_column)
         self.written_columns: tuple[str, ...] = tuple(written)
+        self._time_index = (self.written_columns.index(self.time_column)
+                            if self.time_column in self.written_columns else None)
+        self._value_columns = tuple(c for i, c in enumerate(self.written_columns)
+                                    if i != self._time_index)
+        pick = operator.itemgetter(*self._value_columns) if self._value_columns else None
+        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            (lambda m: ()) if pick is None
+            else (lambda m: (pick(m),)) if len(self._value_columns) == 1
+            else pick
+        )
+        self._json_values: frozenset[int] = frozenset()  # positions among _value_columns
         """Every column a row writes, in order."""
 
         if key is None:
@@ -261,6 +273,7 @@ class PostgresConsumer:
         self.rejected = 0
         """Records PostgreSQL (or the encoding) refused; skipped, the rest was written."""
         self._pool: Any = None
+        self._held: Any = None  # the own pool's connection kept between calls
         self._json_positions: frozenset[int] = frozenset()
         self._naive_time = False
         self._limiter = LogLimiter()
@@ -386,6 +399,9 @@ class PostgresConsumer:
         statement = await conn.prepare(self._sql_types)
         types = [attr.type.name for attr in statement.get_attributes()]
         self._json_positions = frozenset(i for i, t in enumerate(types) if t in _JSON_TYPES)
+        t = self._time_index
+        self._json_values = frozenset(i if t is None or i < t else i - 1
+                                      for i in self._json_positions if i != t)
         if self.time_column is not None:
             kind = types[self.written_columns.index(self.time_column)]
             if kind not in ("timestamptz", "timestamp"):
@@ -403,6 +419,7 @@ class PostgresConsumer:
 
     async def close(self) -> None:
         """Close the pool this consumer created (a given pool is left open). Idempotent."""
+        await self._release_held()
         pool, self._pool = self._pool, None
         if pool is None or pool is self._given_pool:
             return
@@ -428,9 +445,11 @@ class PostgresConsumer:
                                "in `async with`, or call open() first")
         rows: list[_Row] = []
         refused: list[_Refused] = []
-        for when, item in iter_records(data, event_time):
+        row = self._row
+        for item, when in (data if isinstance(data, Batch) else ((data, event_time),)):
             try:
-                rows.append(self._row(_utc(when), item))
+                rows.append(row(when if type(when) is datetime and when.tzinfo is UTC
+                                else _utc(when), item))
             except (TypeError, ValueError) as exc:
                 refused.append((when, exc))
         if rows:
@@ -455,15 +474,18 @@ class PostgresConsumer:
             except TypeError:
                 value = item  # JSONB mode takes any JSON value, not only objects
             return (self._time_value(event_time), json_dumps(value))
-        mapping = as_mapping(item)
-        out: list[Any] = []
-        for i, column in enumerate(self.written_columns):
-            if column == self.time_column:
-                out.append(self._time_value(event_time))
-                continue
-            v = mapping.get(column)
-            out.append(json_dumps(v) if v is not None and i in self._json_positions else v)
-        return tuple(out)
+        mapping = item if type(item) is dict else as_mapping(item)  # a dict: the fast path
+        try:
+            values: tuple[Any, ...] = self._pick(mapping)
+        except KeyError:  # a missing key is written as NULL
+            values = tuple(mapping.get(c) for c in self._value_columns)
+        if self._json_values:
+            values = tuple(json_dumps(v) if v is not None and i in self._json_values else v
+                           for i, v in enumerate(values))
+        t = self._time_index
+        if t is None:
+            return values
+        return (*values[:t], self._time_value(event_time), *values[t:])
 
     def _time_value(self, event_time: datetime) -> datetime:
         if self._naive_time:  # a `timestamp` (no time zone) column: store UTC wall time
@@ -471,31 +493,54 @@ class PostgresConsumer:
         return event_time
 
     async def _write(self, rows: list[_Row]) -> tuple[int, list[_Refused]]:
-        """Write ``rows`` in one transaction: (rows inserted, rows refused one by one)."""
+        """Write ``rows`` exactly once: (rows inserted, rows refused one by one).
+
+        Its own pool's connection is kept between calls (one call at a time per lane, and
+        no acquire per batch); a connection from a given pool is borrowed per call.
+        """
         pool = self._pool
         try:
-            async with pool.acquire(timeout=self.connect_timeout) as conn:
-                try:  # fast path: one COPY straight into the table, all rows or none
-                    return await self._copy_direct(conn, rows), []
-                except asyncpg.UniqueViolationError:
-                    pass  # some keys are there already (a retried batch): merge, skip them
-                except _ROW_ERRORS as exc:
-                    if len(rows) == 1:
-                        return 0, [(self._row_time(rows[0]), exc)]
-                    return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
-                try:
-                    return await _in_transaction(conn, lambda: self._copy(conn, rows)), []
-                except _ROW_ERRORS as exc:
-                    if len(rows) == 1:
-                        return 0, [(self._row_time(rows[0]), exc)]
-                return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
-        except _ROW_ERRORS:
-            raise
+            if pool is self._given_pool:
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                    return await self._write_on(conn, rows)
+            if self._held is None:
+                self._held = await pool.acquire(timeout=self.connect_timeout)
+            try:
+                return await self._write_on(self._held, rows)
+            except BaseException:
+                await self._release_held()  # the pool resets it (or drops it if broken)
+                raise
         except Exception:
             # PostgreSQL unreachable, restarted, or the connection was killed: make every
             # pooled connection reconnect on its next use, and let the lane retry the batch
             await pool.expire_connections()
             raise
+
+    async def _release_held(self) -> None:
+        conn, self._held = self._held, None
+        if conn is None or self._pool is None:
+            return
+        try:
+            async with asyncio.timeout(_ROLLBACK_GRACE):
+                await self._pool.release(conn)
+        except Exception:
+            conn.terminate()
+
+    async def _write_on(self, conn: Any, rows: list[_Row]) -> tuple[int, list[_Refused]]:
+        try:  # fast path: one COPY straight into the table, all rows or none
+            return await self._copy_direct(conn, rows), []
+        except asyncpg.UniqueViolationError:
+            pass  # some keys are there already (a retried batch): merge, skip them
+        except _ROW_ERRORS as exc:
+            if len(rows) == 1:
+                return 0, [(self._row_time(rows[0]), exc)]
+            return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
+        try:
+            return await _in_transaction(conn, lambda: self._copy(conn, rows)), []
+        except _ROW_ERRORS as exc:
+            if len(rows) == 1:
+                return 0, [(self._row_time(rows[0]), exc)]
+        return await _in_transaction(conn, lambda: self._one_by_one(conn, rows))
 
     async def _copy_direct(self, conn: Any, rows: list[_Row]) -> int:
         """COPY ``rows`` into the table itself (atomic: a key already there fails it all)."""
