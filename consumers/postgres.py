@@ -485,7 +485,10 @@ class PostgresConsumer:
         t = self._time_index
         if t is None:
             return values
-        return (*values[:t], self._time_value(event_time), *values[t:])
+        when = self._time_value(event_time) if self._naive_time else event_time
+        if t == 0:  # the usual layout: the time column first
+            return (when, *values)
+        return (*values[:t], when, *values[t:])
 
     def _time_value(self, event_time: datetime) -> datetime:
         if self._naive_time:  # a `timestamp` (no time zone) column: store UTC wall time
