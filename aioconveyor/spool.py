@@ -31,6 +31,7 @@ import math
 import os
 import pickle
 import sqlite3
+import stat
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import astuple
@@ -113,12 +114,15 @@ class Spool:
         Rows that cannot be decoded are moved to ``aioconveyor_spool_bad`` and counted in
         :attr:`bad` instead of being returned.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _prepare(self.path)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self.fsync else 'NORMAL'}")
             _migrate(db)
+            for companion in _companions(self.path):
+                if _PRIVATE and companion.exists():  # SQLite made them like the file; be sure
+                    os.chmod(companion, 0o600)
             rows = db.execute(
                 "SELECT id, data, tick, format FROM aioconveyor_spool WHERE lane = ? ORDER BY id",
                 (self.lane,),
@@ -214,6 +218,103 @@ def _reason(fmt: Any, exc: Exception) -> str:
         return ("row written with pickle; this spool uses format='json' and does not "
                 "unpickle (open it with format='pickle' to load such rows)")
     return f"cannot decode this {fmt} row: {type(exc).__name__}: {exc}"
+
+
+# --- permissions -------------------------------------------------------------------------
+#
+# The spool decides what a lane delivers (and, with pickle, what code runs), so only this
+# user may change it: new files are 0600 and new folders 0700 whatever the umask; an
+# existing file owned by someone else or writable by group or others is refused, so is a
+# folder others can write to without the sticky bit (they could swap the file). A file
+# others can only read (older versions made 0644 files) is tightened.
+
+_PRIVATE = os.name == "posix"
+"""Mode bits and owners mean something here (not on Windows)."""
+
+
+def _companions(path: Path) -> tuple[Path, Path]:
+    return path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")
+
+
+def _prepare(path: Path) -> None:
+    """Create the folders and the file privately, or check those that exist."""
+    if not _PRIVATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return
+    folder = path.absolute().parent
+    _make_folders(folder)
+    _check_folder(folder)
+    if not _create_file(path):
+        _check_file(path, "spool file")
+    for companion in _companions(path):
+        if companion.exists():
+            _check_file(companion, "spool journal")
+
+
+def _make_folders(folder: Path) -> None:
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        try:
+            os.mkdir(new, 0o700)
+        except FileExistsError:  # made meanwhile by someone else: checked like any other
+            continue
+        os.chmod(new, 0o700)  # mkdir's mode went through the umask
+        logger.debug("created spool folder %s (mode 0700)", new)
+
+
+def _check_folder(folder: Path) -> None:
+    st = os.stat(folder)
+    if st.st_uid not in (os.geteuid(), 0):
+        raise PermissionError(
+            f"spool folder {folder} is owned by uid {st.st_uid}, not by this process "
+            f"(uid {os.geteuid()}) or root: its owner could replace the spool file. Put the "
+            f"spool in a folder of your own (mkdir -m 700 ...)"
+        )
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise PermissionError(
+            f"spool folder {folder} is writable by group or others (mode "
+            f"{stat.S_IMODE(st.st_mode):04o}) without the sticky bit: they could replace the "
+            f"spool file. Fix it with: chmod go-w {folder}  (or chmod +t {folder})"
+        )
+
+
+def _create_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 (SQLite takes an empty file as a new database);
+    false if it exists already."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)  # os.open's mode went through the umask
+    finally:
+        os.close(fd)
+    logger.debug("created spool file %s (mode 0600)", path)
+    return True
+
+
+def _check_file(path: Path, what: str) -> None:
+    st = os.stat(path)
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid():
+        raise PermissionError(
+            f"{what} {path} is owned by uid {st.st_uid}, not by this process (uid "
+            f"{os.geteuid()}): its owner could feed this lane forged items. Use a file of "
+            f"your own, or take this one over: chown {os.geteuid()} {path} && chmod 600 {path}"
+        )
+    if mode & 0o022:
+        raise PermissionError(
+            f"{what} {path} is writable by group or others (mode {mode:04o}): they could "
+            f"feed this lane forged items. Fix it with: chmod 600 {path}"
+        )
+    if mode & 0o077:
+        os.chmod(path, 0o600)
+        logger.info("%s %s was readable by group or others (mode %04o); made it 0600",
+                    what, path, mode)
 
 
 def _migrate(db: sqlite3.Connection) -> None:

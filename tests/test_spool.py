@@ -8,8 +8,10 @@ import importlib.resources
 import io
 import logging
 import math
+import os
 import pickle
 import sqlite3
+import stat
 import sys
 import types
 import uuid
@@ -371,3 +373,105 @@ def test_an_old_file_opened_with_json_moves_its_pickle_rows_aside_unexecuted(pat
     assert [r[1] for r in rows] == [{"b": 2}]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM aioconveyor_spool_bad").fetchone() == (2,)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def permissive_umask() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+NOBODY = 65534
+
+
+@pytest.mark.usefixtures("permissive_umask")
+def test_new_files_and_folders_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "spool.db"
+    spool, _ = reopen(path)
+    spool.add(1, TICK)
+    wal, shm = path.with_name("spool.db-wal"), path.with_name("spool.db-shm")
+    assert wal.exists() and shm.exists()
+    assert [mode(p) for p in (path, wal, shm)] == [0o600] * 3
+    assert [mode(p) for p in (tmp_path / "a", tmp_path / "a" / "b")] == [0o700] * 2
+    spool.close()
+    assert mode(tmp_path) == 0o700  # an existing folder is not changed
+
+
+def test_a_file_others_can_write_is_refused(path: Path) -> None:
+    Spool(path, "lane").open()
+    path.chmod(0o660)
+    with pytest.raises(PermissionError, match=rf"{path} is writable by group or others \(mode 0660\).*chmod 600 {path}"):
+        Spool(path, "lane").open()
+    path.chmod(0o602)
+    with pytest.raises(PermissionError, match="mode 0602"):
+        Spool(path, "lane").open()
+
+
+@needs_root
+def test_a_file_owned_by_another_user_is_refused(path: Path) -> None:
+    Spool(path, "lane").open()
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(PermissionError, match=rf"{path} is owned by uid {NOBODY}, not by this process.*chown"):
+        Spool(path, "lane").open()
+
+
+def test_a_journal_others_can_write_is_refused(path: Path) -> None:
+    Spool(path, "lane").open()
+    with sqlite3.connect(path) as keep_open:  # holds the -wal file in place
+        keep_open.execute("PRAGMA journal_mode=WAL")
+        keep_open.execute("INSERT INTO aioconveyor_spool (lane, data, tick, format) VALUES ('x', '1', '1', 'json')")
+        keep_open.commit()
+        wal = path.with_name("spool.db-wal")
+        wal.chmod(0o666)
+        with pytest.raises(PermissionError, match=rf"spool journal {wal} is writable"):
+            Spool(path, "lane").open()
+
+
+def test_an_old_world_readable_file_and_journal_are_tightened(
+        path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old_file(path, {"a": 1})
+    path.chmod(0o644)  # what older versions left
+    with sqlite3.connect(path) as keep_open:
+        keep_open.execute("PRAGMA journal_mode=WAL")
+        keep_open.execute("INSERT INTO aioconveyor_spool (lane, data, tick) VALUES ('x', x'00', x'00')")
+        keep_open.commit()
+        wal = path.with_name("spool.db-wal")
+        wal.chmod(0o644)
+        with caplog.at_level(logging.INFO, logger="aioconveyor.spool"):
+            spool, rows = reopen(path, format="pickle")
+        assert mode(path) == 0o600 and mode(wal) == 0o600
+        assert [r[1] for r in rows] == [{"a": 1}]
+        spool.close()
+    infos = [r.getMessage() for r in caplog.records if "readable by group or others" in r.getMessage()]
+    assert len(infos) == 3 and all("mode 0644" in i for i in infos)  # the file, -wal, -shm
+    assert str(path) in infos[0] and str(wal) in infos[1]
+
+
+def test_a_folder_others_can_write_is_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(PermissionError, match=rf"spool folder {shared} is writable by group or others \(mode 0777\) without the sticky bit"):
+        Spool(shared / "spool.db", "lane").open()
+    assert not (shared / "spool.db").exists()  # refused before anything was created
+    shared.chmod(0o1777)  # like /tmp: others cannot remove or rename our file
+    spool, rows = reopen(shared / "spool.db")
+    assert rows == [] and mode(shared / "spool.db") == 0o600
+    spool.close()
+
+
+@needs_root
+def test_a_folder_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, NOBODY, NOBODY)
+    with pytest.raises(PermissionError, match=rf"spool folder {theirs} is owned by uid {NOBODY}"):
+        Spool(theirs / "spool.db", "lane").open()
