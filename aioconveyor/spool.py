@@ -20,6 +20,14 @@ A row that cannot be decoded (a class renamed since it was pickled, a pickle row
 spool, a damaged row) does not stop the lane: :meth:`Spool.open` moves it to the table
 ``aioconveyor_spool_bad`` with the reason, counts it in :attr:`Spool.bad`, logs one warning
 and returns the other rows, in order.
+
+The file decides what the lane delivers, so only its user may change it: a new file and its
+``-wal``/``-shm`` companions are created ``0600`` and new folders ``0700``, whatever the
+umask. :meth:`Spool.open` raises ``PermissionError`` (naming the path, the mode or owner
+found, and the fix) for a file or companion owned by another user or writable by group or
+others, and for a folder owned by another user (root excepted) or writable by group or
+others without the sticky bit; ``/tmp``-like sticky folders are fine. A file others can merely read
+(older versions made them ``0644``) is tightened to ``0600`` and logged.
 """
 
 from __future__ import annotations
