@@ -10,16 +10,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
+from .consumer import (
+    Batch,
+    Consumer,
+    ConsumerFunc,
+    Overflow,
+    Record,
+    Startup,
+    SupportsOpenClose,
+)
 from .conveyor import AioConveyor
 from .errors import (
     ConsumerTimeout,
+    ContainedError,
     ConveyorError,
     Rejected,
     RestartBudgetExceeded,
     RetryAfter,
     StartupError,
 )
-from .fanout import Batch, Consumer, ConsumerFunc, Overflow, Record, SupportsOpenClose
 from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
 from .stats import ConsumerStats, ConveyorStats, LatenessStats
@@ -36,6 +45,7 @@ __all__ = [
     "ConsumerFunc",
     "ConsumerStats",
     "ConsumerTimeout",
+    "ContainedError",
     "ConveyorError",
     "ConveyorStats",
     "CronSchedule",
@@ -50,6 +60,7 @@ __all__ = [
     "RestartBudgetExceeded",
     "RetryAfter",
     "Schedule",
+    "Startup",
     "StartupError",
     "SupportsOpenClose",
     "SystemClock",

@@ -1,33 +1,55 @@
-"""Log a recurring failure once with its traceback, then at most once per window."""
+"""Log a recurring failure once with its traceback, then less and less often while it lasts."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class _Burst:
+    last_line: float
+    last_seen: float
+    window: float
+    suppressed: int = 0
 
 
 class LogLimiter:
-    """Rate limit for repeated messages of the same kind.
+    """Rate limit for repeated messages of the same kind (key), once per burst.
 
-    ``first(key)`` is true the first time a key is seen (log it in full, with traceback);
-    ``due(key)`` is true when the key was last logged more than ``window`` seconds ago and
-    returns how many repeats were suppressed meanwhile, so the next line can say so.
+    The first occurrence of a key is logged in full (with traceback). While it keeps
+    recurring, the next line comes ``window`` seconds later saying how many repeats it
+    stood for, and each further one twice as long after the previous (up to
+    ``max_window``): a failure that lasts ten minutes writes four lines, not one per
+    item. A key quiet for ``window`` seconds starts a new burst.
+
+    ``now`` is the clock read (the conveyor's ``Clock.monotonic``), so a fake clock drives
+    it like every other timer.
     """
 
-    def __init__(self, window: float = 60.0) -> None:
+    def __init__(self, window: float = 60.0, *, max_window: float = 3600.0,
+                 now: Callable[[], float] = time.monotonic) -> None:
         self.window = window
-        self._last: dict[Hashable, float] = {}
-        self._suppressed: dict[Hashable, int] = {}
+        self.max_window = max_window
+        self._now = now
+        self._bursts: dict[Hashable, _Burst] = {}
 
     def check(self, key: Hashable) -> tuple[bool, bool, int]:
-        """Return (log it?, first time?, repeats suppressed since the last line)."""
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is None or now - last >= self.window:
-            self._last[key] = now
-            return True, last is None, self._suppressed.pop(key, 0)
-        self._suppressed[key] = self._suppressed.get(key, 0) + 1
+        """Return (log it?, first of a burst?, repeats suppressed since the last line)."""
+        now = self._now()
+        burst = self._bursts.get(key)
+        if burst is None or now - burst.last_seen >= self.window:
+            self._bursts[key] = _Burst(now, now, self.window)
+            return True, True, burst.suppressed if burst is not None else 0
+        burst.last_seen = now
+        if now - burst.last_line >= burst.window:
+            suppressed, burst.suppressed = burst.suppressed, 0
+            burst.last_line = now
+            burst.window = min(self.max_window, burst.window * 2)
+            return True, False, suppressed
+        burst.suppressed += 1
         return False, False, 0
 
     def log(
@@ -38,13 +60,15 @@ class LogLimiter:
         msg: str,
         *args: object,
         exc: BaseException | None = None,
-    ) -> None:
-        """Log ``msg`` (with ``exc``'s traceback the first time) unless rate-limited."""
+    ) -> bool:
+        """Log ``msg`` (with ``exc``'s traceback the first time) unless rate-limited;
+        True if a line was written."""
         emit, first, suppressed = self.check(key)
         if not emit:
-            return
+            return False
         if suppressed:
             msg += " (%d similar messages suppressed)"
             args = (*args, suppressed)
         exc_info = exc if (first and exc is not None) else None
         logger.log(level, msg, *args, exc_info=exc_info)
+        return True

@@ -1,16 +1,33 @@
-"""Where time comes from. The scheduler only talks to a :class:`Clock`, so tests can fake it."""
+"""Where time comes from: the single time source of the engine.
+
+Every timer of a conveyor (ticks, retries and backoff, ``batch_age``, ``RetryAfter``, call
+and open timeouts, the watchdog's restart window, the loop monitor, stop deadlines and
+``health()``) reads the conveyor's :class:`Clock`, so a fake one
+(:class:`aioconveyor.testing.FakeClock`) makes all of it deterministic and fast.
+:func:`wait_done` and :func:`timeout` are the two ways the engine bounds a wait on a clock.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import math
 import os
 import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock"]
+__all__ = ["Clock", "SystemClock", "Timer", "timeout", "wait_done"]
+
+
+class Timer(Protocol):
+    """What :meth:`Clock.call_later` returns: a callback that can still be called off."""
+
+    def cancel(self) -> None: ...
 
 
 @runtime_checkable
@@ -26,7 +43,28 @@ class Clock(Protocol):
         ...
 
     async def sleep_until(self, deadline: float) -> None:
-        """Return once ``time() >= deadline`` (or soon after)."""
+        """Return once ``time() >= deadline`` (or soon after): a wall-clock grid time."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Return once ``seconds`` have passed on the monotonic clock."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], object], *,
+                   background: bool = False) -> Timer:
+        """Call ``callback()`` in the running loop once ``delay`` monotonic seconds passed.
+
+        ``background`` marks a timer that only observes (the loop monitor's heartbeat): a
+        fake clock never jumps ahead just to fire one.
+        """
+        ...
+
+    def track(self, work: concurrent.futures.Future[Any]) -> None:
+        """Note work the loop waits for outside itself (a sync call on a thread).
+
+        A fake clock waits a little (real time) for it before jumping ahead; the real
+        clock ignores it.
+        """
         ...
 
 
@@ -64,6 +102,16 @@ class SystemClock:
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)  # the loop's clock is time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], object], *,
+                   background: bool = False) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, delay), callback)
+
+    def track(self, work: concurrent.futures.Future[Any]) -> None:
+        pass
 
     async def sleep_until(self, deadline: float) -> None:
         if self.precise:
@@ -121,6 +169,57 @@ class SystemClock:
             timers.append(timer)
         while time.time() < deadline:  # noqa: ASYNC110 - the deliberate last short stretch
             await asyncio.sleep(0)
+
+
+async def wait_done(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
+    """Wait for ``future`` at most ``seconds`` on ``clock`` (``math.inf``: no limit); True if
+    it is done. Never cancels it.
+
+    A done-callback and one timer: several times cheaper than ``asyncio.wait`` on this hot
+    path (one call per consumer per tick).
+    """
+    if future.done():
+        return True
+    waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def settle(result: bool) -> None:
+        if not waiter.done():
+            waiter.set_result(result)
+
+    def on_done(_: asyncio.Future[Any]) -> None:
+        settle(True)
+
+    future.add_done_callback(on_done)
+    timer = None if seconds == math.inf else clock.call_later(seconds, lambda: settle(False))
+    try:
+        return await waiter
+    finally:
+        future.remove_done_callback(on_done)
+        if timer is not None:
+            timer.cancel()
+
+
+@asynccontextmanager
+async def timeout(clock: Clock, seconds: float | None) -> AsyncIterator[None]:
+    """Like ``asyncio.timeout(seconds)``, but ``seconds`` pass on ``clock``.
+
+    Raises ``TimeoutError`` when the time is up; ``None`` or ``math.inf`` means no limit.
+    """
+    async with asyncio.timeout(None) as scope:
+        timer = None
+        if seconds is not None and seconds != math.inf:
+            loop = asyncio.get_running_loop()
+
+            def expire() -> None:
+                if not scope.expired():
+                    scope.reschedule(loop.time())
+
+            timer = clock.call_later(seconds, expire)
+        try:
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
 
 
 _DEFAULT_MARGIN = 0.0003

@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .consumer import Consumer
 from .conveyor import AioConveyor
 from .errors import ConveyorError
-from .fanout import Consumer
 from .schedule import CronSchedule, IntervalSchedule
 
 __all__ = [

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import threading
-import time
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
@@ -27,16 +26,19 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _validate
-from .clock import Clock, SystemClock
+from .clock import Clock, SystemClock, timeout, wait_done
+from .consumer import Consumer, LaneSettings, Startup, callable_name, resolve
 from .endpoint import OpsEndpoint
 from .errors import ConveyorError, RestartBudgetExceeded, StartupError
-from .fanout import Consumer, Fanout, Lane, callable_name, resolve
+from .fanout import Fanout
 from .health import Health, assess
+from .lanes import Copier, Lane, LaneState, Ledger
 from .leader import Leader
 from .schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
 from .scheduler import Scheduler
 from .stats import ConveyorCounters, ConveyorStats
 from .watchdog import LoopMonitor, Supervisor
+from .workers import guarded
 
 __all__ = ["AioConveyor"]
 
@@ -146,9 +148,15 @@ class AioConveyor:
         else:
             self.schedule = IntervalSchedule(5.0 if loop_interval is None else loop_interval,
                                              loop_offset)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(
+                "clock must provide time(), monotonic(), sleep_until(), sleep(), call_later() "
+                f"and track(), got {clock!r}"
+            )
+        self.clock: Clock = clock or SystemClock()
         if not isinstance(eager, bool):
             raise TypeError(f"eager must be a bool, got {eager!r}")
-        now = time.time()
+        now = self.clock.time()
         period = self.schedule.next_fire(now) - self.schedule.prev_fire(now)
         jitter = _validate.non_negative("jitter", jitter)
         if jitter >= period:
@@ -169,13 +177,9 @@ class AioConveyor:
         if name is not None and (not isinstance(name, str) or not name):
             raise TypeError(f"name must be a non-empty str, got {name!r}")
         self.name = name or callable_name(produce)
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(
-                f"clock must provide time(), monotonic() and sleep_until(), got {clock!r}"
-            )
-        self.clock: Clock = clock or SystemClock()
         if seed is not None:
             _validate.integer("seed", seed, minimum=-(2**63))
+        self.seed = seed
         if leader is not None and not isinstance(leader, Leader):
             raise TypeError(
                 f"leader must provide open(), close(), lead() and role, got {leader!r}"
@@ -205,8 +209,9 @@ class AioConveyor:
         }
 
         self._counters = ConveyorCounters(self.name)
-        self._lane_counters = [self._counters.lane(s.name) for s in self._lane_settings]
+        self._ledgers = [self._counters.lane(s.name, self.clock) for s in self._lane_settings]
         self._state = _State.NEW
+        self._stop_timeout_asked: float | None = None  # stop() came while starting
         self._lock = threading.Lock()
         self._finished = threading.Event()
         self._thread: threading.Thread | None = None
@@ -248,9 +253,16 @@ class AioConveyor:
 
     def health(self, now: datetime | None = None) -> Health:
         """Healthy while running, ticking on time, and every consumer delivering within
-        ``health_bound`` (plus its ``batch_age``); else says which part is not."""
-        return assess(self.stats(), now=now or datetime.now(UTC), bound=self.health_bound,
+        ``health_bound`` (plus its ``batch_age``); else says which part is not (see
+        :func:`aioconveyor.health.assess` for the rules). ``now`` defaults to the clock's."""
+        when = now or datetime.fromtimestamp(self.clock.time(), UTC)
+        return assess(self.stats(), now=when, bound=self.health_bound,
                       consumer_bounds=self._consumer_bounds)
+
+    @property
+    def ready(self) -> bool:
+        """Running, with every consumer open (``/readyz``)."""
+        return self.running and all(c.state == LaneState.OPEN for c in self.stats().consumers)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -282,8 +294,9 @@ class AioConveyor:
 
     async def _main(self, on_ready: Callable[[], None] | None) -> None:
         engine = _Engine(self)
-        self._engine = engine
-        self._loop = asyncio.get_running_loop()
+        with self._lock:
+            self._engine = engine
+            self._loop = asyncio.get_running_loop()
 
         def ready() -> None:
             with self._lock:
@@ -341,9 +354,14 @@ class AioConveyor:
         try:
             asyncio.run(self._main(ready.set))
         except BaseException as exc:
-            if not isinstance(exc, ConveyorError | asyncio.CancelledError):
+            if self._exception is None:  # something escaped the engine: say so, never hide it
+                self._exception = exc
+            if not isinstance(exc, ConveyorError):
                 logger.error("conveyor %s: event loop ended with an error", self.name, exc_info=exc)
         finally:
+            with self._lock:
+                self._state = _State.STOPPED
+            self._finished.set()
             ready.set()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -362,16 +380,19 @@ class AioConveyor:
                 return
             if self._state is _State.RUNNING:
                 self._state = _State.STOPPING
-        deadline = time.monotonic() + timeout
-        loop, engine = self._loop, self._engine
+            elif self._state is _State.STARTING:
+                # recorded under the lock: the engine checks it before it starts ticking
+                self._stop_timeout_asked = timeout
+            loop, engine = self._loop, self._engine
         if loop is not None and engine is not None:
             try:
-                loop.call_soon_threadsafe(engine.request_stop, deadline)
+                loop.call_soon_threadsafe(engine.request_stop, timeout)
             except RuntimeError:  # the loop already closed
                 pass
         if self._in_own_loop():
             return  # cannot wait for ourselves; the loop finishes after this callback
-        if not self._finished.wait(max(0.0, deadline - time.monotonic()) + 1.0):
+        # the facade waits in real time for a real thread; the engine's deadline is on its clock
+        if not self._finished.wait(timeout + 1.0):
             logger.warning("conveyor %s: still stopping after %g s; leaving its daemon thread",
                            self.name, timeout)
             return
@@ -422,8 +443,7 @@ class AioConveyor:
         if self._in_own_loop():
             raise RuntimeError("this blocks: from the conveyor's own loop use "
                                "await asyncio.to_thread(conveyor.<method>, ...)")
-        deadline = time.monotonic() + timeout
-        future = asyncio.run_coroutine_threadsafe(call(engine, deadline), loop)
+        future = asyncio.run_coroutine_threadsafe(engine.within(call, timeout), loop)
         return future.result(timeout + self.stop_timeout + 1.0)
 
     def _in_own_loop(self) -> bool:
@@ -457,35 +477,45 @@ class _Engine:
 
     def __init__(self, conv: AioConveyor) -> None:
         self.conv = conv
+        self.clock = conv.clock
         counters = conv._counters
         self.counters = counters
-        self.lanes = [Lane(settings, lane_counters, conv.name)
-                      for settings, lane_counters in zip(conv._lane_settings, conv._lane_counters,
-                                                         strict=True)]
-        self._lane_stacks: dict[Lane, AsyncExitStack] = {}
+        self.copier = Copier(conv.name, conv.clock)
+        self.lanes = [self._lane(settings, ledger)
+                      for settings, ledger in zip(conv._lane_settings, conv._ledgers,
+                                                  strict=True)]
         self.failure: BaseException | None = None
         self._deadline: float | None = None
         self._stop_event = asyncio.Event()
-        self.supervisor = Supervisor(
-            counters, restarts=conv.restart_limit, window=conv.restart_window,
-            on_budget_exceeded=self._budget_exceeded,
-        )
+        self.supervisor = Supervisor(counters, conv.clock, restarts=conv.restart_limit,
+                                     window=conv.restart_window)
         self.scheduler = Scheduler(
             conv.produce, conv.planner, conv.clock, Fanout(self.lanes), counters,
             name=conv.name, producer_timeout=conv.producer_timeout,
             error_backoff=conv.error_backoff, max_ticks=conv.max_ticks,
             on_finished=self._ticks_done, leader=conv.leader,
         )
-        self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold)
+        self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold, conv.clock)
         self.endpoint: OpsEndpoint | None = None
 
-    def request_stop(self, deadline: float | None = None) -> None:
-        """Begin a graceful stop that must be over by ``deadline`` (monotonic seconds)."""
-        if deadline is None:
-            deadline = time.monotonic() + self.conv.stop_timeout
+    def _lane(self, settings: LaneSettings, ledger: Ledger, generation: int = 1) -> Lane:
+        conv = self.conv
+        seed = None if conv.seed is None else f"{conv.seed}:{settings.name}"
+        return Lane(settings, ledger, conveyor=conv.name, clock=conv.clock, copier=self.copier,
+                    rng=random.Random(seed), generation=generation)
+
+    def request_stop(self, timeout: float | None = None) -> None:
+        """Begin a graceful stop that must be over within ``timeout`` seconds of the clock."""
+        deadline = self.clock.monotonic() + (self.conv.stop_timeout if timeout is None
+                                             else timeout)
         if self._deadline is None or deadline < self._deadline:
             self._deadline = deadline
         self._stop_event.set()
+
+    async def within(self, call: Callable[[_Engine, float], Coroutine[Any, Any, T]],
+                     timeout: float) -> T:
+        """Run an add/remove/replace ``call`` with a deadline ``timeout`` from now (clock)."""
+        return await call(self, self.clock.monotonic() + timeout)
 
     def _ticks_done(self) -> None:
         self.supervisor.finished(self.scheduler_name)
@@ -497,33 +527,56 @@ class _Engine:
         self.failure = exc
         self.request_stop()
 
+    def _watch_lane(self, lane: Lane) -> None:
+        def exhausted(exc: RestartBudgetExceeded) -> None:
+            lane.quarantine(str(exc))
+
+        self.supervisor.watch(lane.task_name, lane.run, exhausted,
+                              on_restart=lambda: lane.ledger.bump("restarts"))
+
     @property
     def scheduler_name(self) -> str:
         return f"aioconveyor[{self.conv.name}].scheduler"
 
-    async def _open_lane(self, lane: Lane, recover: bool = True) -> None:
-        """Open a lane's consumer; its close is kept for :meth:`_retire` or shutdown."""
-        stack = AsyncExitStack()
+    def _startup_error(self, lane: Lane, exc: BaseException) -> StartupError:
+        err = StartupError(
+            f"conveyor {self.conv.name!r}: consumer {lane.name!r} "
+            f"failed to open: {type(exc).__name__}: {exc}"
+        )
+        err.__cause__ = exc
+        return err
+
+    def _recover(self, lane: Lane, recover: bool = True) -> None:
         try:
-            await stack.enter_async_context(lane.opened(self._close_budget, recover))
+            lane.recover(recover)
         except Exception as exc:
             raise StartupError(
-                f"conveyor {self.conv.name!r}: consumer {lane.settings.name!r} "
-                f"failed to open: {type(exc).__name__}: {exc}"
+                f"conveyor {self.conv.name!r}: consumer {lane.name!r} cannot use its spool: "
+                f"{type(exc).__name__}: {exc}"
             ) from exc
-        self._lane_stacks[lane] = stack
+
+    async def _open_all(self) -> None:
+        """Open every consumer at once; one with ``startup="fail"`` that fails stops the
+        start, the others keep retrying on their own task."""
+        for lane in self.lanes:
+            self._recover(lane)
+        errors = await asyncio.gather(*(lane.try_open() for lane in self.lanes))
+        for lane, error in zip(self.lanes, errors, strict=True):
+            if error is not None and lane.settings.startup is Startup.FAIL:
+                raise self._startup_error(lane, error)
 
     async def _close_lanes(self) -> None:
-        for lane in reversed(list(self._lane_stacks)):
-            await self._lane_stacks.pop(lane).aclose()
+        for lane in reversed(self.lanes):
+            await lane.close(self._close_budget())
+        self.copier.close()
 
     # -- consumers added, removed or replaced while running ---------------------------
 
     def _find(self, name: str) -> Lane:
         for lane in self.lanes:
-            if lane.settings.name == name:
+            if lane.name == name:
                 return lane
-        raise KeyError(f"no consumer named {name!r}; have {[x.settings.name for x in self.lanes]}")
+        raise KeyError(f"no consumer named {name!r}; have {[x.name for x in self.lanes]}")
 
     def _check_running(self) -> None:
         if self._stop_event.is_set():
@@ -535,22 +588,32 @@ class _Engine:
         conv._consumer_bounds = {s.name: conv.health_bound + s.batch_age
                                  for s in conv._lane_settings}
 
+    async def _open_new(self, lane: Lane, recover: bool = True) -> None:
+        """Open a lane added or swapped in while running; raises StartupError (a caller is
+        there to see it)."""
+        self._recover(lane, recover)
+        try:
+            await lane.open()
+        except Exception as exc:
+            await lane.close(self._close_budget())
+            raise self._startup_error(lane, exc) from exc
+
     async def add_lane(self, spec: Consumer) -> str:
         self._check_running()
         (settings,) = resolve([spec], self.conv.consumer_timeout)
-        if any(lane.settings.name == settings.name for lane in self.lanes):
+        if any(lane.name == settings.name for lane in self.lanes):
             raise ValueError(f"a consumer named {settings.name!r} exists already; give another "
                              "name= or use replace_consumer()")
-        counters = self.counters.lane(settings.name)
-        lane = Lane(settings, counters, self.conv.name)
+        ledger = self.counters.lane(settings.name, self.clock)
+        lane = self._lane(settings, ledger)
         try:
-            await self._open_lane(lane)
+            await self._open_new(lane)
         except BaseException:
             with self.counters.lock:
-                self.counters.lanes.remove(counters)
+                self.counters.lanes.remove(ledger)
             raise
         self.lanes.append(lane)
-        self.supervisor.watch(lane.task_name, lane.run, lane.counters)
+        self._watch_lane(lane)
         self._sync_settings()
         logger.info("conveyor %s: consumer %s added", self.conv.name, settings.name)
         return settings.name
@@ -560,72 +623,75 @@ class _Engine:
         lane = self._find(name)
         self.lanes.remove(lane)  # from now on it gets no new items
         self._sync_settings()
-        await self._retire(lane, deadline, "consumer removed")
+        await self._drain_lane(lane, deadline, "consumer removed")
+        await lane.close(self._budget(deadline))
         with self.counters.lock:
-            self.counters.lanes.remove(lane.counters)
+            self.counters.lanes.remove(lane.ledger)
         logger.info("conveyor %s: consumer %s removed", self.conv.name, name)
 
     async def replace_lane(self, name: str, spec: Consumer, deadline: float) -> None:
         self._check_running()
         old = self._find(name)
         (settings,) = resolve([dataclasses.replace(spec, name=name)], self.conv.consumer_timeout)
-        new = Lane(settings, old.counters, self.conv.name, generation=old.generation + 1)
+        new = self._lane(settings, old.ledger, generation=old.generation + 1)
         same_spool = (settings.spool is not None and old.settings.spool is not None
                       and os.fspath(settings.spool) == os.fspath(old.settings.spool))
         # if this fails, the old one goes on; a shared spool's items come from the old lane
-        await self._open_lane(new, recover=not same_spool)
+        await self._open_new(new, recover=not same_spool)
         self.lanes[self.lanes.index(old)] = new  # the next item goes to the new one
         moved = old.hand_over(new)  # and so does the old one's backlog, in order
         self._sync_settings()
-        # the old one finishes its call in flight (or hands that item over too) before the
+        # the old one finishes its call in flight (or hands that batch over too) before the
         # new one starts, so the order holds across the swap
         await self._drain_lane(old, deadline, "consumer replaced")
-        self.supervisor.watch(new.task_name, new.run, new.counters)
-        await self._lane_stacks.pop(old).aclose()
+        self._watch_lane(new)
+        await old.close(self._budget(deadline))
         logger.info("conveyor %s: consumer %s replaced (%d queued items handed over)",
                     self.conv.name, name, moved)
-
-    async def _retire(self, lane: Lane, deadline: float, why: str) -> None:
-        """Deliver what ``lane`` has queued (until ``deadline``), then close its consumer."""
-        await self._drain_lane(lane, deadline, why)
-        await self._lane_stacks.pop(lane).aclose()
 
     async def _drain_lane(self, lane: Lane, deadline: float, why: str) -> None:
         task = self.supervisor.task(lane.task_name)
         self.supervisor.forget(lane.task_name)
         lane.begin_drain(deadline)
         if task is not None and not task.done():
-            done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - time.monotonic()))
-            if not done:
+            if not await wait_done(self.clock, task, self._budget(deadline, 0.0)):
                 task.cancel()
-                await asyncio.wait({task}, timeout=1.0)
+                await asyncio.wait({task}, timeout=1.0)  # real time: a last grace for cleanup
         lane.drop_remaining(f"{why}, drain timeout reached")
 
+    def _budget(self, deadline: float, floor: float = 0.05) -> float:
+        return max(floor, deadline - self.clock.monotonic())
+
     async def run(self, ready: Callable[[], None]) -> None:
+        conv = self.conv
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._close_lanes)
-            for lane in self.lanes:
-                await self._open_lane(lane)
-            if self.conv.leader is not None:
-                leader = self.conv.leader
+            await self._open_all()
+            if conv.leader is not None:
+                leader = conv.leader
                 try:
                     await leader.open()
                 except Exception as exc:
                     raise StartupError(
-                        f"conveyor {self.conv.name!r}: leader backend failed to open: "
+                        f"conveyor {conv.name!r}: leader backend failed to open: "
                         f"{type(exc).__name__}: {exc}"
                     ) from exc
                 stack.push_async_callback(self._close_leader, leader)
-            if self.conv.metrics_port is not None:
+            if conv.metrics_port is not None:
                 self.endpoint = self._make_endpoint()
                 await self.endpoint.start()
                 stack.push_async_callback(self.endpoint.close)
-            heartbeat = asyncio.get_running_loop().create_task(
-                self.monitor.heartbeat(), name=f"aioconveyor[{self.conv.name}].heartbeat"
-            )
+            self.monitor.start()
+            stack.callback(self.monitor.stop)
             for lane in self.lanes:
-                self.supervisor.watch(lane.task_name, lane.run, lane.counters)
-            self.supervisor.watch(self.scheduler_name, self.scheduler.run)
+                self._watch_lane(lane)
+            with conv._lock:  # a stop() during start is honoured before the first tick
+                early = conv._stop_timeout_asked
+            if early is not None:
+                self.request_stop(early)
+            else:
+                self.supervisor.watch(self.scheduler_name, self.scheduler.run,
+                                      self._budget_exceeded)
             with self.counters.lock:
                 self.counters.running = True
             ready()
@@ -638,7 +704,6 @@ class _Engine:
             else:
                 await self._shutdown()
             finally:
-                heartbeat.cancel()
                 with self.counters.lock:
                     self.counters.running = False
 
@@ -652,24 +717,24 @@ class _Engine:
 
         assert conv.metrics_port is not None
         return OpsEndpoint(conv.metrics_host, conv.metrics_port, health=conv.health,
-                           ready=lambda: conv.running, metrics=render)
+                           ready=lambda: conv.ready, metrics=render)
 
     async def _close_leader(self, leader: Leader) -> None:
         try:
-            async with asyncio.timeout(self._close_budget()):
-                await leader.close()
+            async with timeout(self.clock, self._close_budget()):
+                await guarded(leader.close())
         except Exception:
             logger.exception("conveyor %s: leader backend close failed", self.conv.name)
 
     def _close_budget(self) -> float:
         if self._deadline is None:
             return self.conv.stop_timeout
-        return max(0.05, self._deadline - time.monotonic())
+        return self._budget(self._deadline)
 
     async def _shutdown(self) -> None:
         assert self._deadline is not None
         deadline = self._deadline
-        reserve = min(1.0, (deadline - time.monotonic()) / 4)  # kept for closing consumers
+        reserve = min(1.0, (deadline - self.clock.monotonic()) / 4)  # kept for closing
         self.supervisor.pause()
         await self.supervisor.stop([self.scheduler_name], timeout=1.0)
         self.scheduler.close()
@@ -679,7 +744,8 @@ class _Engine:
         tasks = [t for lane in self.lanes
                  if (t := self.supervisor.task(lane.task_name)) is not None and not t.done()]
         if tasks:
-            await asyncio.wait(tasks, timeout=max(0.0, drain_until - time.monotonic()))
+            everything = asyncio.gather(*tasks, return_exceptions=True)
+            await wait_done(self.clock, everything, self._budget(drain_until, 0.0))
         await self.supervisor.stop(timeout=0.5)
         for lane in self.lanes:
             lane.drop_remaining("stop timeout reached")

@@ -6,6 +6,8 @@ The whole hierarchy::
     ├── StartupError                   start() failed, e.g. a consumer's open() raised
     ├── RestartBudgetExceeded          a part had to be restarted too often: conveyor stopped
     ├── ConsumerTimeout (TimeoutError) one consumer call ran past its timeout (stats, logs)
+    ├── ContainedError                 user code raised a BaseException (SystemExit, ...);
+    │                                  caught so that it stays in its lane
     ├── RetryAfter                     raised *by a consumer*: wait this long, then retry
     └── Rejected                       raised *by a consumer*: bad data, don't retry
 
@@ -18,6 +20,7 @@ from datetime import datetime
 
 __all__ = [
     "ConsumerTimeout",
+    "ContainedError",
     "ConveyorError",
     "Rejected",
     "RestartBudgetExceeded",
@@ -56,6 +59,21 @@ class ConsumerTimeout(ConveyorError, TimeoutError):
         self.consumer = consumer
         self.event_time = event_time
         self.timeout = timeout
+
+
+class ContainedError(ConveyorError):
+    """User code raised a ``BaseException`` that is not an ``Exception``.
+
+    ``SystemExit`` (a helper calling ``sys.exit``), ``KeyboardInterrupt``, a
+    ``CancelledError`` nobody asked for or ``GeneratorExit`` would end the event loop; the
+    conveyor catches it at the call, wraps it in this, and treats it as that call failing.
+    ``original`` is what was raised.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(f"{type(original).__name__}: {original}" if str(original)
+                         else type(original).__name__)
+        self.original = original
 
 
 class RetryAfter(ConveyorError):

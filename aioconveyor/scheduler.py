@@ -8,20 +8,20 @@ continues on the same grid and never fires a grid time twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from ._logs import LogLimiter
-from .clock import Clock
+from .clock import Clock, timeout
+from .errors import ContainedError
 from .fanout import Fanout
 from .leader import Leader
 from .schedule import Plan, Planner
 from .stats import ConveyorCounters
 from .tick import Tick
-from .workers import Caller
+from .workers import Caller, CallerBusy, guarded
 
 __all__ = ["Scheduler"]
 
@@ -61,11 +61,11 @@ class Scheduler:
         self.on_finished = on_finished
         self.leader = leader
         self.last_event: float | None = None
-        self._caller = Caller(produce, f"aioconveyor[{name}].producer")
+        self._caller = Caller(produce, f"aioconveyor[{name}].producer", clock)
         self._consecutive_errors = 0
         self._not_before: float | None = None
         self._clock_offset: float | None = None
-        self._limiter = LogLimiter()
+        self._limiter = LogLimiter(now=clock.monotonic)
         self._missing_burst = 0
 
     # -- the loop --------------------------------------------------------------------
@@ -126,6 +126,16 @@ class Scheduler:
             return
         try:
             result = await self._call_producer(tick)
+        except CallerBusy as busy:
+            with self.counters.lock:
+                self.counters.producer_skipped += 1
+            self._limiter.log(
+                logger, logging.ERROR, "busy",
+                "conveyor %s: producer still running since its timeout %.0f s ago; tick %s "
+                "skipped (no second call is started while one hangs)", self.name,
+                self.clock.monotonic() - busy.since, tick.event_time.isoformat(),
+            )
+            return
         except Exception as exc:
             self._producer_failed(exc, tick)
             return
@@ -143,8 +153,8 @@ class Scheduler:
         assert self.leader is not None
         leader = self.leader
         try:
-            async with asyncio.timeout(self.planner.grace(tick.event_time.timestamp())):
-                leading = await leader.lead(tick.event_time)
+            async with timeout(self.clock, self.planner.grace(tick.event_time.timestamp())):
+                leading = await guarded(leader.lead(tick.event_time))
         except Exception as exc:
             self._limiter.log(
                 logger, logging.WARNING, "leader",
@@ -163,17 +173,21 @@ class Scheduler:
         if future is None:
             with self.counters.lock:
                 self.counters.producer_timeouts += 1
-            raise TimeoutError(f"producer did not return within {self.producer_timeout:g} s")
-        return await self._caller.result(future)
+            hung = " (still running: no new call until it returns)" if self._caller.hung else ""
+            raise TimeoutError(
+                f"producer did not return within {self.producer_timeout:g} s{hung}"
+            )
+        return await self._caller.result(future, self.producer_timeout)
 
     def _producer_failed(self, exc: Exception, tick: Tick) -> None:
         with self.counters.lock:
             self.counters.producer_errors += 1
         self._consecutive_errors += 1
+        original = exc.original if isinstance(exc, ContainedError) else exc
         self._limiter.log(
-            logger, logging.ERROR, type(exc).__qualname__,
+            logger, logging.ERROR, type(original).__qualname__,
             "conveyor %s: producer failed on tick %s: %s: %s",
-            self.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
+            self.name, tick.event_time.isoformat(), type(original).__name__, exc, exc=exc,
         )
         if self.error_backoff is not None:
             period = self.planner.period(tick.event_time.timestamp())

@@ -10,11 +10,14 @@ import bisect
 import itertools
 import math
 import threading
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .clock import Clock
+    from .lanes.ledger import Ledger
 
 __all__ = ["ConsumerStats", "ConveyorStats", "LatenessStats"]
 
@@ -65,6 +68,15 @@ class ConsumerStats:
     last_error: str | None
     last_error_time: datetime | None
     last_success_time: datetime | None
+    state: str = "open"
+    """``"connecting"`` (``open()`` not done yet, retrying), ``"open"``, ``"quarantined"``
+    (failed beyond its restart budget: its items count as failed) or ``"closed"``."""
+    state_since: datetime | None = None
+    open_errors: int = 0
+    failing_since: datetime | None = None
+    """Since when every settled item failed or was rejected (None after a success)."""
+    spooled: int = 0
+    """Items kept in this lane's spool file (0 without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,7 @@ class ConveyorStats:
     loop_blocked: int
     restarts: int
     standby_ticks: int
+    producer_skipped: int
     leader_role: str | None
     leader_since: datetime | None
     takeovers: int
@@ -104,58 +117,6 @@ def _utc(t: float | None) -> datetime | None:
 
 
 @dataclass(slots=True)
-class LaneCounters:
-    """Mutable counters of one lane (written by the loop thread under ``lock``)."""
-
-    name: str
-    lock: threading.Lock
-    offered: int = 0
-    delivered: int = 0
-    rejected: int = 0
-    dropped: int = 0
-    failed: int = 0
-    queued: int = 0
-    in_flight: int = 0
-    errors: int = 0
-    retries: int = 0
-    timeouts: int = 0
-    restarts: int = 0
-    abandoned: int = 0
-    hook_errors: int = 0
-    last_error: str | None = None
-    last_error_time: float | None = None
-    last_success_time: float | None = None
-    busy_since: Callable[[], float | None] | None = None  # monotonic start of the call
-    oldest_queued: Callable[[], float | None] | None = None  # monotonic enqueue time
-
-    def snapshot(self) -> ConsumerStats:
-        now = time.monotonic()
-        busy = self.busy_since() if self.busy_since is not None else None
-        oldest = self.oldest_queued() if self.oldest_queued is not None else None
-        return ConsumerStats(
-            name=self.name,
-            offered=self.offered,
-            delivered=self.delivered,
-            rejected=self.rejected,
-            dropped=self.dropped,
-            failed=self.failed,
-            queued=self.queued,
-            in_flight=self.in_flight,
-            errors=self.errors,
-            retries=self.retries,
-            timeouts=self.timeouts,
-            restarts=self.restarts,
-            abandoned=self.abandoned,
-            hook_errors=self.hook_errors,
-            busy_seconds=0.0 if busy is None else max(0.0, now - busy),
-            oldest_queued_seconds=0.0 if oldest is None else max(0.0, now - oldest),
-            last_error=self.last_error,
-            last_error_time=_utc(self.last_error_time),
-            last_success_time=_utc(self.last_success_time),
-        )
-
-
-@dataclass(slots=True)
 class ConveyorCounters:
     """Mutable counters of the conveyor and its lanes."""
 
@@ -172,6 +133,7 @@ class ConveyorCounters:
     loop_blocked: int = 0
     restarts: int = 0
     standby_ticks: int = 0
+    producer_skipped: int = 0
     leader_role: str | None = None
     leader_since: datetime | None = None
     takeovers: int = 0
@@ -180,7 +142,7 @@ class ConveyorCounters:
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
     lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
     lateness_sum: float = 0.0
-    lanes: list[LaneCounters] = field(default_factory=list)
+    lanes: list[Ledger] = field(default_factory=list)
 
     def record_lateness(self, seconds: float) -> None:
         """Add one tick's lateness (call with ``lock`` held)."""
@@ -188,10 +150,14 @@ class ConveyorCounters:
         self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, seconds)] += 1
         self.lateness_sum += seconds
 
-    def lane(self, name: str) -> LaneCounters:
-        counters = LaneCounters(name, self.lock)
-        self.lanes.append(counters)
-        return counters
+    def lane(self, name: str, clock: Clock) -> Ledger:
+        """A new lane's ledger, listed in the snapshots from now on."""
+        from .lanes.ledger import Ledger  # the lanes import the stats types, not the reverse
+
+        ledger = Ledger(name, self.lock, wall=clock.time, mono=clock.monotonic)
+        with self.lock:
+            self.lanes.append(ledger)
+        return ledger
 
     def snapshot(self) -> ConveyorStats:
         with self.lock:
@@ -209,6 +175,7 @@ class ConveyorCounters:
                 loop_blocked=self.loop_blocked,
                 restarts=self.restarts,
                 standby_ticks=self.standby_ticks,
+                producer_skipped=self.producer_skipped,
                 leader_role=self.leader_role,
                 leader_since=self.leader_since,
                 takeovers=self.takeovers,

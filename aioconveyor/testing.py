@@ -14,6 +14,7 @@ the loop has nothing else to do, like trio's ``MockClock(autojump_threshold=0)``
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import itertools
 import threading
@@ -25,24 +26,56 @@ from typing import Any
 __all__ = ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"]
 
 
+class _FakeTimer:
+    """One pending callback of a :class:`FakeClock` (what ``call_later`` returns)."""
+
+    __slots__ = ("callback", "cancelled", "deadline", "loop", "seq")
+
+    def __init__(self, deadline: float, seq: int, callback: Callable[[], object],
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.deadline = deadline
+        self.seq = seq
+        self.callback = callback
+        self.loop = loop
+        self.cancelled = False
+
+    def __lt__(self, other: _FakeTimer) -> bool:
+        return (self.deadline, self.seq) < (other.deadline, other.seq)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeClock:
     """A :class:`~aioconveyor.clock.Clock` whose time only moves when told (or autojumps).
 
-    * :meth:`advance` moves both clocks forward, waking sleepers in deadline order;
+    Every timer of a conveyor runs on it: ticks, retries and backoff, ``batch_age``,
+    ``RetryAfter``, call timeouts, the restart window, stop deadlines and ``health()``.
+
+    * :meth:`advance` moves both clocks forward, firing every timer due in deadline order
+      (each sees the clock at its own deadline);
     * :meth:`step` moves only the wall clock (an NTP step or a manual clock change),
       forwards or backwards, like a real clock jump;
     * :meth:`sleep` is for producers and consumers that want to simulate taking time.
+
+    With ``autojump`` time jumps to the next timer once the loop has had ``settle`` turns
+    with nothing to do. A sync call running on a thread holds the jump for up to
+    ``thread_grace`` real seconds (so a quick sync consumer is not timed out by a jump);
+    one still running after that counts as hung and no longer holds time back.
     """
 
     def __init__(self, start: float = 1_700_000_000.0, *, autojump: bool = True,
-                 settle: int = 50) -> None:
+                 settle: int = 50, thread_grace: float = 0.5) -> None:
         self._mono = 1000.0
         self._offset = start - self._mono
         self.autojump = autojump
         self.settle = settle
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self.thread_grace = thread_grace
+        self._timers: list[_FakeTimer] = []  # the ones that may make time jump
+        self._background: list[_FakeTimer] = []  # observers only (the loop monitor)
         self._seq = itertools.count()
         self._jumper: asyncio.Task[None] | None = None
+        self._threads: list[tuple[concurrent.futures.Future[Any], float]] = []
 
     def time(self) -> float:
         return self._mono + self._offset
@@ -55,40 +88,81 @@ class FakeClock:
         self._offset += seconds
 
     def advance(self, seconds: float) -> None:
-        """Let ``seconds`` pass on both clocks and wake everything due."""
+        """Let ``seconds`` pass on both clocks, firing every timer due in deadline order.
+
+        Call it from the loop that runs the conveyor (for a conveyor on its own thread,
+        rely on autojump instead).
+        """
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        self._mono += seconds
-        while self._sleepers and self._sleepers[0][0] <= self._mono:
-            _, _, fut = heapq.heappop(self._sleepers)
-            if not fut.done():
-                fut.set_result(None)
+        target = self._mono + seconds
+        while (timer := self._pop_due(target)) is not None:
+            self._mono = max(self._mono, timer.deadline)
+            timer.callback()
+        self._mono = target
+
+    def _pop_due(self, target: float) -> _FakeTimer | None:
+        """The earliest live timer due by ``target`` of either heap, removed from it."""
+        for heap in (self._timers, self._background):
+            while heap and heap[0].cancelled:
+                heapq.heappop(heap)
+        fg, bg = self._timers, self._background
+        heap = fg if fg and (not bg or fg[0] < bg[0]) else bg
+        if heap and heap[0].deadline <= target:
+            return heapq.heappop(heap)
+        return None
+
+    def call_later(self, delay: float, callback: Callable[[], object], *,
+                   background: bool = False) -> _FakeTimer:
+        loop = asyncio.get_running_loop()
+        timer = _FakeTimer(self._mono + max(0.0, delay), next(self._seq), callback, loop)
+        heapq.heappush(self._background if background else self._timers, timer)
+        if not background and self.autojump and (self._jumper is None or self._jumper.done()):
+            self._jumper = loop.create_task(self._autojump(), name="FakeClock.autojump")
+        return timer
+
+    def track(self, work: concurrent.futures.Future[Any]) -> None:
+        self._threads.append((work, time.monotonic()))
 
     async def sleep(self, seconds: float) -> None:
-        await self._sleep_mono(self._mono + max(0.0, seconds))
-
-    async def sleep_until(self, deadline: float) -> None:
-        while (remaining := deadline - self.time()) > 0:
-            await self._sleep_mono(self._mono + remaining)
-
-    async def _sleep_mono(self, until: float) -> None:
-        if until <= self._mono:
+        if seconds <= 0:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (until, next(self._seq), fut))
-        if self.autojump and (self._jumper is None or self._jumper.done()):
-            self._jumper = asyncio.get_running_loop().create_task(self._autojump())
-        await fut
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        timer = self.call_later(seconds, wake)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+
+    async def sleep_until(self, deadline: float) -> None:
+        while (remaining := deadline - self.time()) > 0:
+            await self.sleep(remaining)
+
+    def _threads_busy(self) -> bool:
+        """A sync call started less than ``thread_grace`` real seconds ago is still running."""
+        now = time.monotonic()
+        self._threads = [(f, t) for f, t in self._threads
+                         if not f.done() and now - t < self.thread_grace]
+        return bool(self._threads)
 
     async def _autojump(self) -> None:
         while True:
             for _ in range(self.settle):
                 await asyncio.sleep(0)
-            live = [s for s in self._sleepers if not s[2].done()]
-            if not live:
+            if self._threads_busy():
+                await asyncio.sleep(0.001)  # real time: let the thread finish its call
+                continue
+            while self._timers and self._timers[0].cancelled:
+                heapq.heappop(self._timers)
+            if not self._timers:
                 return
-            self.advance(max(0.0, min(s[0] for s in live) - self._mono))
+            self.advance(max(0.0, self._timers[0].deadline - self._mono))
 
 
 class MemoryConsumer:

@@ -1,9 +1,17 @@
-"""Run blocking (sync) producers and consumers off the event loop.
+"""Calling user code (producers, consumers, their hooks) so that nothing it does escapes.
 
-Each sync callable gets its own :class:`SyncWorker`: one daemon thread fed by a queue. A
-call that hangs cannot be killed in Python, so on timeout the worker is *abandoned* (its
-thread finishes the hung call whenever it can, then exits) and a fresh worker takes over.
-Daemon threads never hold up interpreter exit.
+* Sync callables run on a :class:`SyncWorker`: one daemon thread fed by a queue.
+* Async callables run as a named task.
+* Whatever the call raises, ``BaseException`` included (``SystemExit``, ``KeyboardInterrupt``,
+  a ``CancelledError`` nobody asked for, ``GeneratorExit``), reaches the caller as an
+  ordinary exception: a :class:`~aioconveyor.errors.ContainedError` wrapping it. It never
+  unwinds the event loop.
+* A call that runs past its timeout is cancelled (async). One that cannot be stopped (a sync
+  call stuck in its thread, a coroutine ignoring cancellation) is *hung*: the
+  :class:`Caller` keeps it, starts no other call until it returns, and so never holds more
+  than one thread or task of abandoned work.
+
+Every wait reads the conveyor's :class:`~aioconveyor.clock.Clock`.
 """
 
 from __future__ import annotations
@@ -15,14 +23,15 @@ import inspect
 import math
 import queue
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import tick as tick_module
+from .clock import Clock, timeout, wait_done
+from .errors import ContainedError
 from .tick import Tick
 
-__all__ = ["Caller", "SyncWorker", "is_async_callable"]
+__all__ = ["Caller", "CallerBusy", "SyncWorker", "call_in_loop", "guarded", "is_async_callable"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -31,6 +40,46 @@ def is_async_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method itself
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def contain(exc: BaseException) -> Exception:
+    """``exc`` as an ordinary exception: itself if it is one, else wrapped."""
+    return exc if isinstance(exc, Exception) else ContainedError(exc)
+
+
+async def guarded(awaitable: Awaitable[Any]) -> Any:
+    """Await user code; any ``BaseException`` it raises comes out as an ``Exception``.
+
+    A ``CancelledError`` passes through only when the running task was asked to cancel
+    (``Task.cancelling()``): that one is ours.
+    """
+    try:
+        return await awaitable
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise ContainedError(exc) from exc
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise ContainedError(exc) from exc
+
+
+async def call_in_loop(fn: Callable[[], Any], clock: Clock, seconds: float) -> Any:
+    """Call ``fn()`` in the running loop and await what it returns, within ``seconds`` on
+    ``clock``; anything it raises comes out as an ``Exception`` (``TimeoutError`` when the
+    time is up). For a consumer's ``open()`` / ``close()``, which own loop resources."""
+    async with timeout(clock, seconds):
+        try:
+            result = fn()
+        except Exception:
+            raise
+        except BaseException as exc:
+            raise ContainedError(exc) from exc
+        if inspect.isawaitable(result):
+            result = await guarded(result)
+    return result
 
 
 _Job = tuple[
@@ -53,126 +102,139 @@ class SyncWorker:
                 continue
             try:
                 result = ctx.run(fn, *args)
-            except BaseException as exc:  # handed to the awaiting lane, never lost
-                future.set_exception(exc)
+            except BaseException as exc:  # handed to the awaiting side, never lost
+                future.set_exception(contain(exc))
             else:
                 future.set_result(result)
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Schedule ``fn(*args)`` on the thread; await the returned future in the loop."""
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        """Schedule ``fn(*args)`` on the thread (started on first use)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._jobs.put((future, contextvars.copy_context(), fn, args))
-        return asyncio.wrap_future(future)
+        return future
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Schedule ``fn(*args)`` on the thread; await the returned future in the loop."""
+        return asyncio.wrap_future(self.submit(fn, *args))
 
     def close(self) -> None:
         """Let the thread exit after the calls already queued (never blocks)."""
         self._jobs.put(None)
 
 
-async def _finished_within(future: asyncio.Future[Any], timeout: float) -> bool:
-    """Wait for ``future`` at most ``timeout`` seconds (``math.inf``: no limit); True if done.
+class CallerBusy(Exception):
+    """The previous call has not returned yet (it hung): no new call was started."""
 
-    A done-callback and one timer: several times cheaper than ``asyncio.wait`` on this hot
-    path (one call per consumer per tick).
-    """
-    if future.done():
-        return True
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[bool] = loop.create_future()
-
-    def settle(result: bool) -> None:
-        if not waiter.done():
-            waiter.set_result(result)
-
-    def on_done(_: asyncio.Future[Any]) -> None:
-        settle(True)
-
-    future.add_done_callback(on_done)
-    timer = None if timeout == math.inf else loop.call_later(timeout, settle, False)
-    try:
-        return await waiter
-    finally:
-        future.remove_done_callback(on_done)
-        if timer is not None:
-            timer.cancel()
+    def __init__(self, name: str, since: float) -> None:
+        super().__init__(f"{name}: the previous call is still running")
+        self.since = since
 
 
 class Caller:
-    """Calls one user function (producer or consumer), one call at a time.
+    """Calls one user function (producer, consumer or hook), one call at a time.
 
     Async functions run as a named task, sync ones on this caller's own
     :class:`SyncWorker`; the current :class:`~aioconveyor.tick.Tick` is visible inside either
-    way. :meth:`call` waits at most ``timeout`` seconds; on a timeout the call is cancelled,
-    and a sync call (which cannot be cancelled) costs its worker: it is abandoned, and the
-    next call gets a fresh thread.
+    way. :meth:`call` waits at most ``timeout`` seconds on ``clock``. On a timeout the call
+    is cancelled; a call that does not stop (sync, or a coroutine ignoring cancellation)
+    becomes :attr:`hung`, and until it returns :meth:`call` raises :class:`CallerBusy`
+    instead of starting another: a hung consumer costs one thread, never one per timeout.
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str) -> None:
+    #: Seconds a call cancelled at its timeout gets to finish its cleanup (e.g. a rollback)
+    #: before it counts as hung.
+    CANCEL_GRACE = 0.5
+
+    def __init__(self, fn: Callable[..., Any], name: str, clock: Clock) -> None:
         self.fn = fn
         self.name = name
+        self.clock = clock
         self.is_async = is_async_callable(fn)
-        self.busy_since: float | None = None  # monotonic start of the call in progress
-        self.abandoned = False  # after a timeout: the call had to be left running
+        self.busy_since: float | None = None  # clock.monotonic() start of the call running
+        self.hung: asyncio.Future[Any] | None = None  # the call left running after a timeout
         self._worker: SyncWorker | None = None
 
-    def _start(self, tick: Tick, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+    def _start(self, tick: Tick | None, fn: Callable[..., Any],
+               args: tuple[Any, ...]) -> asyncio.Future[Any]:
         token = tick_module._set(tick)
         try:
-            if self.is_async:
-                call = self.fn(*args)
-                if inspect.iscoroutine(call):
-                    return asyncio.get_running_loop().create_task(call, name=f"{self.name}.call")
-                future: asyncio.Future[Any] = asyncio.ensure_future(call)
-                return future
+            if (self.is_async if fn is self.fn else is_async_callable(fn)):
+                try:
+                    call = fn(*args)
+                except BaseException as exc:  # raised before its first await
+                    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                    failed.set_exception(contain(exc))
+                    return failed
+                return asyncio.get_running_loop().create_task(guarded(call),
+                                                              name=f"{self.name}.call")
             if self._worker is None:
                 self._worker = SyncWorker(f"{self.name}.worker")
-            return self._worker.call(self.fn, *args)
+            work = self._worker.submit(fn, *args)
+            self.clock.track(work)
+            return asyncio.wrap_future(work)
         finally:
             tick_module._reset(token)
 
-    async def call(self, tick: Tick, *args: Any, timeout: float,
-                   cancel_grace: float = 0.5) -> asyncio.Future[Any] | None:
+    async def call(self, tick: Tick | None, *args: Any, timeout: float,
+                   fn: Callable[..., Any] | None = None) -> asyncio.Future[Any] | None:
         """Start the call and wait for it: its finished future, or None after ``timeout``.
 
-        On a timeout the call is cancelled and given ``cancel_grace`` seconds to finish its
-        cleanup; :attr:`abandoned` then says whether it had to be left behind (a sync call's
-        thread, or a coroutine that ignored cancellation).
+        ``fn`` calls another function of the same owner on the same worker (a consumer's
+        ``open()``). Raises :class:`CallerBusy` while an earlier call is :attr:`hung`.
         """
-        future = self._start(tick, args)
-        self.busy_since = time.monotonic()
+        if self.hung is not None:
+            if not self.hung.done():
+                raise CallerBusy(self.name, self.busy_since or self.clock.monotonic())
+            self.hung = None
+            self.busy_since = None
+        future = self._start(tick, self.fn if fn is None else fn, args)
+        self.busy_since = self.clock.monotonic()
         try:
-            if await _finished_within(future, timeout):
+            if await wait_done(self.clock, future, timeout):
+                self.busy_since = None
                 return future
         except asyncio.CancelledError:
             future.cancel()
-            raise
-        finally:
             self.busy_since = None
+            raise
         future.cancel()
-        if not self.is_async:
-            if self._worker is not None:
-                self._worker.close()  # stuck in the call: leave the thread behind
-                self._worker = None
-            self.abandoned = True
+        if self.is_async and await wait_done(self.clock, future, self.CANCEL_GRACE):
+            self.busy_since = None
+            _consume(future)
         else:
-            settled, _ = await asyncio.wait({future}, timeout=cancel_grace)
-            self.abandoned = not settled
+            self.hung = future  # busy_since stays: health sees how long it has been stuck
+            future.add_done_callback(_consume)
         return None
 
-    @staticmethod
-    async def result(future: asyncio.Future[Any], timeout: float = math.inf) -> Any:
-        """The call's result (raising its exception); a sync function that returned a
-        coroutine has it awaited here."""
+    async def wait_hung(self) -> asyncio.Future[Any] | None:
+        """Wait until the hung call (if any) has returned; its future."""
+        hung = self.hung
+        if hung is None:
+            return None
+        await asyncio.wait({hung})
+        self.hung = None
+        self.busy_since = None
+        return hung
+
+    async def result(self, future: asyncio.Future[Any], seconds: float = math.inf) -> Any:
+        """The call's result (raising its exception); a sync function that returned an
+        awaitable has it awaited here, within ``seconds``."""
         result = future.result()
         if inspect.isawaitable(result):
-            async with asyncio.timeout(None if timeout == math.inf else timeout):
-                result = await result
+            async with timeout(self.clock, seconds):
+                result = await guarded(result)
         return result
 
     def close(self) -> None:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve a finished future's exception so asyncio does not log it as never retrieved."""
+    if future.done() and not future.cancelled():
+        future.exception()

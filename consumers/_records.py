@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
 
-from aioconveyor.fanout import Batch
+from aioconveyor.consumer import Batch
 
 __all__ = ["as_mapping", "iter_records", "json_dumps", "to_jsonable"]
 

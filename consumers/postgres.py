@@ -41,8 +41,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
 
 from aioconveyor._logs import LogLimiter
 from aioconveyor._secrets import check_pg_ssl, mask_dsn, scrub, secrets_of
+from aioconveyor.consumer import Batch, Consumer
 from aioconveyor.errors import ConveyorError
-from aioconveyor.fanout import Batch, Consumer, Lane
+from aioconveyor.workers import Caller
 
 from ._records import as_mapping, json_dumps
 
@@ -61,7 +62,7 @@ PAYLOAD_COLUMN = "payload"
 _STAGE = "aioconveyor_stage"
 """The per-transaction temporary table rows are COPY-ed into (``ON COMMIT DROP``)."""
 
-_ROLLBACK_GRACE = 0.8 * Lane.CANCEL_GRACE
+_ROLLBACK_GRACE = 0.8 * Caller.CANCEL_GRACE
 """Seconds a rollback after a cancelled write may take (within the lane's grace for a
 cancelled call) before the connection is dropped instead."""
 

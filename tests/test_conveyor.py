@@ -17,6 +17,7 @@ from aioconveyor import (
     AioConveyor,
     Batch,
     Consumer,
+    IntervalSchedule,
     RestartBudgetExceeded,
     RetryAfter,
     StartupError,
@@ -381,7 +382,8 @@ def test_startup_failure_raises_and_closes_what_was_opened() -> None:
 
         async def __call__(self, data: Any, event_time: datetime) -> None: ...
 
-    conv = AioConveyor(Counter(), [Resource("a"), Resource("b"), Resource("c", fail=True)],
+    conv = AioConveyor(Counter(), [Resource("a"), Resource("b"),
+                                   Consumer(Resource("c", fail=True), startup="fail")],
                        loop_interval=FAST)
     with pytest.raises(StartupError, match="'c' failed to open: OSError: connection refused"):
         conv.start()
@@ -412,7 +414,7 @@ class Meltdown(BaseException):
     """Escapes ``except Exception``: kills the task it is raised in."""
 
 
-def test_watchdog_restarts_a_dead_lane_and_the_conveyor_goes_on(
+def test_a_consumer_raising_a_base_exception_stays_in_its_lane(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     calls = 0
@@ -428,11 +430,59 @@ def test_watchdog_restarts_a_dead_lane_and_the_conveyor_goes_on(
         assert sink.wait_for(5)
         assert wait_until_blocking(lambda: calls >= 3)
     s = conv.stats()
-    assert s.restarts == 1 and s.consumers[0].restarts == 1
-    assert s.consumers[0].failed == 1  # the item it died on, counted, not lost silently
-    assert "restarting it" in caplog.text
+    assert s.restarts == 0  # nothing died: the call failed, the lane went on
+    assert s.consumers[0].failed == 1 and s.consumers[0].errors == 1
+    assert "consumer crashes_once failed on tick" in caplog.text and "Meltdown: boom" in caplog.text
     assert conv.exception is None
     assert_lanes_add_up(conv)
+
+
+class _ExplodingRejectedCount:
+    """A consumer whose ``rejected`` attribute raises: the lane's own task dies on it."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.calls = 0
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        self.calls += 1
+
+    @property
+    def rejected(self) -> int:
+        if self.times:
+            self.times -= 1
+            raise Meltdown("junk attribute")
+        return 0
+
+
+def test_watchdog_restarts_a_dead_lane_and_the_conveyor_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    junk = _ExplodingRejectedCount(times=1)
+    sink = MemoryConsumer()
+    with AioConveyor(Counter(), [Consumer(junk, name="junk"), sink], loop_interval=FAST) as conv:
+        assert sink.wait_for(5)
+        assert wait_until_blocking(lambda: conv.stats().consumer("junk").delivered >= 3)
+    s = conv.stats()
+    assert s.restarts == 1 and s.consumer("junk").restarts == 1
+    assert "restarting it" in caplog.text
+    assert conv.exception is None
+    assert_lanes_add_up(conv)  # the item it died on went back to its queue, not lost
+
+
+class _DyingSchedule(IntervalSchedule):
+    """A schedule whose maths dies now and then: the scheduler task itself fails."""
+
+    def __init__(self, period: float, die_at: set[int]) -> None:
+        super().__init__(period)
+        self.die_at = die_at
+        self.calls = 0
+
+    def next_fire(self, after: float) -> float:
+        self.calls += 1
+        if self.calls in self.die_at or -1 in self.die_at:
+            raise Meltdown("schedule maths")
+        return super().next_fire(after)
 
 
 def test_watchdog_restarts_the_scheduler_on_the_same_grid() -> None:
@@ -440,30 +490,45 @@ def test_watchdog_restarts_the_scheduler_on_the_same_grid() -> None:
 
     async def produce(event_time: datetime) -> int:
         seen.append(event_time)
-        if len(seen) == 2:
-            raise Meltdown("scheduler dies")
         return len(seen)
 
-    with AioConveyor(produce, [], loop_interval=FAST) as conv:
+    schedule = _DyingSchedule(FAST, die_at={4})
+    with AioConveyor(produce, [], schedule=schedule) as conv:
         assert wait_until_blocking(lambda: len(seen) >= 5)
     assert conv.stats().restarts == 1
     assert len(set(seen)) == len(seen)  # no grid time fired twice across the restart
 
 
-def test_restart_budget_exhausted_stops_the_conveyor_with_the_reason() -> None:
-    async def always_dies(data: Any, event_time: datetime) -> None:
-        raise Meltdown("again")
+def test_a_lane_past_its_restart_budget_is_quarantined_and_the_rest_goes_on() -> None:
+    junk = _ExplodingRejectedCount(times=10**9)
+    sink = MemoryConsumer()
+    conv = AioConveyor(Counter(), [Consumer(junk, name="junk"), sink], loop_interval=0.02,
+                       restart_limit=3, restart_window=60)
+    with conv:
+        assert wait_until_blocking(lambda: conv.stats().consumer("junk").state == "quarantined")
+        n = conv.stats().produced
+        assert sink.wait_for(n + 5)  # the healthy lane and the producer go on
+        health = conv.health()
+        assert not health.ok and "quarantined" in health.problems["consumer:junk"]
+        assert conv.running
+    junk_stats = conv.stats().consumer("junk")
+    assert junk_stats.failed >= 5 and junk_stats.delivered == 0
+    assert conv.exception is None
+    assert_lanes_add_up(conv)
 
-    conv = AioConveyor(Counter(), [always_dies], loop_interval=0.02, restart_limit=3,
-                       restart_window=60)
+
+def test_scheduler_past_its_restart_budget_stops_the_conveyor_with_the_reason() -> None:
+    conv = AioConveyor(Counter(), [], schedule=_DyingSchedule(0.02, die_at={-1}),
+                       restart_limit=3, restart_window=60)
     conv.start()
     assert conv.join(10)
     assert not conv.running
     assert isinstance(conv.exception, RestartBudgetExceeded)
-    assert "lane[" in str(conv.exception) and "more than 3 restarts" in str(conv.exception)
+    assert "scheduler" in str(conv.exception) and "more than 3 restarts" in str(conv.exception)
 
     async def via_run() -> None:
-        conv2 = AioConveyor(Counter(), [always_dies], loop_interval=0.02, restart_limit=1)
+        conv2 = AioConveyor(Counter(), [], schedule=_DyingSchedule(0.02, die_at={-1}),
+                            restart_limit=1)
         with pytest.raises(RestartBudgetExceeded):
             await conv2.run()
 

@@ -68,7 +68,8 @@ async def test_a_day_of_one_second_ticks_never_drifts() -> None:
 async def test_overrun_skips_missed_ticks_and_counts_them() -> None:
     clock = FakeClock(start=T0 + 1)
     producer = Recorder(clock, work={1: 25})  # tick 1 (T0+20) runs until T0+45
-    conv = await run(clock, producer, 4, loop_interval=10)
+    # the producer timeout runs on the fake clock too: allow the 25 s overrun
+    conv = await run(clock, producer, 4, loop_interval=10, producer_timeout=60)
     assert producer.event_times == [grid(T0 + 10), grid(T0 + 20), grid(T0 + 50), grid(T0 + 60)]
     assert conv.stats().missed_ticks == 2
 
@@ -76,7 +77,8 @@ async def test_overrun_skips_missed_ticks_and_counts_them() -> None:
 async def test_overrun_with_coalesce_runs_the_latest_missed_tick_once() -> None:
     clock = FakeClock(start=T0 + 1)
     producer = Recorder(clock, work={1: 25})  # tick for T0+20 ends at T0+45
-    conv = await run(clock, producer, 4, loop_interval=10, misfire="coalesce", misfire_grace=6)
+    conv = await run(clock, producer, 4, loop_interval=10, misfire="coalesce", misfire_grace=6,
+                     producer_timeout=60)
     assert producer.event_times == [grid(T0 + 10), grid(T0 + 20), grid(T0 + 40), grid(T0 + 50)]
     assert producer.calls[2][1] == T0 + 45  # ran at once, late, for T0+40
     assert conv.stats().missed_ticks == 1

@@ -1,0 +1,147 @@
+"""One delivery attempt: call the consumer, classify what happened as an :class:`Outcome`.
+
+It knows the retry policy (how many attempts, the backoff, ``RetryAfter``) but nothing of
+queues: the lane decides what an outcome means for its items. A call that hangs past its
+timeout is waited for here (the lane starts nothing else meanwhile), with a reminder in
+the log while it lasts, so a hung consumer holds one thread, never one per timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .._logs import LogLimiter
+from ..clock import Clock, wait_done
+from ..consumer import LaneSettings
+from ..errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
+from ..tick import Tick
+from ..workers import Caller
+from .ledger import Ledger
+
+__all__ = ["Attempt", "Delivery", "Outcome"]
+
+logger = logging.getLogger("aioconveyor.lanes")
+
+#: While a call hangs, the log is reminded after this long, then twice as long each time.
+HUNG_REMINDER = 60.0
+
+
+class Outcome(enum.Enum):
+    """What one attempt came to."""
+
+    DELIVERED = "delivered"  # the call returned (some items may have been rejected)
+    REJECTED = "rejected"  # the consumer raised Rejected: no retry
+    RETRY = "retry"  # it failed; try again after ``delay``
+    FAILED = "failed"  # it failed and the retries are used up
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An outcome with its details."""
+
+    outcome: Outcome
+    rejected: int = 0  # items of the call counted as rejected
+    delay: float = 0.0  # with RETRY: seconds to wait first
+    error: Exception | None = None
+
+
+class Delivery:
+    """Calls one consumer and applies its retry policy."""
+
+    def __init__(self, settings: LaneSettings, caller: Caller, ledger: Ledger, clock: Clock,
+                 rng: random.Random, limiter: LogLimiter) -> None:
+        self.settings = settings
+        self.caller = caller
+        self.ledger = ledger
+        self.clock = clock
+        self.rng = rng
+        self.limiter = limiter
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before retry number ``attempt`` (1, 2, ...): doubling, capped, +-50 %."""
+        s = self.settings
+        base = min(s.max_backoff, s.backoff * 2 ** (attempt - 1))
+        return float(base * self.rng.uniform(0.5, 1.5))
+
+    async def attempt(self, payload: Any, n: int, tick: Tick, retries_done: int) -> Attempt:
+        """Deliver ``payload`` (``n`` items, the last of ``tick``) once."""
+        s = self.settings
+        event_time = tick.event_time
+        rejected_before = self._rejected_so_far()
+        try:
+            future = await self.caller.call(tick, payload, event_time, timeout=s.timeout)
+            if future is None:
+                future = await self._timed_out(event_time)
+            await self.caller.result(future, s.timeout)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return self._failed(exc, n, tick, retries_done)
+        counted = 0
+        if rejected_before is not None:
+            counted = max(0, (self._rejected_so_far() or 0) - rejected_before)
+        return Attempt(Outcome.DELIVERED, rejected=min(n, counted))
+
+    async def _timed_out(self, event_time: datetime) -> asyncio.Future[Any]:
+        """The call ran past its timeout: cancelled (raise), or hung (wait for it)."""
+        s = self.settings
+        self.ledger.bump("timeouts")
+        hung = self.caller.hung
+        if hung is None:  # cancelled in time
+            raise ConsumerTimeout(s.name, event_time, s.timeout)
+        self.ledger.bump("abandoned")
+        what = "thread" if not self.caller.is_async else "task (it ignored cancellation)"
+        self.limiter.log(
+            logger, logging.ERROR, "hung",
+            "consumer %s: call for tick %s hung past %g s; its %s is left to finish and the "
+            "lane starts no other call until it returns (new items wait in its queue)",
+            s.name, event_time.isoformat(), s.timeout, what,
+        )
+        reminder = HUNG_REMINDER
+        waited = s.timeout
+        while not await wait_done(self.clock, hung, reminder):
+            waited += reminder
+            logger.warning("consumer %s: call for tick %s still running after %.0f s",
+                           s.name, event_time.isoformat(), waited)
+            reminder *= 2
+        await self.caller.wait_hung()
+        logger.info("consumer %s: the hung call returned after about %.0f s", s.name, waited)
+        return hung
+
+    def _failed(self, exc: Exception, n: int, tick: Tick, retries_done: int) -> Attempt:
+        s = self.settings
+        original = exc.original if isinstance(exc, ContainedError) else exc
+        self.ledger.error(f"{type(original).__name__}: {exc}")
+        self.limiter.log(
+            logger, logging.WARNING, ("error", type(original)),
+            "consumer %s failed on tick %s: %s: %s",
+            s.name, tick.event_time.isoformat(), type(original).__name__, exc, exc=exc,
+        )
+        if isinstance(exc, Rejected):
+            return Attempt(Outcome.REJECTED, rejected=n if exc.count is None
+                           else min(n, exc.count), error=exc)
+        if isinstance(exc, RetryAfter):
+            return Attempt(Outcome.RETRY, delay=exc.seconds, error=exc)
+        if retries_done < s.retries:
+            return Attempt(Outcome.RETRY, delay=self.backoff(retries_done + 1), error=exc)
+        self.limiter.log(
+            logger, logging.ERROR, "give-up",
+            "consumer %s: gave up on %d item(s) of tick %s after %d attempt(s)",
+            s.name, n, tick.event_time.isoformat(), retries_done + 1,
+        )
+        return Attempt(Outcome.FAILED, error=exc)
+
+    def _rejected_so_far(self) -> int | None:
+        """The consumer object's own ``rejected`` counter, if it keeps one.
+
+        Consumers that skip bad records (and still succeed) count them in an int attribute
+        ``rejected``; what it grows by during a call is counted as rejected, not delivered.
+        """
+        value = getattr(self.settings.fn, "rejected", None)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None

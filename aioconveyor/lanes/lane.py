@@ -1,0 +1,348 @@
+"""A lane: one consumer's queue, delivered in order on a task of its own.
+
+The lane only orchestrates: it opens the consumer (retrying while it fails, with items
+queuing meanwhile), takes entries from its :class:`~.queue.LaneQueue`, makes the payload
+(copies from the :class:`~.copier.Copier`), asks :class:`~.delivery.Delivery` for an
+outcome, and settles the entries in the :class:`~.ledger.Ledger` accordingly. It never
+computes grid times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import random
+from typing import Any
+
+from .._logs import LogLimiter
+from ..clock import Clock, wait_done
+from ..consumer import Batch, LaneSettings, Record
+from ..errors import RetryAfter
+from ..spool import Spool
+from ..tick import Tick
+from ..workers import Caller, call_in_loop
+from .copier import Copier, CopyCost
+from .delivery import Attempt, Delivery, Outcome
+from .hooks import Hooks
+from .ledger import Ledger, Place
+from .queue import Entry, LaneQueue
+
+__all__ = ["Lane", "LaneState"]
+
+logger = logging.getLogger("aioconveyor.lanes")
+
+#: An ``open()`` gets at least this long (seconds) before it counts as failed.
+MIN_OPEN_TIMEOUT = 30.0
+
+
+class LaneState(enum.StrEnum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    QUARANTINED = "quarantined"
+    CLOSED = "closed"
+
+
+class Lane:
+    """Delivers one consumer's items, in order, on a task of its own."""
+
+    def __init__(self, settings: LaneSettings, ledger: Ledger, *, conveyor: str, clock: Clock,
+                 copier: Copier, rng: random.Random, generation: int = 1) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.clock = clock
+        self.generation = generation  # > 1 for a lane that replaced another of its name
+        suffix = f"@{generation}" if generation > 1 else ""
+        self.task_name = f"aioconveyor[{conveyor}].lane[{settings.name}]{suffix}"
+        self.state = LaneState.CONNECTING
+        self._limiter = LogLimiter(now=clock.monotonic)
+        spool = (Spool(settings.spool, settings.name, format=settings.spool_format)
+                 if settings.spool is not None else None)
+        self.queue = LaneQueue(settings.name, settings.queue_size, settings.overflow, ledger,
+                               clock, self._limiter, spool)
+        self._caller = Caller(settings.fn, self.task_name, clock)
+        self.delivery = Delivery(settings, self._caller, ledger, clock, rng, self._limiter)
+        self.hooks = Hooks(settings.name, self.task_name, settings.timeout, ledger, clock,
+                           self._limiter, on_delivered=settings.on_delivered,
+                           on_error=settings.on_error)
+        self._copier = copier
+        self._copy_cost = CopyCost()
+        self._open_failures = 0
+        self._closing = False
+        self._drain_deadline = math.inf
+        self._successor: Lane | None = None  # the lane that replaced this one
+        self._nap: asyncio.Future[None] | None = None  # a retry wait that may be cut short
+        ledger.busy_since = lambda: self._caller.busy_since
+        ledger.set_state(self.state)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def _set_state(self, state: LaneState) -> None:
+        self.state = state
+        self.ledger.set_state(state)
+
+    # -- arriving --------------------------------------------------------------------
+
+    def put(self, data: Any, tick: Tick) -> asyncio.Future[None] | None:
+        """Queue ``data`` (shared, not yet copied); a future only when it must wait for
+        room (``overflow="block"``)."""
+        if self.state is LaneState.QUARANTINED:
+            self.ledger.offer(1, Place.FAILED)
+            self._limiter.log(logger, logging.ERROR, "quarantined",
+                              "consumer %s is quarantined; the item of tick %s counts as failed",
+                              self.name, tick.event_time.isoformat())
+            return None
+        return self.queue.put(data, tick)
+
+    # -- opening and closing ---------------------------------------------------------
+
+    def recover(self, recover: bool = True) -> None:
+        """Open the spool (if any) and queue what an earlier run left in it; raises if the
+        file cannot be used (a setting to fix, not a passing fault)."""
+        if self.queue.spool is None:
+            return
+        if recover:
+            self.queue.recover()
+        else:  # the lane this one replaces is still delivering those
+            self.queue.spool.open()
+
+    @property
+    def _open_timeout(self) -> float:
+        return max(self.settings.timeout, MIN_OPEN_TIMEOUT)
+
+    async def open(self) -> None:
+        """Call the consumer's ``open()`` (or ``__aenter__``) once; raises what it raised."""
+        fn = self.settings.fn
+        opener = getattr(fn, "open", None) if hasattr(fn, "close") else None
+        if opener is None and hasattr(fn, "__aenter__"):
+            opener = fn.__aenter__
+        if opener is not None:
+            await call_in_loop(opener, self.clock, self._open_timeout)
+        self._set_state(LaneState.OPEN)
+
+    async def try_open(self) -> BaseException | None:
+        """:meth:`open`, counting and logging a failure (once per burst); the error."""
+        try:
+            await self.open()
+        except Exception as exc:
+            self._open_failures += 1
+            self.ledger.bump("open_errors")
+            self.ledger.error(f"open() failed: {type(exc).__name__}: {exc}")
+            self._limiter.log(
+                logger, logging.WARNING, "open",
+                "consumer %s: open() failed (%s: %s); %d item(s) waiting, retrying with "
+                "backoff", self.name, type(exc).__name__, exc, len(self.queue), exc=exc,
+            )
+            return exc
+        if self._open_failures:
+            logger.info("consumer %s: open after %d failed attempt(s); delivering %d queued "
+                        "item(s)", self.name, self._open_failures, len(self.queue))
+        return None
+
+    async def _connect(self) -> bool:
+        """Retry ``open()`` with capped backoff until it works (True) or the lane closes."""
+        while self.state is LaneState.CONNECTING:
+            if self._open_failures:
+                await self._sleep(self.delivery.backoff(self._open_failures))
+            if self._closing or self._successor is not None:
+                return False
+            await self.try_open()
+        return self.state is LaneState.OPEN
+
+    async def close(self, budget: float) -> None:
+        """Close the consumer (if it was opened) within ``budget`` seconds; never raises."""
+        fn = self.settings.fn
+        closer = None
+        if self.state is LaneState.OPEN or self.state is LaneState.QUARANTINED:
+            if hasattr(fn, "close") and hasattr(fn, "open"):
+                closer = fn.close
+            elif hasattr(fn, "__aexit__"):
+                def closer() -> Any:
+                    return fn.__aexit__(None, None, None)
+        try:
+            if closer is not None:
+                await call_in_loop(closer, self.clock, max(budget, 0.01))
+        except Exception:
+            logger.exception("consumer %s: close failed", self.name)
+        finally:
+            self._caller.close()
+            self.hooks.close()
+            if self.queue.spool is not None:
+                self.queue.spool.close()
+            if self.state is not LaneState.QUARANTINED:
+                self._set_state(LaneState.CLOSED)
+
+    def quarantine(self, why: str) -> None:
+        """Stop delivering for good: what is queued and what arrives counts as failed."""
+        self._set_state(LaneState.QUARANTINED)
+        n = self.queue.clear(Place.FAILED, f"quarantined: {why}")
+        self.ledger.outcome(False)
+        logger.error("consumer %s quarantined (%s); %d queued item(s) failed, and so will "
+                     "every new one until the conveyor restarts", self.name, why, n)
+
+    def begin_drain(self, deadline: float) -> None:
+        """Finish what is queued (until ``deadline``, clock.monotonic()), then end :meth:`run`."""
+        self._closing = True
+        self._drain_deadline = deadline
+        self.queue.wake()
+        if self.state is LaneState.CONNECTING:
+            self._wake()  # stop retrying open(); a delivery's retry wait runs its course
+
+    def hand_over(self, successor: Lane) -> int:
+        """Move everything queued here (not the batch in flight) to the front of
+        ``successor``'s queue, oldest first; returns how many items moved.
+
+        From now on a batch this lane would give up on (its call failing, or the drain
+        deadline) goes to ``successor`` too, instead of being retried or dropped.
+        """
+        self._successor = successor
+        self._wake()
+        moved = self.queue.take_all()
+        successor.queue.adopt(moved, Place.QUEUED, self.queue)
+        return len(moved)
+
+    def drop_remaining(self, why: str) -> int:
+        """Give up on everything still queued (after the drain deadline): dropped, logged."""
+        return self.queue.clear(Place.DROPPED, why)
+
+    # -- delivering ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The lane's task: open if needed, then take, deliver, repeat, until drained."""
+        if self.state is LaneState.CONNECTING and not await self._connect():
+            return
+        while (entries := await self._take()) is not None:
+            await self._deliver(entries)
+
+    async def _take(self) -> list[Entry] | None:
+        q = self.queue
+        while not len(q):
+            if self._closing:
+                return None
+            await q.wait()
+        s = self.settings
+        if s.batching and s.batch_age > 0:
+            oldest = q.oldest()
+            deadline = (self.clock.monotonic() if oldest is None else oldest) + s.batch_age
+            while len(q) < s.batch_size and not self._closing:
+                remaining = deadline - self.clock.monotonic()
+                if remaining <= 0:
+                    break
+                await q.wait(remaining)
+        return q.take(s.batch_size)
+
+    async def _payload(self, entries: list[Entry]) -> Any:
+        s = self.settings
+        if not s.batching:
+            data = entries[0].data
+            return await self._copier.copy(data, self._copy_cost) if s.copy else data
+        values = [e.data for e in entries]
+        if s.copy:
+            values = await self._copier.copy(values, self._copy_cost)
+        return Batch(Record(v, e.tick.event_time) for v, e in zip(values, entries, strict=True))
+
+    async def _deliver(self, entries: list[Entry]) -> None:
+        n = len(entries)
+        last = entries[-1]
+        settled = False
+        try:
+            try:
+                payload = await self._payload(entries)
+            except Exception as exc:  # an uncopyable object must not stop the lane
+                self._limiter.log(
+                    logger, logging.ERROR, "copy",
+                    "consumer %s: cannot deep-copy %s (set copy=False for this consumer): "
+                    "%s: %s", self.name, type(last.data).__name__, type(exc).__name__, exc,
+                    exc=exc,
+                )
+                self.queue.forget(entries)
+                self.ledger.move(n, Place.IN_FLIGHT, Place.DROPPED)
+                settled = True
+                return
+            retries = 0
+            while True:
+                result = await self.delivery.attempt(payload, n, last.tick, retries)
+                if result.outcome is not Outcome.RETRY:
+                    self._settle(entries, result)
+                    settled = True
+                    break
+                if (self._successor is not None
+                        or self.clock.monotonic() + result.delay > self._drain_deadline):
+                    break
+                await self._sleep(result.delay)
+                if self._successor is not None:
+                    break
+                if not isinstance(result.error, RetryAfter):
+                    retries += 1
+                self.ledger.bump("retries")
+            if not settled:
+                self._give_up(entries, "stopping before a retry")
+                settled = True
+                return
+        except asyncio.CancelledError:
+            if not settled:
+                self._give_up(entries, "stop deadline reached")
+                settled = True
+            raise
+        except BaseException:
+            if not settled:  # the lane itself failed: its supervisor restarts it
+                self.queue.push_front(entries)
+                settled = True
+            raise
+        await self._after(result, payload, last.tick)
+
+    def _settle(self, entries: list[Entry], result: Attempt) -> None:
+        n = len(entries)
+        self.queue.forget(entries)
+        if result.outcome is Outcome.FAILED:
+            self.ledger.move(n, Place.IN_FLIGHT, Place.FAILED)
+            self.ledger.outcome(False)
+            return
+        rejected = result.rejected
+        self.ledger.move(rejected, Place.IN_FLIGHT, Place.REJECTED)
+        self.ledger.move(n - rejected, Place.IN_FLIGHT, Place.DELIVERED)
+        self.ledger.outcome(n > rejected)
+
+    def _give_up(self, entries: list[Entry], why: str) -> None:
+        """A batch not delivered because the lane is replaced or stopping."""
+        n = len(entries)
+        if self._successor is not None:  # not lost: the replacement delivers it
+            self._successor.queue.adopt(entries, Place.IN_FLIGHT, self.queue)
+        elif self.queue.spool is not None and any(e.spool_id is not None for e in entries):
+            self.ledger.move(n, Place.IN_FLIGHT, Place.QUEUED)  # safe on disk for the next run
+            self._limiter.log(
+                logger, logging.WARNING, ("give-up", why),
+                "consumer %s: %d item(s) of tick %s not delivered (%s); kept in spool %s",
+                self.name, n, entries[-1].tick.event_time.isoformat(), why,
+                self.queue.spool.path,
+            )
+        else:
+            self.ledger.move(n, Place.IN_FLIGHT, Place.DROPPED)
+            self._limiter.log(
+                logger, logging.WARNING, ("give-up", why),
+                "consumer %s: %d item(s) of tick %s not delivered (%s); counted as dropped "
+                "(%d dropped so far)", self.name, n, entries[-1].tick.event_time.isoformat(),
+                why, self.ledger.count(Place.DROPPED),
+            )
+
+    async def _after(self, result: Attempt, payload: Any, tick: Tick) -> None:
+        if result.outcome is Outcome.DELIVERED:
+            await self.hooks.delivered(payload, tick.event_time)
+        else:
+            await self.hooks.failed(result.error, payload, tick.event_time)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the clock, cut short by a hand-over or the drain."""
+        self._nap = asyncio.get_running_loop().create_future()
+        try:
+            await wait_done(self.clock, self._nap, seconds)
+        finally:
+            self._nap = None
+
+    def _wake(self) -> None:
+        nap = self._nap
+        if nap is not None and not nap.done():
+            nap.set_result(None)

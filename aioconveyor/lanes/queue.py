@@ -1,0 +1,235 @@
+"""A lane's bounded queue: its overflow policy and optional spool, and nothing of delivery.
+
+Items are queued as the producer returned them (one object shared by every lane); the
+lane makes its own copy when it takes them (see :mod:`.copier`), so the fan-out of a tick
+stays O(consumers) cheap appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
+
+from .._logs import LogLimiter
+from ..clock import Clock, wait_done
+from ..consumer import Overflow
+from ..spool import Spool
+from ..tick import Tick
+from .ledger import Ledger, Place
+
+__all__ = ["Entry", "LaneQueue"]
+
+logger = logging.getLogger("aioconveyor.lanes")
+
+
+class Entry(NamedTuple):
+    """One queued item."""
+
+    data: Any
+    tick: Tick
+    enqueued: float  # clock.monotonic() when it arrived
+    spool_id: int | None = None
+
+
+class LaneQueue:
+    """FIFO of at most ``size`` entries; what does not fit is handled per ``overflow``.
+
+    Every arrival and departure is written to the lane's :class:`Ledger`. With a
+    :class:`~aioconveyor.spool.Spool`, each entry is also written to disk when it arrives
+    and forgotten there once the lane settles it (:meth:`forget`).
+    """
+
+    def __init__(self, name: str, size: int, overflow: Overflow, ledger: Ledger,
+                 clock: Clock, limiter: LogLimiter, spool: Spool | None = None) -> None:
+        self.name = name
+        self.size = size
+        self.overflow = overflow
+        self.ledger = ledger
+        self.spool = spool
+        self._clock = clock
+        self._mono: Callable[[], float] = clock.monotonic
+        self._limiter = limiter
+        self._items: deque[Entry] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._spooled = 0
+        ledger.oldest_queued = self.oldest
+        ledger.spooled = lambda: self._spooled
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def oldest(self) -> float | None:
+        """Arrival time of the oldest entry (read from any thread)."""
+        try:
+            return self._items[0].enqueued
+        except IndexError:
+            return None
+
+    # -- arriving --------------------------------------------------------------------
+
+    def put(self, data: Any, tick: Tick) -> asyncio.Future[None] | None:
+        """Queue ``data``; returns a future to await only if the policy is ``block`` and
+        the queue is full (the item is queued when it resolves)."""
+        full = len(self._items) >= self.size
+        if full and self.overflow is Overflow.DROP_NEWEST:
+            self.ledger.offer(1, Place.DROPPED)
+            self._dropped(tick, "queue full")
+            return None
+        entry = Entry(data, tick, self._mono())
+        if self.spool is not None:
+            try:
+                entry = entry._replace(spool_id=self.spool.add(data, tick))
+                self._spooled += 1
+            except Exception as exc:  # data the format cannot store, disk full: counted
+                self.ledger.offer(1, Place.DROPPED)
+                self._limiter.log(
+                    logger, logging.ERROR, "spool",
+                    "consumer %s: cannot spool the item of tick %s to %s: %s: %s",
+                    self.name, tick.event_time.isoformat(), self.spool.path,
+                    type(exc).__name__, exc, exc=exc,
+                )
+                return None
+        if not full:
+            self._append(entry)
+            return None
+        if self.overflow is Overflow.DROP_OLDEST:
+            old = self._items.popleft()
+            self.forget([old])
+            self.ledger.move(1, Place.QUEUED, Place.DROPPED)
+            self._dropped(old.tick, "queue full")
+            self._append(entry)
+            return None
+        return asyncio.ensure_future(self._put_when_room(entry))
+
+    async def _put_when_room(self, entry: Entry) -> None:
+        try:
+            while len(self._items) >= self.size:
+                self._has_room.clear()
+                await self._has_room.wait()
+        except asyncio.CancelledError:
+            self.forget([entry])
+            self.ledger.offer(1, Place.DROPPED)
+            self._dropped(entry.tick, "stopped while waiting for room")
+            raise
+        self._append(entry)
+
+    def _append(self, entry: Entry) -> None:
+        self._items.append(entry)
+        self.ledger.offer(1)
+        self.wake()
+        if len(self._items) >= self.size:
+            self._has_room.clear()
+
+    def _dropped(self, tick: Tick, why: str) -> None:
+        self._limiter.log(
+            logger, logging.WARNING, ("drop", why),
+            "consumer %s: %s; dropped the item of tick %s (%d dropped so far)",
+            self.name, why, tick.event_time.isoformat(), self.ledger.count(Place.DROPPED),
+        )
+
+    def recover(self) -> int:
+        """Queue what an earlier run left in the spool, ahead of anything new."""
+        if self.spool is None:
+            return 0
+        left = self.spool.open()
+        for spool_id, data, tick in reversed(left):
+            self._items.appendleft(Entry(data, tick, self._mono(), spool_id))
+        self._spooled += len(left)
+        self.ledger.offer(len(left))
+        if left:
+            self.wake()
+            logger.info("consumer %s: %d item(s) recovered from spool %s",
+                        self.name, len(left), self.spool.path)
+        return len(left)
+
+    # -- leaving ---------------------------------------------------------------------
+
+    async def wait(self, seconds: float = math.inf) -> None:
+        """Return once an entry arrives, :meth:`wake` is called or ``seconds`` passed."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await wait_done(self._clock, self._waiter, seconds)
+        finally:
+            self._waiter = None
+
+    def wake(self) -> None:
+        """Make :meth:`wait` return (an entry arrived, or the lane is closing)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self, n: int) -> list[Entry]:
+        """Take up to ``n`` entries, oldest first: they are now in flight."""
+        n = min(n, len(self._items))
+        entries = [self._items.popleft() for _ in range(n)]
+        self.ledger.move(n, Place.QUEUED, Place.IN_FLIGHT)
+        if len(self._items) < self.size:
+            self._has_room.set()
+        return entries
+
+    def push_front(self, entries: list[Entry], src: Place = Place.IN_FLIGHT) -> None:
+        """Put ``entries`` (oldest first) back at the front, e.g. a batch whose delivery
+        was interrupted."""
+        self._items.extendleft(reversed(entries))
+        self.ledger.move(len(entries), src, Place.QUEUED)
+        if entries:
+            self.wake()
+
+    def adopt(self, entries: list[Entry], src: Place, old: LaneQueue) -> None:
+        """Put ``entries`` from ``old`` (the queue of the lane this one replaces) at the
+        front, moving them to this queue's spool if it is another file."""
+        same_spool = (old.spool is not None and self.spool is not None
+                      and os.fspath(old.spool.path) == os.fspath(self.spool.path))
+        if same_spool:
+            spooled = sum(e.spool_id is not None for e in entries)
+            old._spooled -= spooled
+            self._spooled += spooled
+        else:
+            old.forget(entries)
+            if self.spool is not None:
+                entries = [e._replace(spool_id=self.spool.add(e.data, e.tick)) for e in entries]
+                self._spooled += len(entries)
+            else:
+                entries = [e._replace(spool_id=None) for e in entries]
+        self.push_front(entries, src)
+
+    def take_all(self) -> list[Entry]:
+        """Remove every queued entry (for a hand-over); they stay counted as queued."""
+        entries = list(self._items)
+        self._items.clear()
+        self._has_room.set()
+        return entries
+
+    def forget(self, entries: Iterable[Entry]) -> None:
+        """Delete settled entries from the spool."""
+        if self.spool is None:
+            return
+        ids = [e.spool_id for e in entries if e.spool_id is not None]
+        if ids:
+            self.spool.remove(ids)
+            self._spooled -= len(ids)
+
+    def clear(self, dst: Place, why: str) -> int:
+        """Give up on everything queued (to ``dst``: dropped or failed); returns how many.
+
+        With a spool the entries stay on disk for the next run; dropped ones (at a stop)
+        then stay counted as queued.
+        """
+        n = len(self._items)
+        self._items.clear()
+        self._has_room.set()
+        if n and self.spool is not None and dst is Place.DROPPED:
+            logger.warning("consumer %s: %d queued item(s) not delivered (%s); kept in spool %s "
+                           "for the next run", self.name, n, why, self.spool.path)
+        elif n:
+            self.ledger.move(n, Place.QUEUED, dst)
+            logger.warning("consumer %s: %d queued item(s) not delivered (%s); counted as %s",
+                           self.name, n, why, "dropped" if dst is Place.DROPPED else "failed")
+        return n
