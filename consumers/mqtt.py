@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 from aioconveyor import __version__
 from aioconveyor._logs import LogLimiter
+from aioconveyor._secrets import mask_url, split_url
 from aioconveyor.errors import ConveyorError, Rejected
 
 from ._records import as_mapping, iter_records, json_dumps
@@ -263,18 +264,6 @@ def _template_fields(topic: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and messages)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return url
-    user, colon, _password = userinfo.partition(":")
-    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
-
-
 class _Address(NamedTuple):
     tls: bool
     host: str | None
@@ -286,10 +275,10 @@ class _Address(NamedTuple):
 def _parse_url(url: str) -> _Address:
     """Split ``mqtt[s]://user:pass@host:port``; the password may contain any character."""
     masked = mask_url(url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("mqtt", "mqtts"):
+    head, username, password, hostpart = split_url(url, query=False)
+    scheme = head.removesuffix("://").lower()
+    if scheme not in ("mqtt", "mqtts"):
         raise ValueError(f"url must look like mqtt://host:port or mqtts://host, got {masked!r}")
-    userinfo, at, hostpart = rest.rpartition("@")
     parts = urllib.parse.urlsplit(f"//{hostpart}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"url must not have a path, query or fragment, got {masked!r}")
@@ -297,12 +286,7 @@ def _parse_url(url: str) -> _Address:
         port = parts.port
     except ValueError:
         raise ValueError(f"url has an invalid port: {masked!r}") from None
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = urllib.parse.unquote(user) or None
-        password = urllib.parse.unquote(secret) if colon else None
-    return _Address(scheme.lower() == "mqtts", parts.hostname or None, port, username, password)
+    return _Address(scheme == "mqtts", parts.hostname or None, port, username or None, password)
 
 
 # -- the consumer ----------------------------------------------------------------------
