@@ -2,7 +2,9 @@
 
 One record becomes one message: JSON by default (a mapping gains an ``event_time`` key),
 ``bytes`` / ``str`` data passes through untouched, or an ``encoder`` of your own decides.
-The topic may be a template filled from the record (``home/{device}/state``).
+The topic may be a template filled from the record (``home/{device}/state``); each value
+fills exactly one topic level, so a record whose value holds ``/``, ``+``, ``#`` or NUL is
+rejected rather than published to a topic nobody subscribed to.
 
 Delivery: with QoS 1 (the default) a call returns only once the broker has acknowledged
 every message (PUBACK). When the broker is unreachable or the connection drops, the call
@@ -11,7 +13,8 @@ new items wait in its bounded queue; the next call connects again. So nothing is
 the queue has room, and a message whose acknowledgement was lost is sent again: delivery
 is *at least once*.
 
-A record that can never be published (a topic field it lacks, an encoder that fails) is
+A record that can never be published (a topic field it lacks or fills with ``/``, an
+encoder that fails) is
 reported through the lane as :class:`~aioconveyor.Rejected` (``errors`` / ``last_error``,
 counted as ``rejected``, never retried) and counted in :attr:`MqttConsumer.rejected`; the
 other records of its batch are published first.
@@ -583,7 +586,9 @@ class MqttConsumer:
         values.update(_fields(data, event_time) or {})
         when = event_time.isoformat()
         try:
-            topic = self.topic.format_map(values)
+            topic = self._fill(values, event_time, when)
+        except MqttRecordError:
+            raise
         except KeyError as exc:
             have = ", ".join(sorted(str(k) for k in values if k != "event_time")) or "none"
             raise MqttRecordError(
@@ -598,6 +603,31 @@ class MqttConsumer:
         except ValueError as exc:
             raise MqttRecordError(str(exc)) from None
         return topic
+
+    def _fill(self, values: Mapping[str, Any], event_time: datetime, when: str) -> str:
+        """The topic with every field filled in. A value taken from the record must be one
+        topic level: a ``/`` would add levels, ``+`` / ``#`` are wildcards, NUL is invalid.
+        (The tick's own ``event_time`` may hold ``/`` through its format spec: the template
+        asks for it.)"""
+        out: list[str] = []
+        for literal, field, spec, conversion in _FORMATTER.parse(self.topic):
+            out.append(literal)
+            if field is None:
+                continue
+            value, root = _FORMATTER.get_field(field, (), values)
+            text = _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion),
+                                           spec or "")
+            if root == "event_time" and values["event_time"] is event_time:
+                out.append(text)
+                continue
+            bad = [c for c in ("/", "+", "#", "\0") if c in text]
+            if bad:
+                raise MqttRecordError(
+                    f"topic {self.topic!r}: field {field!r} of the record of {when} is "
+                    f"{text!r}, which holds {bad[0]!r}; a value fills exactly one topic level "
+                    "(no '/', '+', '#' or NUL)")
+            out.append(text)
+        return "".join(out)
 
     def _payload(self, data: Any, event_time: datetime) -> bytes:
         when = event_time.isoformat()
