@@ -1,67 +1,256 @@
-"""Keeping passwords out of reprs, logs and error messages (shared by the PostgreSQL parts).
+"""Keeping passwords out of reprs, logs and error messages: the one home for masking.
 
-``mask_dsn`` shows a DSN with its password replaced by ``***``; ``secrets_of`` lists every
-spelling of the password(s) so ``scrub`` can remove them from any text, such as a server's
-error message that repeats the DSN.
+Everything that shows a DSN, a broker URL or a log line goes through here (the PostgreSQL
+consumer and leader, the MQTT consumer, the TOML loader, the CLI's log handler, the demo):
+
+* :func:`mask_dsn` / :func:`mask_url`: one URL or libpq keyword DSN with its password(s)
+  replaced by ``***``;
+* :func:`mask_text`: any text (a log line, an error message) with the passwords of the
+  URLs and ``password=`` pairs it contains masked, and every known secret removed;
+* :func:`secrets_of` lists every spelling of a DSN's password (raw and percent-decoded, and
+  every way the string could be read) so that :func:`scrub` can remove them from a
+  server's error message;
+* :func:`encode_userinfo` percent-encodes a URL's user and password, so that a password
+  written unencoded (``#``, ``/``, ``?``, ``@``...) reaches the server whole instead of
+  being split by the driver's URL parser.
+
+The user info of ``scheme://user:password@host...`` is found here, not by
+:func:`urllib.parse.urlsplit` (which ends it at the first ``/``, ``?`` or ``#``, so an
+unencoded password would be cut in two): it runs to the **last** ``@`` of the URL, as a
+host never contains one. The one exception keeps an ``@`` in a query value readable
+(``...@db/home?application_name=me@work``): when the host before the query looks like a
+host and every later ``@`` stands in a query *value*, the user info ends before the host.
+When in doubt the reading that masks more wins.
 """
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from collections.abc import Iterable
 from ssl import SSLContext
+
+__all__ = [
+    "MASK",
+    "PG_SSL_MODES",
+    "check_pg_ssl",
+    "encode_userinfo",
+    "mask_dsn",
+    "mask_text",
+    "mask_url",
+    "scrub",
+    "secrets_of",
+    "split_url",
+]
 
 MASK = "***"
 
 PG_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_HOSTS = re.compile(
+    r"(?:\[[^\]\s/?#@]*\]|[^\[\]:,\s/?#@]*)(?::\d*)?"
+    r"(?:,(?:\[[^\]\s/?#@]*\]|[^\[\]:,\s/?#@]*)(?::\d*)?)*"
+)
+"""What stands between the user info and the path: ``host``, ``host:5432``, ``[::1]:5432``,
+``h1:5432,h2:5433`` (libpq's multi-host form)."""
+_KEY = r"\b(?:ssl)?(?:password|passwd|pwd)\s*=\s*"
+_KV_PASSWORD = re.compile(
+    rf"(?P<head>{_KEY})(?P<pw>'(?:[^'\\]|\\.)*(?:'|\\?$)|\"(?:[^\"\\]|\\.)*(?:\"|\\?$)"
+    r"|[^\s&]*)", re.I | re.S)
+"""``password=value`` in a query string or a libpq keyword DSN (``host=db password='a b'``);
+a quoted value runs to its closing quote (``\\'`` escapes one), a bare one to a space or
+``&``."""
+_URL_QUERY_PASSWORD = re.compile(rf"(?P<head>[?&;]{_KEY[2:]})(?P<pw>[^&]*)", re.I)
+"""``password=value`` in the query of a URL: the value runs to the next ``&``."""
+_USERINFO_UNSAFE = "@/?#[]"
+"""Characters that end (or confuse) a URL's user info when unencoded."""
+
+
+# -- finding the user info -------------------------------------------------------------
+
+
+def _authority_end(rest: str) -> int:
+    """Where ``urlsplit`` would end the authority (the first ``/``, ``?`` or ``#``)."""
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    return min(ends, default=len(rest))
+
+
+def _in_query_value(rest: str, at: int, after: int) -> bool:
+    """Whether ``rest[at]`` stands in the value of a ``key=value`` of the query."""
+    q = rest.find("?", after)
+    if q < 0 or q > at or 0 <= rest.find("#", q, at):
+        return False
+    start = max(rest.rfind("&", q, at), q)
+    return "=" in rest[start:at]
+
+
+def _userinfo_end(rest: str, *, query: bool) -> int:
+    """Index in ``rest`` (what follows ``scheme://``) of the ``@`` that ends the user info,
+    or -1 without user info. ``query``: the URL may have a query (not an MQTT one)."""
+    last = rest.rfind("@")
+    if last < 0 or not query:
+        return last
+    end = _authority_end(rest)
+    before = rest.rfind("@", 0, end)  # the authority's own last @, if any
+    later = [i for i in range(end, len(rest)) if rest[i] == "@"]
+    if _HOSTS.fullmatch(rest[before + 1:end]) and all(
+            _in_query_value(rest, i, end) for i in later):
+        return before
+    return last
+
+
+def _split(url: str, *, query: bool = True) -> tuple[str, str, str | None, str] | None:
+    """``(scheme://, user, password or None, what follows the @)``, raw (still encoded);
+    ``None`` if ``url`` has no ``scheme://`` or no user info."""
+    m = _SCHEME.match(url)
+    if m is None:
+        return None
+    head, rest = url[:m.end()], url[m.end():]
+    at = _userinfo_end(rest, query=query)
+    if at < 0:
+        return None
+    user, colon, password = rest[:at].partition(":")
+    return head, user, password if colon else None, rest[at + 1:]
+
+
+def split_url(url: str, *, query: bool = True) -> tuple[str, str | None, str | None, str]:
+    """``(scheme://, user, password, rest)`` of ``url``, user and password percent-decoded
+    (``None`` when absent); ``rest`` is what follows the user info. The password may hold
+    any character, unencoded. ``query=False``: the URL never has a query (MQTT), so the
+    user info always runs to the last ``@``."""
+    parts = _split(url, query=query)
+    if parts is None:
+        m = _SCHEME.match(url)
+        head = url[:m.end()] if m else ""
+        return head, None, None, url[len(head):]
+    head, user, password, rest = parts
+    return (head, urllib.parse.unquote(user),
+            None if password is None else urllib.parse.unquote(password), rest)
+
+
+# -- masking -----------------------------------------------------------------------------
+
+
+def _mask_kv(text: str) -> str:
+    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", text)
+
+
+def _mask_one(url: str, *, query: bool = True) -> str:
+    parts = _split(url, query=query)
+    if parts is None:
+        return url if _SCHEME.match(url) is None else _URL_QUERY_PASSWORD.sub(
+            lambda m: f"{m['head']}{MASK}", url)
+    head, user, password, rest = parts
+    rest = _URL_QUERY_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", rest)
+    return f"{head}{user}{'' if password is None else ':' + MASK}@{rest}"
+
 
 def mask_dsn(dsn: str | None) -> str | None:
-    """``dsn`` with any password (user info or ``password=`` query) replaced by ``***``."""
+    """``dsn`` (a URL or a libpq keyword DSN) with every password replaced by ``***``: the
+    user info's, ``password=`` in the query, ``password=...`` pairs."""
     if dsn is None:
         return None
-    try:
-        parts = urllib.parse.urlsplit(dsn)
-    except ValueError:
-        return MASK  # unparsable: show nothing rather than risk showing a secret
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:{MASK}@{hosts}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        if any(k == "password" for k, _ in pairs):
-            query = "&".join(
-                f"{urllib.parse.quote(k, safe='')}="
-                f"{MASK if k == 'password' else urllib.parse.quote(v, safe='')}"
-                for k, v in pairs
-            )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if _SCHEME.match(dsn):
+        return _mask_one(dsn)
+    return _mask_kv(dsn)
+
+
+def mask_url(url: str) -> str:
+    """A URL that never has a query (``mqtt://user:pass@host:1883``) with its password
+    masked: the user info always runs to the last ``@``."""
+    return _mask_one(url, query=False)
+
+
+def _mask_urls(line: str) -> str:
+    """The passwords of every URL in one line of free text masked."""
+    out: list[str] = []
+    pos = 0
+    starts = [m.start() for m in _SCHEME.finditer(line)]
+    for n, start in enumerate(starts):
+        if start < pos:
+            continue
+        limit = starts[n + 1] if n + 1 < len(starts) else len(line)
+        quote = line[start - 1] if start and line[start - 1] in "'\"" else ""
+        if quote:  # a quoted URL ends at the line's last such quote (more is masked)
+            end = line.rfind(quote, start, limit)
+            end = limit if end < 0 else end
+        else:
+            space = re.search(r"\s", line[start:limit])
+            end = limit if space is None else start + space.start()
+            token = line[start:end]
+            rest = token[token.find("://") + 3:]
+            if ("@" not in rest and not _HOSTS.fullmatch(rest[:_authority_end(rest)])
+                    and "@" in line[end:limit]):
+                end = limit  # "user:pass word@host": the password holds a space
+        out += [line[pos:start], _mask_one(line[start:end])]
+        pos = end
+    out.append(line[pos:])
+    return "".join(out)
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every string in ``secrets`` (of 3 characters or more), the passwords
+    of the URLs in it and every ``password=...`` pair replaced by ``***``."""
+    text = scrub(text, {s for s in secrets if len(s) >= 3})
+    if "://" in text:
+        text = "".join(_mask_urls(line) for line in text.splitlines(keepends=True))
+    return _mask_kv(text)
+
+
+# -- secrets and scrubbing ---------------------------------------------------------------
+
+
+def _kv_values(raw: str) -> set[str]:
+    """Every spelling of a ``password=`` value: as written, unquoted, percent-decoded."""
+    found = {raw, urllib.parse.unquote(raw), urllib.parse.unquote_plus(raw)}
+    if len(raw) >= 2 and raw[0] in "'\"":
+        inner = raw[1:-1] if raw[-1] == raw[0] else raw[1:]
+        found |= {inner, re.sub(r"\\(.)", r"\1", inner)}
+    return found
 
 
 def secrets_of(dsn: str | None, *passwords: object) -> tuple[str, ...]:
-    """Every spelling of the DSN's password (and of ``passwords``), longest first."""
+    """Every spelling of the DSN's password (and of ``passwords``), longest first: raw and
+    percent-decoded, for every ``@`` that could end the user info, and of every
+    ``password=`` pair."""
     found: set[str] = {p for p in passwords if isinstance(p, str)}
     if dsn:
-        try:
-            parts = urllib.parse.urlsplit(dsn)
-        except ValueError:
-            return (dsn,)  # unparsable: the whole thing might be a secret
-        userinfo, at, _ = parts.netloc.rpartition("@")
-        if at and ":" in userinfo:
-            raw = userinfo.partition(":")[2]
-            found.update({raw, urllib.parse.unquote(raw)})
-        found.update(v for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-                     if k == "password")
+        m = _SCHEME.match(dsn)
+        if m:
+            rest = dsn[m.end():]
+            for at in (i for i, c in enumerate(rest) if c == "@"):
+                _user, colon, raw = rest[:at].partition(":")
+                if colon:
+                    found |= {raw, urllib.parse.unquote(raw)}
+        pairs = _URL_QUERY_PASSWORD if m else _KV_PASSWORD
+        for kv in pairs.finditer(dsn):
+            found |= _kv_values(kv["pw"])
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every one of ``secrets`` replaced by ``***``."""
-    for secret in secrets:
+    """``text`` with every one of ``secrets`` replaced by ``***`` (longest first)."""
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
+
+
+def encode_userinfo(dsn: str) -> str:
+    """``dsn`` with its user and password percent-encoded where they hold a character that
+    would end the user info early (``@ / ? # [ ]``), so that any URL parser (asyncpg's)
+    splits it where :func:`mask_dsn` does. Existing ``%XX`` escapes are kept; a DSN that
+    needs nothing is returned as it is."""
+    parts = _split(dsn)
+    if parts is None:
+        return dsn
+    head, user, password, rest = parts
+    if not any(c in _USERINFO_UNSAFE for c in user + (password or "")):
+        return dsn
+    safe = "!$&'()*+,;=%~"
+    user = urllib.parse.quote(user, safe=safe)
+    secret = "" if password is None else ":" + urllib.parse.quote(password, safe=safe)
+    return f"{head}{user}{secret}@{rest}"
 
 
 def check_pg_ssl(ssl: object) -> None:

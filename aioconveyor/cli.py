@@ -35,7 +35,8 @@ from types import FrameType, TracebackType
 from typing import NoReturn
 
 from . import __version__
-from .config import ConfigError, LoadedConfig, format_listen, load_config, mask_secrets
+from ._secrets import mask_text
+from .config import ConfigError, LoadedConfig, format_listen, load_config
 from .conveyor import AioConveyor
 from .errors import ConveyorError
 from .reload import Reloader
@@ -183,7 +184,7 @@ class _MaskingFormatter(logging.Formatter):
         self.secrets = secrets
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_secrets(super().format(record), self.secrets)
+        return mask_text(super().format(record), self.secrets)
 
 
 class _MaskingFilter(logging.Filter):
@@ -195,7 +196,7 @@ class _MaskingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_secrets(message, self.secrets)
+        masked = mask_text(message, self.secrets)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -234,7 +235,7 @@ def summary_lines(stats: ConveyorStats, elapsed: float, why: str,
             line += f", {c.rejected} rejected"
         if c.last_error:
             line += f"; last error: {c.last_error}"
-        lines.append(mask_secrets(line, secrets))
+        lines.append(mask_text(line, secrets))
     return lines
 
 
@@ -440,7 +441,7 @@ def _demo(argv: list[str]) -> int:
     try:
         demo = Demo(options)
     except (TypeError, ValueError) as exc:
-        parser.error(mask_secrets(str(exc)))
+        parser.error(mask_text(str(exc)))
     except ImportError as exc:  # an optional dependency is missing
         _echo(f"aioconveyor: error: {exc}", err=True)
         return EXIT_CONFIG

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ._secrets import mask_text, secrets_of
 from .consumer import Consumer
 from .conveyor import AioConveyor
 from .errors import ConveyorError
@@ -80,12 +81,12 @@ _NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock",
 _SETTINGS = tuple(f.name for f in dataclasses.fields(Consumer) if f.name != "fn")
 _HOOKS = ("on_delivered", "on_error")
 _INNER_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.S)
+mask_secrets = mask_text
+"""``mask_secrets(text, secrets=())``: :func:`aioconveyor._secrets.mask_text` (the one
+implementation), under the name the runner has always used."""
+
 _SECRET_NAME = re.compile(r"pass(word|wd|phrase)?|secret|token|api[_-]?key|credential|"
                           r"private[_-]?key", re.I)
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@\s]+)@")
-_KV_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<pw>[^&\s'\",;]+)",
-                          re.I)
-_MASK = "***"
 
 
 class ConfigError(ConveyorError, ValueError):
@@ -96,15 +97,6 @@ class ConfigError(ConveyorError, ValueError):
         self.key = key
         self.message = message
         super().__init__(f"{self.path}: {key}: {message}" if key else f"{self.path}: {message}")
-
-
-def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with URL passwords (``scheme://user:***@``), ``password=***`` pairs and every
-    string in ``secrets`` replaced by ``***``."""
-    for secret in sorted({s for s in secrets if len(s) >= 3}, key=len, reverse=True):
-        text = text.replace(secret, _MASK)
-    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{_MASK}@", text)
-    return _KV_PASSWORD.sub(lambda m: f"{m['head']}{_MASK}", text)
 
 
 def parse_listen(text: object) -> tuple[str, int]:
@@ -172,7 +164,7 @@ class LoadedConfig:
 
     def mask(self, text: str) -> str:
         """``text`` safe to print or log."""
-        return mask_secrets(text, self.secrets)
+        return mask_text(text, self.secrets)
 
     def describe(self) -> list[str]:
         """What the file builds, in a few lines (nothing secret)."""
@@ -269,7 +261,7 @@ class _Loader:
         self.secrets: set[str] = set()
 
     def error(self, key: str | None, message: str) -> ConfigError:
-        return ConfigError(self.path, key, mask_secrets(message, self.secrets))
+        return ConfigError(self.path, key, mask_text(message, self.secrets))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -372,10 +364,7 @@ class _Loader:
         if not isinstance(value, str):
             return value
         text = self.substitute(value, key)
-        for m in _URL_PASSWORD.finditer(text):
-            self.secrets.add(m["pw"])
-        for m in _KV_PASSWORD.finditer(text):
-            self.secrets.add(m["pw"])
+        self.secrets.update(secrets_of(text))  # URL user info and password= pairs
         return text
 
     def substitute(self, text: str, key: str) -> str:

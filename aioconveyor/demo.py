@@ -23,8 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._secrets import mask_text
 from .cli import EXIT_FAILED, EXIT_OK, StopSignals, force_exit, summary_lines
-from .config import mask_secrets
 from .conveyor import AioConveyor
 from .errors import ConveyorError
 
@@ -226,7 +226,7 @@ class Demo:
     # -- output ------------------------------------------------------------------------
 
     def say(self, text: str = "", style: str | None = None) -> None:
-        self.console.print(mask_secrets(text), style=style, markup=False, highlight=False,
+        self.console.print(mask_text(text), style=style, markup=False, highlight=False,
                            soft_wrap=True)
 
     def log_handler(self) -> logging.Handler:
@@ -282,7 +282,7 @@ class Demo:
             lanes.add_row(c.name, str(c.delivered),
                           Text(str(c.errors), style="red" if c.errors else ""),
                           Text(str(c.dropped), style="yellow" if c.dropped else ""),
-                          str(c.queued + c.in_flight), Text(mask_secrets(c.last_error or "")))
+                          str(c.queued + c.in_flight), Text(mask_text(c.last_error or "")))
         return Panel(Group(head, Text(""), lanes), title="aioconveyor demo · simulated inverter",
                      subtitle="Ctrl-C stops", border_style="cyan", expand=False)
 

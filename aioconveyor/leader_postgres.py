@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ._logs import LogLimiter
-from ._secrets import check_pg_ssl, mask_dsn, scrub, secrets_of
+from ._secrets import check_pg_ssl, encode_userinfo, mask_dsn, scrub, secrets_of
 from .errors import ConveyorError
 
 __all__ = ["PostgresLeader", "lock_id_for"]
@@ -242,7 +242,7 @@ class PostgresLeader:
     async def _connect(self) -> Any:
         interval = max(1, round(self.keepalive / _PROBES))
         conn = await self._asyncpg.connect(
-            self._dsn,
+            None if self._dsn is None else encode_userinfo(self._dsn),
             timeout=self.connect_timeout,
             ssl=self._ssl,
             target_session_attrs="primary",

@@ -41,6 +41,8 @@ TIME_COLUMN = "event_time"
 _EXTRA_POLICIES = ("ignore", "error")
 _ROTATIONS = ("daily",)
 _DATE = "{date}"
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""What a spreadsheet takes as the start of a formula (OWASP "CSV injection")."""
 
 
 class _Rejected(Exception):
@@ -70,12 +72,20 @@ def _utc(event_time: Any) -> datetime:
     return event_time.astimezone(UTC)
 
 
-def _cell(value: Any) -> Any:
-    """One value as what ``csv.writer`` writes: text or a number, ``None`` as empty."""
+def _escaped(text: str) -> str:
+    """``text`` made inert for spreadsheets: a leading ``'`` if it could start a formula."""
+    return f"'{text}" if text.startswith(_FORMULA_STARTS) else text
+
+
+def _cell(value: Any, escape_formulas: bool = False) -> Any:
+    """One value as what ``csv.writer`` writes: text or a number, ``None`` as empty. With
+    ``escape_formulas`` text (never a number) that a spreadsheet would run gets a ``'``."""
     if value is None:
         return ""
-    if isinstance(value, str | int | float):  # bool is an int: written as True / False
+    if isinstance(value, int | float):  # bool is an int: written as True / False
         return value
+    if isinstance(value, str):
+        return _escaped(value) if escape_formulas else value
     if isinstance(value, Decimal):
         return str(value)  # exact, unlike to_jsonable's float
     if isinstance(value, Mapping | list | tuple):
@@ -87,8 +97,10 @@ def _cell(value: Any) -> Any:
         if kind.__str__ is object.__str__ and kind.__repr__ is object.__repr__:
             # str() would only say "<Foo object at 0x...>": reject rather than write that
             raise TypeError(f"no text form for a value of type {kind.__name__}") from None
-        return str(value)
-    if isinstance(converted, str | int | float):
+        return _escaped(str(value)) if escape_formulas else str(value)
+    if isinstance(converted, str):
+        return _escaped(converted) if escape_formulas else converted
+    if isinstance(converted, int | float):
         return converted
     return json_dumps(converted)
 
@@ -111,6 +123,15 @@ class CsvConsumer:
     * ``max_bytes``: start a new part (``readings.1.csv``...) rather than grow a file past
       this size; a part holds at least one row.
     * ``fsync``: ``os.fsync`` after every call, for data that must survive a power cut.
+    * ``escape_formulas`` (default ``True``): a text cell starting with ``=``, ``+``, ``-``,
+      ``@``, a tab or a carriage return is written with a leading ``'``, so a spreadsheet
+      opening the file shows it instead of running it as a formula (OWASP "CSV
+      injection"). Numbers (``-3.5``, ``Decimal``) are never touched, so numeric columns stay
+      numeric; only text is, which is where an attacker-controlled value (a device name, a
+      message) would arrive. The default is on because a data-logging file is exactly what
+      people open in a spreadsheet, and one quote in a rare cell costs less than a formula
+      run by surprise. ``False`` writes text exactly as given (for files read only by
+      programs). The header (``event_time`` and the column names) is never changed.
     """
 
     consumer_defaults: dict[str, Any] = {"batch_size": 100, "retries": 2}
@@ -126,6 +147,7 @@ class CsvConsumer:
         max_bytes: int | None = None,
         fsync: bool = False,
         delimiter: str = ",",
+        escape_formulas: bool = True,
         name: str | None = None,
     ) -> None:
         if isinstance(path, bytes) or not isinstance(path, str | os.PathLike):
@@ -158,6 +180,9 @@ class CsvConsumer:
         if not isinstance(fsync, bool):
             raise TypeError(f"fsync must be a bool, got {fsync!r}")
         self.fsync = fsync
+        if not isinstance(escape_formulas, bool):
+            raise TypeError(f"escape_formulas must be a bool, got {escape_formulas!r}")
+        self.escape_formulas = escape_formulas
         if not isinstance(delimiter, str):
             raise TypeError(f"delimiter must be a one-character str, got {delimiter!r}")
         if len(delimiter) != 1 or delimiter in '"\r\n':
@@ -321,7 +346,7 @@ class CsvConsumer:
         cells: list[Any] = []
         for column in columns:
             try:
-                cells.append(_cell(mapping.get(column)))
+                cells.append(_cell(mapping.get(column), self.escape_formulas))
             except (TypeError, ValueError) as exc:
                 raise _Rejected("value", f"column {column!r}: {exc}") from None
         return cells

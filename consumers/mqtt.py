@@ -2,7 +2,9 @@
 
 One record becomes one message: JSON by default (a mapping gains an ``event_time`` key),
 ``bytes`` / ``str`` data passes through untouched, or an ``encoder`` of your own decides.
-The topic may be a template filled from the record (``home/{device}/state``).
+The topic may be a template filled from the record (``home/{device}/state``); each value
+fills exactly one topic level, so a record whose value holds ``/``, ``+``, ``#`` or NUL is
+rejected rather than published to a topic nobody subscribed to.
 
 Delivery: with QoS 1 (the default) a call returns only once the broker has acknowledged
 every message (PUBACK). When the broker is unreachable or the connection drops, the call
@@ -11,7 +13,8 @@ new items wait in its bounded queue; the next call connects again. So nothing is
 the queue has room, and a message whose acknowledgement was lost is sent again: delivery
 is *at least once*.
 
-A record that can never be published (a topic field it lacks, an encoder that fails) is
+A record that can never be published (a topic field it lacks or fills with ``/``, an
+encoder that fails) is
 reported through the lane as :class:`~aioconveyor.Rejected` (``errors`` / ``last_error``,
 counted as ``rejected``, never retried) and counted in :attr:`MqttConsumer.rejected`; the
 other records of its batch are published first.
@@ -38,6 +41,7 @@ from typing import Any, NamedTuple
 
 from aioconveyor import __version__
 from aioconveyor._logs import LogLimiter
+from aioconveyor._secrets import mask_url, split_url
 from aioconveyor.errors import ConveyorError, Rejected
 
 from ._records import as_mapping, iter_records, json_dumps
@@ -263,18 +267,6 @@ def _template_fields(topic: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (safe for logs and messages)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    userinfo, at, hostpart = rest.rpartition("@")
-    if not at:
-        return url
-    user, colon, _password = userinfo.partition(":")
-    return f"{scheme}{sep}{user}{':***' if colon else ''}@{hostpart}"
-
-
 class _Address(NamedTuple):
     tls: bool
     host: str | None
@@ -286,10 +278,10 @@ class _Address(NamedTuple):
 def _parse_url(url: str) -> _Address:
     """Split ``mqtt[s]://user:pass@host:port``; the password may contain any character."""
     masked = mask_url(url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.lower() not in ("mqtt", "mqtts"):
+    head, username, password, hostpart = split_url(url, query=False)
+    scheme = head.removesuffix("://").lower()
+    if scheme not in ("mqtt", "mqtts"):
         raise ValueError(f"url must look like mqtt://host:port or mqtts://host, got {masked!r}")
-    userinfo, at, hostpart = rest.rpartition("@")
     parts = urllib.parse.urlsplit(f"//{hostpart}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"url must not have a path, query or fragment, got {masked!r}")
@@ -297,12 +289,7 @@ def _parse_url(url: str) -> _Address:
         port = parts.port
     except ValueError:
         raise ValueError(f"url has an invalid port: {masked!r}") from None
-    username = password = None
-    if at:
-        user, colon, secret = userinfo.partition(":")
-        username = urllib.parse.unquote(user) or None
-        password = urllib.parse.unquote(secret) if colon else None
-    return _Address(scheme.lower() == "mqtts", parts.hostname or None, port, username, password)
+    return _Address(scheme == "mqtts", parts.hostname or None, port, username or None, password)
 
 
 # -- the consumer ----------------------------------------------------------------------
@@ -599,7 +586,9 @@ class MqttConsumer:
         values.update(_fields(data, event_time) or {})
         when = event_time.isoformat()
         try:
-            topic = self.topic.format_map(values)
+            topic = self._fill(values, event_time, when)
+        except MqttRecordError:
+            raise
         except KeyError as exc:
             have = ", ".join(sorted(str(k) for k in values if k != "event_time")) or "none"
             raise MqttRecordError(
@@ -614,6 +603,31 @@ class MqttConsumer:
         except ValueError as exc:
             raise MqttRecordError(str(exc)) from None
         return topic
+
+    def _fill(self, values: Mapping[str, Any], event_time: datetime, when: str) -> str:
+        """The topic with every field filled in. A value taken from the record must be one
+        topic level: a ``/`` would add levels, ``+`` / ``#`` are wildcards, NUL is invalid.
+        (The tick's own ``event_time`` may hold ``/`` through its format spec: the template
+        asks for it.)"""
+        out: list[str] = []
+        for literal, field, spec, conversion in _FORMATTER.parse(self.topic):
+            out.append(literal)
+            if field is None:
+                continue
+            value, root = _FORMATTER.get_field(field, (), values)
+            text = _FORMATTER.format_field(_FORMATTER.convert_field(value, conversion),
+                                           spec or "")
+            if root == "event_time" and values["event_time"] is event_time:
+                out.append(text)
+                continue
+            bad = [c for c in ("/", "+", "#", "\0") if c in text]
+            if bad:
+                raise MqttRecordError(
+                    f"topic {self.topic!r}: field {field!r} of the record of {when} is "
+                    f"{text!r}, which holds {bad[0]!r}; a value fills exactly one topic level "
+                    "(no '/', '+', '#' or NUL)")
+            out.append(text)
+        return "".join(out)
 
     def _payload(self, data: Any, event_time: datetime) -> bytes:
         when = event_time.isoformat()

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
     ) from exc
 
 from aioconveyor._logs import LogLimiter
-from aioconveyor._secrets import check_pg_ssl, mask_dsn, scrub, secrets_of
+from aioconveyor._secrets import check_pg_ssl, encode_userinfo, mask_dsn, scrub, secrets_of
 from aioconveyor.consumer import Batch, Consumer
 from aioconveyor.errors import ConveyorError
 from aioconveyor.workers import Caller
@@ -376,7 +376,8 @@ class PostgresConsumer:
         pool = self._given_pool
         try:
             if pool is None:
-                pool = await asyncpg.create_pool(self._dsn, **self._pool_args,
+                dsn = None if self._dsn is None else encode_userinfo(self._dsn)
+                pool = await asyncpg.create_pool(dsn, **self._pool_args,
                                                  **self._pool_options)
             try:
                 async with pool.acquire(timeout=self.connect_timeout) as conn:

@@ -446,3 +446,36 @@ def test_bad_constructor_arguments_name_the_argument_and_value(
         CsvConsumer(**kwargs)
     for fragment in shown:
         assert fragment in str(info.value)
+
+
+# -- spreadsheet formulas (OWASP "CSV injection") ----------------------------------------
+
+FORMULAS = ["=1+2", "+1", "-cmd|' /C calc'!A0", "@SUM(A1)", "\tx", "\rx",
+            '=HYPERLINK("http://evil.example","x")']
+
+
+async def test_text_that_a_spreadsheet_would_run_is_escaped_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "f.csv"
+    when = datetime(2024, 5, 1, tzinfo=UTC)
+    async with CsvConsumer(path, fields=[f"c{i}" for i in range(len(FORMULAS))] + [
+            "neg", "dec", "plain", "dash_in_middle"]) as consumer:
+        await consumer({**{f"c{i}": f for i, f in enumerate(FORMULAS)}, "neg": -3.5,
+                        "dec": Decimal("-2.25"), "plain": "ok", "dash_in_middle": "a-b"}, when)
+    row = read_rows(path)[0]
+    assert [row[f"c{i}"] for i in range(len(FORMULAS))] == [f"'{f}" for f in FORMULAS]
+    # numbers stay numbers: a negative reading is not a formula
+    assert (row["neg"], row["dec"], row["plain"], row["dash_in_middle"]) == (
+        "-3.5", "-2.25", "ok", "a-b")
+
+
+async def test_escape_formulas_false_writes_text_as_given(tmp_path: Path) -> None:
+    path = tmp_path / "raw.csv"
+    async with CsvConsumer(path, fields=["f"], escape_formulas=False) as consumer:
+        await consumer({"f": "=1+2"}, datetime(2024, 5, 1, tzinfo=UTC))
+    assert read_rows(path)[0]["f"] == "=1+2"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_escape_formulas_must_be_a_bool(tmp_path: Path, value: Any) -> None:
+    with pytest.raises(TypeError, match=r"escape_formulas must be a bool, got"):
+        CsvConsumer(tmp_path / "x.csv", escape_formulas=value)

@@ -654,3 +654,41 @@ def test_without_aiomqtt_the_import_names_the_extra(tmp_path: Path) -> None:
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert 'pip install "aioconveyor[mqtt]"' in result.stdout
+
+
+# -- topic fields that would change the topic's shape -----------------------------------
+
+
+@pytest.mark.parametrize(("device", "held"), [
+    ("kitchen/fridge", "'/'"), ("a+b", "'+'"), ("all#", "'#'"), ("nul\0", "'\\x00'"),
+    ("/", "'/'"),
+])
+async def test_a_topic_field_holding_a_level_separator_or_wildcard_is_rejected(
+    mqtt_url: str, prefix: str, device: str, held: str,
+) -> None:
+    records = [{"device": "ok1", "n": 1}, {"device": device, "n": 2}, {"device": "ok2", "n": 3}]
+    produce = recorder(lambda n, t: records[n % 3])
+    consumer = MqttConsumer(mqtt_url, topic=f"{prefix}/{{device}}/state")
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        conv = AioConveyor(produce, [consumer], loop_interval=0.05, max_ticks=3)
+        async with conv:
+            assert await asyncio.to_thread(conv.join, 15)
+        await sub.wait_for(lambda: len(sub) >= 2, "2 messages")
+    # nothing reached a topic nobody asked for (kitchen/fridge/state would be two levels)
+    assert [str(m.topic) for m in sub.messages] == [f"{prefix}/ok1/state", f"{prefix}/ok2/state"]
+    stats = lane(conv)
+    assert (stats.rejected, stats.retries, stats.delivered, consumer.rejected) == (1, 0, 2, 1)
+    assert stats.last_error is not None
+    assert "field 'device'" in stats.last_error and f"which holds {held}" in stats.last_error
+
+
+async def test_event_time_formats_may_add_levels_but_record_fields_may_not(
+    mqtt_url: str, prefix: str,
+) -> None:
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        async with MqttConsumer(mqtt_url, topic=f"{prefix}/{{event_time:%Y/%m}}/{{n}}") as c:
+            await c({"n": 7}, T0)
+            with pytest.raises(MqttRecordError, match=r"field 'n' .* holds '/'"):
+                await c({"n": "7/8"}, T0)
+        await sub.wait_for(lambda: len(sub) == 1, "1 message")
+    assert [str(m.topic) for m in sub.messages] == [f"{prefix}/{T0:%Y/%m}/7"]

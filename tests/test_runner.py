@@ -360,6 +360,8 @@ def test_producer_errors_name_the_key(producer: str | None, key: str, message: s
          "must be one of 'drop_oldest'"),
         ('type = "csv"\npath = "x.csv"\nrotate = "hourly"', "consumers[0].rotate",
          "must be None or 'daily'"),
+        ('type = "csv"\npath = "x.csv"\nescape_formulas = "yes"', "consumers[0].escape_formulas",
+         "must be a bool, got 'yes'"),
         ('type = "mqtt"\nport = 99999', "consumers[0].port", "must be an int in 1..65535"),
         ('type = "mqtt"\n[consumers.discovery]\nnode_id = "x"\ndevice_name = "X"\nsensors = 3',
          "consumers[0].discovery.sensors", "expected an array of tables"),
