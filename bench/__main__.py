@@ -19,7 +19,8 @@ from typing import Any
 
 from ._util import ROOT, Section, machine, markdown_table, text_table
 
-BENCHMARKS = ("punctuality", "cpu", "fanout", "postgres", "mqtt", "memory", "importtime")
+BENCHMARKS = ("punctuality", "cpu", "fanout", "postgres", "mqtt", "memory", "importtime",
+              "hotpath")
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
