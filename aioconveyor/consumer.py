@@ -99,7 +99,8 @@ class Consumer:
       1..60 s; ``math.inf`` for none). A call past it is cancelled (async) or abandoned
       (sync, its thread replaced), counted, and retried per ``retries``.
     * ``retries`` (0): extra attempts after a failure, waiting ``backoff`` (0.5 s) doubling
-      up to ``max_backoff`` (30 s), each with +-50 % jitter.
+      up to ``max_backoff`` (30 s), each with +-``backoff_jitter`` (0.5: +-50 %) jitter
+      (0 for exact waits; ``seed=`` of the conveyor makes the jitter repeatable).
     * ``queue_size`` (1000) and ``overflow`` (``"drop_oldest"``, ``"drop_newest"``, ``"block"``).
     * ``batch_size`` (1: no batching) and ``batch_age`` (0 s): with ``batch_size > 1`` the
       consumer receives a :class:`Batch` of up to ``batch_size`` records, collected for at
@@ -123,6 +124,7 @@ class Consumer:
     retries: int | None = None
     backoff: float | None = None
     max_backoff: float | None = None
+    backoff_jitter: float | None = None
     queue_size: int | None = None
     overflow: Overflow | str | None = None
     batch_size: int | None = None
@@ -143,6 +145,10 @@ class Consumer:
         _validate.optional_integer("retries", self.retries, minimum=0)
         _validate.optional_positive("backoff", self.backoff)
         _validate.optional_positive("max_backoff", self.max_backoff)
+        if self.backoff_jitter is not None:
+            jitter = _validate.non_negative("backoff_jitter", self.backoff_jitter)
+            if jitter > 1:
+                raise ValueError(f"backoff_jitter must be between 0 and 1, got {jitter!r}")
         _validate.optional_integer("queue_size", self.queue_size, minimum=1)
         if self.overflow is not None:
             overflow = _validate.choice("overflow", self.overflow, Overflow)
@@ -185,6 +191,7 @@ class LaneSettings:
     retries: int
     backoff: float
     max_backoff: float
+    backoff_jitter: float
     queue_size: int
     overflow: Overflow
     batch_size: int
@@ -205,6 +212,7 @@ _LIBRARY_DEFAULTS: dict[str, Any] = {
     "retries": 0,
     "backoff": 0.5,
     "max_backoff": 30.0,
+    "backoff_jitter": 0.5,
     "queue_size": 1000,
     "overflow": Overflow.DROP_OLDEST,
     "batch_size": 1,

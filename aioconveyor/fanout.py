@@ -7,12 +7,19 @@ the tick loop.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from .lanes import Lane
 from .tick import Tick
 
 __all__ = ["Fanout"]
+
+
+#: After this many lanes the fan-out lets the loop turn once: every lane it handed an item
+#: to wakes up in the next turn, and a turn running thousands of them would hold the loop
+#: (and the next tick) for as long as they all take.
+CHUNK = 256
 
 
 class Fanout:
@@ -22,7 +29,9 @@ class Fanout:
         self.lanes = lanes  # shared with the engine, which adds and removes lanes at run time
 
     async def offer(self, data: Any, tick: Tick) -> None:
-        for lane in tuple(self.lanes):
+        for i, lane in enumerate(tuple(self.lanes), 1):
             waiter = lane.put(data, tick)
             if waiter is not None:  # overflow="block" and the lane is full
                 await waiter
+            elif i % CHUNK == 0:
+                await asyncio.sleep(0)

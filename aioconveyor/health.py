@@ -1,8 +1,12 @@
 """Is the conveyor healthy? A pure judgement over a stats snapshot (no I/O).
 
-Healthy means: running, the next tick not overdue by more than ``bound`` seconds, and
-for every consumer neither a call running longer than its bound nor an item waiting
-longer than it (a consumer's bound is ``bound`` plus its ``batch_age``).
+Healthy means: running, the next tick not overdue by more than ``bound`` seconds, and for
+every consumer (its bound is ``bound`` plus its ``batch_age``):
+
+* not quarantined (failed beyond its restart budget);
+* not "connecting" (``open()`` failing) for longer than its bound;
+* not failing (or rejected on) every item it settled for longer than its bound;
+* no call running longer than its bound, and no item waiting longer than it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,23 @@ def assess(
             )
     for c in stats.consumers:
         limit = (consumer_bounds or {}).get(c.name, bound)
-        if c.busy_seconds > limit:
+        since = c.state_since or now
+        if c.state == "quarantined":
+            problems[f"consumer:{c.name}"] = (
+                f"quarantined since {since.isoformat()}: failed beyond its restart budget"
+            )
+        elif c.state == "connecting" and (now - since).total_seconds() > limit:
+            problems[f"consumer:{c.name}"] = (
+                f"not open for {(now - since).total_seconds():.1f} s: {c.last_error}"
+            )
+        elif (c.failing_since is not None
+              and (now - c.failing_since).total_seconds() > limit):
+            problems[f"consumer:{c.name}"] = (
+                f"every item failed or was rejected for "
+                f"{(now - c.failing_since).total_seconds():.1f} s "
+                f"(failed {c.failed}, rejected {c.rejected}; last error: {c.last_error})"
+            )
+        elif c.busy_seconds > limit:
             problems[f"consumer:{c.name}"] = f"call running for {c.busy_seconds:.1f} s"
         elif c.oldest_queued_seconds > limit:
             problems[f"consumer:{c.name}"] = (

@@ -161,7 +161,7 @@ class Caller:
                args: tuple[Any, ...]) -> asyncio.Future[Any]:
         token = tick_module._set(tick)
         try:
-            if (self.is_async if fn is self.fn else is_async_callable(fn)):
+            if self.is_async if fn is self.fn else is_async_callable(fn):
                 try:
                     call = fn(*args)
                 except BaseException as exc:  # raised before its first await
@@ -190,23 +190,27 @@ class Caller:
                 raise CallerBusy(self.name, self.busy_since or self.clock.monotonic())
             self.hung = None
             self.busy_since = None
-        future = self._start(tick, self.fn if fn is None else fn, args)
+        target = self.fn if fn is None else fn
+        in_loop = self.is_async if target is self.fn else is_async_callable(target)
+        future = self._start(tick, target, args)
         self.busy_since = self.clock.monotonic()
         try:
             if await wait_done(self.clock, future, timeout):
                 self.busy_since = None
                 return future
         except asyncio.CancelledError:
-            future.cancel()
+            if in_loop:
+                future.cancel()
             self.busy_since = None
             raise
-        future.cancel()
-        if self.is_async and await wait_done(self.clock, future, self.CANCEL_GRACE):
-            self.busy_since = None
-            _consume(future)
-        else:
-            self.hung = future  # busy_since stays: health sees how long it has been stuck
-            future.add_done_callback(_consume)
+        if in_loop:  # a task can be asked to stop; a thread cannot
+            future.cancel()
+            if await wait_done(self.clock, future, self.CANCEL_GRACE):
+                self.busy_since = None
+                _consume(future)
+                return None
+        self.hung = future  # busy_since stays: health sees how long it has been stuck
+        future.add_done_callback(_consume)
         return None
 
     async def wait_hung(self) -> asyncio.Future[Any] | None:

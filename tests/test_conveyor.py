@@ -174,7 +174,8 @@ def test_failing_hung_and_slow_consumers_do_not_disturb_a_normal_one() -> None:
     assert s.consumer("raising").last_error == "ValueError: disk on fire"
     assert s.consumer("hung").timeouts >= 2
     hs = s.consumer("hung_sync")
-    assert hs.timeouts >= 2 and hs.abandoned >= 2 and hs.restarts >= 2
+    # one hung call, one thread: the lane waits for it instead of starting more
+    assert hs.timeouts == 1 and hs.abandoned == 1 and hs.restarts == 0
     assert s.consumer("slow").dropped > 0
     assert_lanes_add_up(conv)
 
@@ -470,19 +471,22 @@ def test_watchdog_restarts_a_dead_lane_and_the_conveyor_goes_on(
     assert_lanes_add_up(conv)  # the item it died on went back to its queue, not lost
 
 
-class _DyingSchedule(IntervalSchedule):
+class _DyingSchedule:
     """A schedule whose maths dies now and then: the scheduler task itself fails."""
 
     def __init__(self, period: float, die_at: set[int]) -> None:
-        super().__init__(period)
+        self.inner = IntervalSchedule(period)
         self.die_at = die_at
         self.calls = 0
 
     def next_fire(self, after: float) -> float:
         self.calls += 1
-        if self.calls in self.die_at or -1 in self.die_at:
+        if self.calls in self.die_at:
             raise Meltdown("schedule maths")
-        return super().next_fire(after)
+        return self.inner.next_fire(after)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 def test_watchdog_restarts_the_scheduler_on_the_same_grid() -> None:
@@ -518,7 +522,7 @@ def test_a_lane_past_its_restart_budget_is_quarantined_and_the_rest_goes_on() ->
 
 
 def test_scheduler_past_its_restart_budget_stops_the_conveyor_with_the_reason() -> None:
-    conv = AioConveyor(Counter(), [], schedule=_DyingSchedule(0.02, die_at={-1}),
+    conv = AioConveyor(Counter(), [], schedule=_DyingSchedule(0.02, die_at=set(range(3, 10**4))),
                        restart_limit=3, restart_window=60)
     conv.start()
     assert conv.join(10)
@@ -527,7 +531,7 @@ def test_scheduler_past_its_restart_budget_stops_the_conveyor_with_the_reason() 
     assert "scheduler" in str(conv.exception) and "more than 3 restarts" in str(conv.exception)
 
     async def via_run() -> None:
-        conv2 = AioConveyor(Counter(), [], schedule=_DyingSchedule(0.02, die_at={-1}),
+        conv2 = AioConveyor(Counter(), [], schedule=_DyingSchedule(0.02, die_at=set(range(3, 10**4))),
                             restart_limit=1)
         with pytest.raises(RestartBudgetExceeded):
             await conv2.run()

@@ -64,10 +64,12 @@ class Delivery:
         self.limiter = limiter
 
     def backoff(self, attempt: int) -> float:
-        """Seconds before retry number ``attempt`` (1, 2, ...): doubling, capped, +-50 %."""
+        """Seconds before retry number ``attempt`` (1, 2, ...): doubling, capped, jittered."""
         s = self.settings
         base = min(s.max_backoff, s.backoff * 2 ** (attempt - 1))
-        return float(base * self.rng.uniform(0.5, 1.5))
+        if not s.backoff_jitter:
+            return float(base)
+        return float(base * self.rng.uniform(1 - s.backoff_jitter, 1 + s.backoff_jitter))
 
     async def attempt(self, payload: Any, n: int, tick: Tick, retries_done: int) -> Attempt:
         """Deliver ``payload`` (``n`` items, the last of ``tick``) once."""

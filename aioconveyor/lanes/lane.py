@@ -116,7 +116,7 @@ class Lane:
     async def open(self) -> None:
         """Call the consumer's ``open()`` (or ``__aenter__``) once; raises what it raised."""
         fn = self.settings.fn
-        opener = getattr(fn, "open", None) if hasattr(fn, "close") else None
+        opener = getattr(fn, "open", None)
         if opener is None and hasattr(fn, "__aenter__"):
             opener = fn.__aenter__
         if opener is not None:
