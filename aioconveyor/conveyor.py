@@ -635,7 +635,8 @@ class _Engine:
         (settings,) = resolve([dataclasses.replace(spec, name=name)], self.conv.consumer_timeout)
         new = self._lane(settings, old.ledger, generation=old.generation + 1)
         same_spool = (settings.spool is not None and old.settings.spool is not None
-                      and os.fspath(settings.spool) == os.fspath(old.settings.spool))
+                      and os.fspath(settings.spool) == os.fspath(old.settings.spool)
+                      and settings.spool_format == old.settings.spool_format)
         # if this fails, the old one goes on; a shared spool's items come from the old lane
         await self._open_new(new, recover=not same_spool)
         self.lanes[self.lanes.index(old)] = new  # the next item goes to the new one
@@ -656,7 +657,7 @@ class _Engine:
         if task is not None and not task.done():
             if not await wait_done(self.clock, task, self._budget(deadline, 0.0)):
                 task.cancel()
-                await asyncio.wait({task}, timeout=1.0)  # real time: a last grace for cleanup
+                await wait_done(self.clock, task, 1.0)  # a last grace for its cleanup
         lane.drop_remaining(f"{why}, drain timeout reached")
 
     def _budget(self, deadline: float, floor: float = 0.05) -> float:

@@ -66,6 +66,8 @@ class OpsEndpoint:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            # sockets of HTTP clients: network time, not an engine timer, so these limits
+            # (here and at close) stay on the loop's real clock
             async with asyncio.timeout(5.0):
                 request = await reader.readuntil(b"\r\n\r\n")
             status, ctype, body = self._route(request.split(b"\r\n", 1)[0])

@@ -77,6 +77,8 @@ class ConsumerStats:
     """Since when every settled item failed or was rejected (None after a success)."""
     spooled: int = 0
     """Items kept in this lane's spool file (0 without one)."""
+    spool_bad: int = 0
+    """Spool rows that could not be read back at start: moved aside in the file, not lost."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from .clock import Clock, Timer
+from .clock import Clock, Timer, wait_done
 from .errors import RestartBudgetExceeded
 from .stats import ConveyorCounters
 from .workers import guarded
@@ -133,7 +133,7 @@ class Supervisor:
         for t in tasks:
             t.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await wait_done(self.clock, asyncio.gather(*tasks, return_exceptions=True), timeout)
 
     def pause(self) -> None:
         """Stop restarting tasks (shutdown has begun)."""

@@ -475,3 +475,26 @@ def test_a_folder_owned_by_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(theirs, NOBODY, NOBODY)
     with pytest.raises(PermissionError, match=rf"spool folder {theirs} is owned by uid {NOBODY}"):
         Spool(theirs / "spool.db", "lane").open()
+
+
+async def test_a_conveyor_delivers_the_good_rows_and_counts_the_bad_one(path: Path) -> None:
+    """Through a conveyor: a row that no longer decodes is set aside (stats say so), the
+    rest arrive in order, and the spool-format opt-in reaches the lane."""
+    from aioconveyor import AioConveyor, Consumer
+    from aioconveyor.testing import FakeClock, MemoryConsumer
+
+    spool, _ = reopen(path, lane="sink")
+    spool.add({"n": 1}, TICK)
+    spool.add({"n": 2}, TICK)
+    spool.close()
+    insert_raw(path, "sink", "not json", '{"$tuple": [1, 2]}', "json")
+    sink = MemoryConsumer("sink")
+    conv = AioConveyor(lambda t: None, [Consumer(sink, spool=path)], loop_interval=60,
+                       clock=FakeClock(), max_ticks=1)
+    await conv.run()
+    assert sink.data == [{"n": 1}, {"n": 2}]
+    c = conv.stats().consumer("sink")
+    assert c.spool_bad == 1 and c.delivered == 2 and c.spooled == 0
+
+    with pytest.raises(ValueError, match="spool_format must be one of 'json', 'pickle'"):
+        Consumer(sink, spool=path, spool_format="yaml")  # type: ignore[arg-type]

@@ -59,6 +59,7 @@ class Ledger:
         self.abandoned = 0
         self.hook_errors = 0
         self.open_errors = 0
+        self.spool_bad = 0
         self.last_error: str | None = None
         self.last_error_time: float | None = None
         self.last_success_time: float | None = None
@@ -154,4 +155,5 @@ class Ledger:
             open_errors=self.open_errors,
             failing_since=_utc(self.failing_since),
             spooled=self.spooled(),
+            spool_bad=self.spool_bad,
         )

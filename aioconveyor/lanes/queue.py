@@ -139,6 +139,8 @@ class LaneQueue:
         if self.spool is None:
             return 0
         left = self.spool.open()
+        if self.spool.bad:
+            self.ledger.bump("spool_bad", self.spool.bad)
         for spool_id, data, tick in reversed(left):
             self._items.appendleft(Entry(data, tick, self._mono(), spool_id))
         self._spooled += len(left)
@@ -186,7 +188,8 @@ class LaneQueue:
         """Put ``entries`` from ``old`` (the queue of the lane this one replaces) at the
         front, moving them to this queue's spool if it is another file."""
         same_spool = (old.spool is not None and self.spool is not None
-                      and os.fspath(old.spool.path) == os.fspath(self.spool.path))
+                      and os.fspath(old.spool.path) == os.fspath(self.spool.path)
+                      and old.spool.format == self.spool.format)
         if same_spool:
             spooled = sum(e.spool_id is not None for e in entries)
             old._spooled -= spooled
