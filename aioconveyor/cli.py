@@ -8,8 +8,11 @@
   for Docker's ``HEALTHCHECK`` and other probes.
 
 Exit codes: 0 done (also after SIGINT / SIGTERM, which stop gracefully: queues drained,
-consumers closed), 1 the conveyor failed (a consumer could not open, the watchdog gave up),
-2 bad command line or config file, 130 a second signal forced the stop.
+consumers closed), 1 the conveyor failed (at start: a consumer with ``startup = "fail"``
+could not open; later: the watchdog gave up, see ``conv.exception``), 2 bad command line or
+config file, 130 a second signal forced the stop. A consumer with the default
+``startup = "retry"`` that cannot open does not fail the run: its lane retries (logged once
+per burst by the lane) and ``/readyz`` answers 503 until it is open.
 """
 
 from __future__ import annotations

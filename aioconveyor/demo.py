@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._secrets import mask_text
 from .cli import EXIT_FAILED, EXIT_OK, StopSignals, force_exit, summary_lines
+from .consumer import Consumer
 from .conveyor import AioConveyor
 from .errors import ConveyorError
 
@@ -175,7 +176,9 @@ class Demo:
         if not options.quiet:
             consumers.append(consumers_module.PrettyPrintConsumer(self.console, name="pretty"))
         self.csv = consumers_module.CsvConsumer(self.csv_path, FIELDS, name="csv")
-        consumers.append(self.csv)
+        # the demo's own file: one it cannot use is a mistake to report at once, not a
+        # server that may come back (PostgreSQL and MQTT retry while they are down)
+        consumers.append(Consumer(self.csv, startup="fail"))
         self.destinations = [("CSV", str(self.csv_path))]
         if options.postgres is not None:
             pg = consumers_module.PostgresConsumer(options.postgres, table=POSTGRES_TABLE,

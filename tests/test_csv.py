@@ -192,7 +192,7 @@ def test_fields_mismatch_with_existing_file_fails_at_start(tmp_path: Path) -> No
     path = tmp_path / "readings.csv"
     path.write_text("event_time,a,b\r\n", encoding="utf-8")
     sink = CsvConsumer(path, ["a", "c"], name="mismatch")
-    conv = AioConveyor(lambda t: {"a": 1}, [sink], loop_interval=0.05)
+    conv = AioConveyor(lambda t: {"a": 1}, [Consumer(sink, startup="fail")], loop_interval=0.05)
     with pytest.raises(StartupError, match="columns"):
         conv.start()
 

@@ -567,7 +567,8 @@ async def test_a_refused_login_fails_the_start_without_leaking_the_password(
     login_broker: Mosquitto,
 ) -> None:
     consumer = MqttConsumer(login_broker.url, username="alice", password=SECRET)
-    conv = AioConveyor(lambda t: {"v": 1}, [consumer], loop_interval=0.05)
+    conv = AioConveyor(lambda t: {"v": 1}, [Consumer(consumer, startup="fail")],
+                       loop_interval=0.05)
     with pytest.raises(StartupError) as info:
         await conv.__aenter__()
     assert "refused the connection" in str(info.value) and SECRET not in str(info.value)

@@ -462,7 +462,8 @@ async def test_the_password_is_never_shown(
     assert PASSWORD not in repr(sink) and PASSWORD not in str(sink)
     assert sink.dsn is not None and "postgres:***@" in sink.dsn
 
-    conv = AioConveyor(lambda t: {}, [sink], loop_interval=0.05, max_ticks=1)
+    conv = AioConveyor(lambda t: {}, [Consumer(sink, startup="fail")], loop_interval=0.05,
+                       max_ticks=1)
     with pytest.raises(StartupError) as failed:
         await asyncio.to_thread(conv.start)
     shown = [str(failed.value), repr(failed.value)]

@@ -31,6 +31,7 @@ from aioconveyor.config import (
     parse_listen,
 )
 from support.runner import Runner, kill_all
+from support.services import free_port
 
 BIN = Path(sys.executable).parent / "aioconveyor"
 
@@ -492,6 +493,16 @@ def test_secrets_never_show_in_descriptions_or_errors(tmp_path: Path,
 # -- the command line, for real --------------------------------------------------------
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file written so far (a half-written last line is left out)."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return list(csv.DictReader(lines))
+
+
 def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
             entry: str = "script") -> subprocess.CompletedProcess[str]:
     command = [str(BIN)] if entry == "script" else [sys.executable, "-m", "aioconveyor"]
@@ -609,13 +620,111 @@ def test_run_help_documents_set_and_log_level(tmp_path: Path) -> None:
         assert word in result.stdout, word
 
 
-def test_a_consumer_that_cannot_open_exits_1(tmp_path: Path,
-                                             module: Callable[[str], str]) -> None:
+def test_a_consumer_with_startup_fail_that_cannot_open_exits_1(
+    tmp_path: Path, module: Callable[[str], str],
+) -> None:
     (tmp_path / "readings.csv").write_text("some,other,file\n")
-    path = config(tmp_path, RUNNABLE.format(h=module(HELPERS)))
+    text = RUNNABLE.format(h=module(HELPERS))
+    text = text.replace('type = "csv"\n', 'type = "csv"\n    startup = "fail"\n', 1)
+    path = config(tmp_path, text)
+    assert load_config(path).conveyor._lane_settings[0].startup == "fail"
     result = run_cli(tmp_path, "run", str(path))
     assert result.returncode == 1
     assert "could not start" in result.stderr and "readings.csv" in result.stderr
+
+
+def test_a_startup_setting_that_is_not_retry_or_fail_is_a_config_error(
+    tmp_path: Path, module: Callable[[str], str],
+) -> None:
+    text = RUNNABLE.format(h=module(HELPERS))
+    text = text.replace('type = "csv"\n', 'type = "csv"\n    startup = "later"\n', 1)
+    error = fail_text(tmp_path, text)
+    assert "startup" in str(error) and "later" in str(error)
+
+
+def test_a_consumer_that_cannot_open_does_not_stop_the_runner(
+    tmp_path: Path, module: Callable[[str], str], runner_processes: list[Runner],
+) -> None:
+    closed = free_port()  # nothing listens there: every open() is refused at once
+    path = config(tmp_path, f"""
+        [conveyor]
+        interval = 0.05
+
+        [producer]
+        function = "{module(HELPERS)}:produce"
+
+        [[consumers]]
+        type = "csv"
+        path = "readings.csv"
+
+        [[consumers]]
+        type = "postgres"
+        name = "pg"
+        dsn = "postgresql://postgres@127.0.0.1:{closed}/test"
+        table = "t"
+        connect_timeout = 1.0
+        backoff = 0.05
+        max_backoff = 0.1
+        backoff_jitter = 0
+    """)
+    runner = Runner(tmp_path, path)
+    runner_processes.append(runner)
+    runner.wait_for_log(r"conveyor \S+ running")
+    runner.wait_until(lambda: len(read_csv(tmp_path / "readings.csv")) >= 15, "15 CSV rows")
+    assert runner.stop() == 0, runner.stderr
+    rows = read_csv(tmp_path / "readings.csv")
+    assert [int(r["value"]) for r in rows] == list(range(len(rows)))  # every tick, in order
+    summary = re.search(r"^  pg: 0 delivered, (\d+) errors", runner.stdout, re.M)
+    assert summary is not None, runner.stdout
+    assert int(summary[1]) >= 5, runner.stdout  # open() was retried many times ...
+    assert runner.stderr.count("consumer pg: open() failed") == 1, runner.stderr  # ... logged once
+    assert "retrying with backoff" in runner.stderr
+    assert "stopped (SIGTERM)" in runner.stdout
+
+
+def test_a_conveyor_that_ends_by_an_error_exits_1(tmp_path: Path) -> None:
+    # the schedule breaks (a BaseException from next_fire) on every call after the first
+    # few: the scheduler fails on each restart, past restart_limit, and the conveyor ends
+    (tmp_path / "doomed.py").write_text(textwrap.dedent("""
+        from aioconveyor.schedule import IntervalSchedule
+
+        class Doom(BaseException):
+            pass
+
+        _real = IntervalSchedule.next_fire
+        calls = 0
+
+        def next_fire(self, after):
+            global calls
+            calls += 1
+            if calls > 20:
+                raise Doom("the schedule broke")
+            return _real(self, after)
+
+        IntervalSchedule.next_fire = next_fire
+
+        def produce(event_time):
+            return {"value": calls}
+    """))
+    path = config(tmp_path, """
+        [conveyor]
+        interval = 0.05
+        restart_limit = 1
+
+        [producer]
+        function = "doomed:produce"
+
+        [[consumers]]
+        type = "csv"
+        path = "readings.csv"
+    """)
+    result = run_cli(tmp_path, "run", str(path))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "stopped (finished)" not in result.stdout
+    assert "summary: stopped (failed: " in result.stdout, result.stdout
+    assert re.search(r"ERROR +aioconveyor.cli: conveyor \S+ failed: .*restarts",
+                     result.stderr), result.stderr
+    assert "Doom" in result.stderr and read_csv(tmp_path / "readings.csv")
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aioconveyor import AioConveyor, PostgresLeader, StartupError
+from aioconveyor import AioConveyor, Consumer, PostgresLeader, StartupError
 from aioconveyor._secrets import (
     encode_userinfo,
     mask_dsn,
@@ -178,8 +178,8 @@ async def test_failing_connections_never_show_the_password(
     shown.append(repr(leader))
     await leader.close()
 
-    conv = AioConveyor(produce, [PostgresConsumer(dsn, "t", connect_timeout=1.0)],
-                       loop_interval=0.05)
+    conv = AioConveyor(produce, [Consumer(PostgresConsumer(dsn, "t", connect_timeout=1.0),
+                                          startup="fail")], loop_interval=0.05)
     with pytest.raises(StartupError) as info:
         await asyncio.to_thread(conv.start)
     shown += [*exception_texts(info.value), repr(conv), str(conv.stats())]
@@ -261,7 +261,7 @@ def test_check_and_run_never_print_the_password(tmp_path: Path) -> None:
         single.write_text(
             f'[conveyor]\ninterval = 0.1\n[producer]\nfunction = "produce:produce"\n'
             f'[[consumers]]\ntype = "postgres"\ndsn = {toml_string(pg_dsn(pw, closed))}\n'
-            f'connect_timeout = 1.0\n'
+            f'connect_timeout = 1.0\nstartup = "fail"\n'
             f'[leader]\ntype = "postgres"\ndsn = {toml_string(pg_dsn(pw, closed))}\n'
             f'key = "k"\nconnect_timeout = 1.0\n')
         run = subprocess.run([str(BIN), "run", str(single), "--log-level", "DEBUG"],
