@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import math
 import os
 import sys
@@ -21,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "Timer", "timeout", "wait_done"]
+__all__ = ["Clock", "SystemClock", "Timer", "running_clock", "timeout", "wait_done"]
 
 
 class Timer(Protocol):
@@ -169,6 +170,20 @@ class SystemClock:
             timers.append(timer)
         while time.time() < deadline:  # noqa: ASYNC110 - the deliberate last short stretch
             await asyncio.sleep(0)
+
+
+_running: contextvars.ContextVar[Clock | None] = contextvars.ContextVar(
+    "aioconveyor_clock", default=None
+)
+
+
+def running_clock() -> Clock | None:
+    """The clock of the conveyor whose loop runs this code (None outside a conveyor).
+
+    Set for everything the engine runs (its tasks inherit it), so work a consumer sends to
+    a thread of its own can be reported with ``track()`` (see ``SyncWorker.call``).
+    """
+    return _running.get()
 
 
 async def wait_done(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:

@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from . import _validate
+from . import clock as clock_module
 from .clock import Clock, SystemClock, timeout, wait_done
 from .consumer import Consumer, LaneSettings, Startup, callable_name, resolve
 from .endpoint import OpsEndpoint
@@ -664,6 +665,13 @@ class _Engine:
         return max(floor, deadline - self.clock.monotonic())
 
     async def run(self, ready: Callable[[], None]) -> None:
+        token = clock_module._running.set(self.clock)  # inherited by every task we start
+        try:
+            await self._run(ready)
+        finally:
+            clock_module._running.reset(token)
+
+    async def _run(self, ready: Callable[[], None]) -> None:
         conv = self.conv
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self._close_lanes)
@@ -749,4 +757,5 @@ class _Engine:
             await wait_done(self.clock, everything, self._budget(drain_until, 0.0))
         await self.supervisor.stop(timeout=0.5)
         for lane in self.lanes:
-            lane.drop_remaining("stop timeout reached")
+            lane.drop_remaining("stop timeout reached" if lane.state is LaneState.OPEN
+                                else f"stopped while its consumer was {lane.state}")

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import tick as tick_module
-from .clock import Clock, timeout, wait_done
+from .clock import Clock, running_clock, timeout, wait_done
 from .errors import ContainedError
 from .tick import Tick
 
@@ -117,8 +117,15 @@ class SyncWorker:
         return future
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Schedule ``fn(*args)`` on the thread; await the returned future in the loop."""
-        return asyncio.wrap_future(self.submit(fn, *args))
+        """Schedule ``fn(*args)`` on the thread; await the returned future in the loop.
+
+        Inside a conveyor the work is reported to its clock (``Clock.track``), so a fake
+        clock does not jump ahead while the thread is busy with it."""
+        work = self.submit(fn, *args)
+        clock = running_clock()
+        if clock is not None:
+            clock.track(work)
+        return asyncio.wrap_future(work)
 
     def close(self) -> None:
         """Let the thread exit after the calls already queued (never blocks)."""
