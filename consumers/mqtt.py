@@ -515,9 +515,11 @@ class MqttConsumer:
     # -- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect once (in the running loop). An unreachable broker is only logged (calls
-        retry), but a broker that refuses us (credentials) or whose TLS certificate we do not
-        trust raises :class:`MqttConnectionError`.
+        """Connect once (in the running loop); raises :class:`MqttConnectionError` when the
+        broker is unreachable, refuses us (credentials) or has a TLS certificate we do not
+        trust. In a conveyor the lane then retries ``open()`` with backoff (queuing what
+        arrives meanwhile) and ``/readyz`` says not ready until it connects; once open, a
+        lost connection is re-established by the next publish.
         """
         if self._state is _State.OPEN:
             raise RuntimeError(f"MqttConsumer {self.name!r} is already open; use one instance "
@@ -525,12 +527,9 @@ class MqttConsumer:
         self._state = _State.OPEN
         try:
             await self._connection()
-        except MqttConnectionError as exc:
-            if exc.refused:
-                self._state = _State.CLOSED
-                raise
-            self._log.warning("MQTT consumer %s: broker not reachable yet (%s); will retry on "
-                              "the first record", self.name, exc)
+        except BaseException:
+            self._state = _State.CLOSED
+            raise
 
     async def close(self) -> None:
         """Publish ``"offline"`` (if configured) and disconnect cleanly. Idempotent."""

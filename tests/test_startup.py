@@ -196,12 +196,17 @@ async def test_mqtt_down_at_start_every_message_arrives_after_the_broker_comes_u
     out = tmp_path / "readings.csv"
     mqtt = MqttConsumer(broker.url, topic=broker.topic, timeout=2.0, name="mqtt")
     conv = AioConveyor(Counter(), [CsvConsumer(out, ["n"], name="csv"), Consumer(mqtt, **FAST)],
-                       loop_interval=0.05, stop_timeout=10.0)
+                       loop_interval=0.05, stop_timeout=10.0, metrics_port=0)
     await asyncio.to_thread(conv.start)
     try:
         assert await wait_until(lambda: conv.stats().consumer("csv").delivered >= 5)
         assert conv.stats().consumer("mqtt").delivered == 0
+        assert conv.stats().consumer("mqtt").state == "connecting"
+        assert await asyncio.to_thread(readyz, conv) == 503
         await broker.come_up()
+        assert await wait_until(lambda: conv.stats().consumer("mqtt").state == "open",
+                                timeout=30)
+        assert await asyncio.to_thread(readyz, conv) == 200
         n = conv.stats().produced
         assert await wait_until(lambda: broker.ns() >= set(range(n)), timeout=30), (
             conv.stats(), sorted(broker.ns()))
