@@ -1,0 +1,279 @@
+"""Containment (issue 12): whatever user code raises or however long it hangs, the conveyor,
+its other lanes and its logs stay sane; health and metrics say what is wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from aioconveyor import AioConveyor, Consumer, RestartBudgetExceeded, StartupError
+from aioconveyor.errors import ContainedError
+from aioconveyor.schedule import IntervalSchedule
+from aioconveyor.testing import FakeClock, MemoryConsumer
+
+TICKS = 20
+
+
+class Custom(BaseException):
+    """A BaseException of the user's own."""
+
+
+#: What user code may raise: every BaseException the engine must contain, and an ordinary one.
+RAISED: dict[str, Callable[[], BaseException]] = {
+    "SystemExit": lambda: SystemExit(3),
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "CancelledError": asyncio.CancelledError,  # raised by the user, not asked for by us
+    "GeneratorExit": GeneratorExit,
+    "Custom": Custom,
+    "ValueError": lambda: ValueError("plain"),
+}
+KINDS = sorted(RAISED)
+
+
+class Counter:
+    """A producer returning 1, 2, 3, ..."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    async def __call__(self, event_time: datetime) -> int:
+        self.n += 1
+        return self.n
+
+
+def naming(caplog: pytest.LogCaptureFixture, name: str) -> list[logging.LogRecord]:
+    """The log records (WARNING and up) whose message names ``name``."""
+    return [r for r in caplog.records
+            if r.levelno >= logging.WARNING and name in r.getMessage()]
+
+
+def fake_run(produce: Callable[..., Any], consumers: list[Any], **kw: Any) -> AioConveyor:
+    """Run a conveyor for TICKS ticks of 1 s on a FakeClock (in this thread's loop)."""
+    conv = AioConveyor(produce, consumers, loop_interval=1.0, clock=FakeClock(),
+                       max_ticks=TICKS, seed=1, **kw)
+    asyncio.run(conv.run())
+    return conv
+
+
+def assert_unharmed(conv: AioConveyor, sink: MemoryConsumer, expected: list[int]) -> None:
+    """The conveyor ended by max_ticks, not by an error, and the healthy lane got it all."""
+    assert conv.exception is None
+    assert not conv.running
+    s = conv.stats()
+    assert s.ticks == TICKS
+    assert s.restarts == 0 and all(c.restarts == 0 for c in s.consumers)
+    assert sink.data == expected  # 100 %, in order
+
+
+# -- point 3: every BaseException is contained, wherever it is raised --------------------
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_consumer_raising_anything_fails_its_items_only(
+    kind: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"failing-{kind}-{mode}"
+
+    async def async_fails(data: Any, event_time: datetime) -> None:
+        raise RAISED[kind]()
+
+    def sync_fails(data: Any, event_time: datetime) -> None:  # runs on the lane's thread
+        raise RAISED[kind]()
+
+    caplog.set_level(logging.INFO)
+    sink = MemoryConsumer("sink")
+    fn = async_fails if mode == "async" else sync_fails
+    conv = fake_run(Counter(), [sink, Consumer(fn, name=name)])
+    assert_unharmed(conv, sink, list(range(1, TICKS + 1)))
+    bad = conv.stats().consumer(name)
+    assert (bad.errors, bad.failed, bad.delivered) == (TICKS, TICKS, 0)
+    assert bad.last_error is not None and kind in bad.last_error
+    # one burst (20 s < the limiter's 60 s window): the failure once, its give-up once
+    lines = naming(caplog, name)
+    assert sum("failed on tick" in r.getMessage() for r in lines) == 1
+    assert sum("gave up" in r.getMessage() for r in lines) == 1
+    assert len(lines) == 2, [r.getMessage() for r in lines]
+
+
+class _FailingOpen:
+    """A consumer whose ``open()`` raises ``kind`` twice, then works."""
+
+    def __init__(self, kind: str, failures: int = 2) -> None:
+        self.kind = kind
+        self.failures = failures
+        self.opens = 0
+        self.received: list[int] = []
+
+    def _open(self) -> None:
+        self.opens += 1
+        if self.opens <= self.failures:
+            raise RAISED[self.kind]()
+
+    async def __call__(self, data: int, event_time: datetime) -> None:
+        self.received.append(data)
+
+
+class _AsyncOpen(_FailingOpen):
+    async def open(self) -> None:
+        await asyncio.sleep(0)
+        self._open()
+
+    async def close(self) -> None:
+        pass
+
+
+class _SyncOpen(_FailingOpen):
+    def open(self) -> None:
+        self._open()
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_open_raising_anything_is_retried_while_the_items_queue(
+    kind: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"opening-{kind}-{mode}"
+    consumer = _AsyncOpen(kind) if mode == "async" else _SyncOpen(kind)
+    caplog.set_level(logging.INFO)
+    sink = MemoryConsumer("sink")
+    conv = fake_run(Counter(), [sink, Consumer(consumer, name=name)])  # startup="retry"
+    assert_unharmed(conv, sink, list(range(1, TICKS + 1)))
+    s = conv.stats().consumer(name)
+    assert s.open_errors == 2 and s.errors == 2 and consumer.opens == 3
+    assert consumer.received == list(range(1, TICKS + 1))  # queued meanwhile, then delivered
+    assert s.last_error is not None and kind in s.last_error
+    lines = naming(caplog, name)
+    assert len(lines) == 1 and "open() failed" in lines[0].getMessage()
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("hook", ["on_delivered", "on_error"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_hook_raising_anything_is_counted_and_the_lane_goes_on(
+    kind: str, hook: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"hooked-{kind}-{hook}-{mode}"
+    calls: list[int] = []
+
+    async def async_hook(*args: Any) -> None:
+        calls.append(1)
+        raise RAISED[kind]()
+
+    def sync_hook(*args: Any) -> None:
+        calls.append(1)
+        raise RAISED[kind]()
+
+    received: list[int] = []
+
+    async def consumer(data: int, event_time: datetime) -> None:
+        received.append(data)
+        if hook == "on_error":
+            raise ValueError("for on_error")
+
+    caplog.set_level(logging.INFO)
+    sink = MemoryConsumer("sink")
+    spec = Consumer(consumer, name=name,
+                    **{hook: async_hook if mode == "async" else sync_hook})
+    conv = fake_run(Counter(), [sink, spec])
+    assert_unharmed(conv, sink, list(range(1, TICKS + 1)))
+    s = conv.stats().consumer(name)
+    assert received == list(range(1, TICKS + 1)) and len(calls) == TICKS
+    assert s.hook_errors == TICKS
+    if hook == "on_delivered":
+        assert (s.delivered, s.failed) == (TICKS, 0)
+    else:
+        assert (s.delivered, s.failed) == (0, TICKS)
+    hook_lines = [r for r in naming(caplog, name) if "hook failed" in r.getMessage()]
+    assert len(hook_lines) == 1 and kind in hook_lines[0].getMessage()
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_producer_raising_anything_costs_only_that_tick(
+    kind: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = 0
+
+    def next_value() -> int:
+        nonlocal n
+        n += 1
+        if n % 3 == 0:
+            raise RAISED[kind]()
+        return n
+
+    async def async_produce(event_time: datetime) -> int:
+        return next_value()
+
+    def sync_produce(event_time: datetime) -> int:
+        return next_value()
+
+    caplog.set_level(logging.INFO)
+    sink = MemoryConsumer("sink")
+    conv = fake_run(async_produce if mode == "async" else sync_produce, [sink], name="prod")
+    expected = [i for i in range(1, TICKS + 1) if i % 3]
+    assert_unharmed(conv, sink, expected)
+    s = conv.stats()
+    assert s.producer_errors == TICKS // 3 and s.produced == len(expected)
+    lines = [r for r in caplog.records if "producer failed" in r.getMessage()]
+    assert len(lines) == 1 and "prod" in lines[0].getMessage()
+    assert kind in lines[0].getMessage()
+
+
+# -- whenever the loop ends by an error, conv.exception says why --------------------------
+
+
+class Meltdown(BaseException):
+    """The engine's own code failing (here: the schedule's maths)."""
+
+
+class _DyingSchedule:
+    """A schedule whose maths dies from its ``die_from``-th call on: the scheduler fails."""
+
+    def __init__(self, period: float, die_from: int) -> None:
+        self.inner = IntervalSchedule(period)
+        self.die_from = die_from
+        self.calls = 0
+
+    def next_fire(self, after: float) -> float:
+        self.calls += 1
+        if self.calls >= self.die_from:
+            raise Meltdown("schedule maths")
+        return self.inner.next_fire(after)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_the_scheduler_past_its_budget_ends_the_conveyor_and_says_why() -> None:
+    sink = MemoryConsumer("sink")
+    conv = AioConveyor(Counter(), [sink], schedule=_DyingSchedule(1.0, die_from=5),
+                       clock=FakeClock(), restart_limit=2, restart_window=600)
+
+    with pytest.raises(RestartBudgetExceeded) as raised:
+        asyncio.run(conv.run())
+    assert conv.exception is raised.value
+    assert "scheduler" in str(conv.exception)
+    assert conv.stats().restarts == 2
+    assert not conv.running and sink.data  # it ticked before it died
+
+
+def test_a_consumer_whose_open_raises_anything_with_startup_fail_says_why() -> None:
+    sink = MemoryConsumer("sink")
+    conv = AioConveyor(Counter(), [sink, Consumer(_SyncOpen("SystemExit", failures=10),
+                                                  name="strict", startup="fail")],
+                       loop_interval=1.0, clock=FakeClock())
+    with pytest.raises(StartupError, match="strict"):
+        asyncio.run(conv.run())
+    assert isinstance(conv.exception, StartupError)
+    cause = conv.exception.__cause__
+    assert isinstance(cause, ContainedError) and isinstance(cause.original, SystemExit)
+    assert not conv.running and conv.stats().ticks == 0
