@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -277,3 +278,72 @@ def test_a_consumer_whose_open_raises_anything_with_startup_fail_says_why() -> N
     cause = conv.exception.__cause__
     assert isinstance(cause, ContainedError) and isinstance(cause.original, SystemExit)
     assert not conv.running and conv.stats().ticks == 0
+
+
+# -- point 4: the figure of one hung sync consumer ---------------------------------------
+
+
+def test_a_sync_consumer_hung_for_ten_minutes_costs_one_thread_and_a_few_log_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """10 minutes of fake time at 0.2 s (3000 ticks) with one sync consumer stuck in its
+    first call the whole time.
+
+    Counted: ``threading.active_count()`` of the whole process, sampled by the producer on
+    every tick from the moment the stuck call has started. At that baseline the conveyor's
+    threads are its loop thread, the loop monitor, the copier and the stuck lane's worker
+    (the producer, the healthy lane and FakeClock are async: no threads); a new thread per
+    timeout would show up as growth. Log lines: every record whose message names the stuck
+    consumer: the hang, its doubling reminders, the queue's overflow drops (queue_size
+    1000, drop_oldest: once per burst, then at doubling intervals) and what the stop gave up.
+    """
+    release = threading.Event()
+    stuck_in_call = threading.Event()
+    calls = 0
+
+    def stuck(data: Any, event_time: datetime) -> None:
+        nonlocal calls
+        calls += 1
+        stuck_in_call.set()
+        release.wait(120)  # released at the end of the test
+
+    baseline: int | None = None
+    peak = 0
+    own_threads: set[str] = set()
+    n = 0
+
+    async def produce(event_time: datetime) -> int:
+        nonlocal baseline, peak, n
+        n += 1
+        if stuck_in_call.is_set():
+            count = threading.active_count()
+            baseline = count if baseline is None else baseline
+            peak = max(peak, count)
+            own_threads.update(t.name for t in threading.enumerate()
+                               if t.name.startswith("aioconveyor[figure]"))
+        return n
+
+    caplog.set_level(logging.INFO)
+    sink = MemoryConsumer("sink")
+    conv = AioConveyor(produce, [sink, Consumer(stuck, name="stuck")], loop_interval=0.2,
+                       clock=FakeClock(), max_ticks=3000, name="figure")
+    try:
+        conv.start()
+        assert conv.join(60)
+        s = conv.stats()
+        lines = [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()]
+    finally:
+        release.set()
+    assert conv.exception is None and s.ticks == 3000
+    assert sink.data == list(range(1, 3001))  # the healthy lane: 100 % of the ticks, in order
+    assert calls == 1  # no second call while the first hangs
+    assert baseline is not None and peak <= baseline + 2, (baseline, peak)
+    assert own_threads == {"aioconveyor[figure]", "aioconveyor[figure].loop-monitor",
+                           "aioconveyor[figure].copier",
+                           "aioconveyor[figure].lane[stuck].worker"}
+    assert len(lines) <= 10, lines
+    assert any("hung past" in line for line in lines)
+    assert any("queue full" in line for line in lines)
+    stuck_stats = s.consumer("stuck")
+    assert (stuck_stats.timeouts, stuck_stats.abandoned, stuck_stats.delivered) == (1, 1, 0)
+    assert stuck_stats.dropped == 3000  # overflow, then the stop gave up on the rest
