@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -15,7 +18,7 @@ import pytest
 from aioconveyor import AioConveyor, Consumer, RestartBudgetExceeded, StartupError
 from aioconveyor.errors import ContainedError
 from aioconveyor.schedule import IntervalSchedule
-from aioconveyor.testing import FakeClock, MemoryConsumer
+from aioconveyor.testing import FakeClock, MemoryConsumer, wait_until_blocking
 
 TICKS = 20
 
@@ -347,3 +350,83 @@ def test_a_sync_consumer_hung_for_ten_minutes_costs_one_thread_and_a_few_log_lin
     stuck_stats = s.consumer("stuck")
     assert (stuck_stats.timeouts, stuck_stats.abandoned, stuck_stats.delivered) == (1, 1, 0)
     assert stuck_stats.dropped == 3000  # overflow, then the stop gave up on the rest
+
+
+# -- point 6: stop() while start() is still opening ---------------------------------------
+
+
+class _SlowOpen:
+    """A consumer whose ``open()`` takes 0.3 s of real time."""
+
+    def __init__(self) -> None:
+        self.opening = threading.Event()
+        self.opened = threading.Event()
+
+    async def open(self) -> None:
+        self.opening.set()
+        await asyncio.sleep(0.3)
+        self.opened.set()
+
+    async def close(self) -> None:
+        pass
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        pass
+
+
+@pytest.mark.parametrize("attempt", range(20))
+def test_stop_while_start_is_opening_stops_the_conveyor(attempt: int) -> None:
+    slow = _SlowOpen()
+    conv = AioConveyor(Counter(), [Consumer(slow, name="slow")], loop_interval=0.05,
+                       eager=True, stop_timeout=1.0)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            conv.start()
+        except BaseException as exc:
+            errors.append(exc)
+
+    starter = threading.Thread(target=start)
+    starter.start()
+    if attempt % 2:  # in the middle of open()
+        assert wait_until_blocking(slow.opening.is_set)
+        assert not slow.opened.is_set()
+    else:  # as early as it comes: start() has its thread, the loop may not run yet
+        assert wait_until_blocking(lambda: conv._thread is not None)
+    asked = time.monotonic()
+    conv.stop()
+    took = time.monotonic() - asked
+    assert not conv.running
+    assert conv._thread is None or not conv._thread.is_alive()
+    assert took < conv.stop_timeout + 1.0, took
+    starter.join(5)
+    assert not starter.is_alive() and not errors
+    assert conv.exception is None
+    assert conv.stats().ticks == 0  # honoured before the first tick
+
+
+def test_items_left_at_stop_are_logged_with_their_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def slow(data: Any, event_time: datetime) -> None:
+        await asyncio.sleep(30)
+
+    caplog.set_level(logging.INFO)
+    conv = AioConveyor(Counter(), [Consumer(slow, name="slow", timeout=math.inf)],
+                       loop_interval=0.02, eager=True, stop_timeout=0.5)
+    conv.start()
+    assert wait_until_blocking(lambda: conv.stats().consumer("slow").queued >= 5)
+    asked = time.monotonic()
+    conv.stop()
+    assert time.monotonic() - asked < conv.stop_timeout + 1.0
+    assert not conv.running
+    s = conv.stats().consumer("slow")
+    queued = [m for r in caplog.records
+              if (m := re.search(r"slow: (\d+) queued item\(s\) not delivered", r.getMessage()))]
+    in_flight = [m for r in caplog.records
+                 if (m := re.search(r"slow: (\d+) item\(s\) of tick .* not delivered",
+                                    r.getMessage()))]
+    assert len(queued) == 1 and len(in_flight) == 1
+    assert int(queued[0][1]) >= 5 and int(in_flight[0][1]) == 1
+    assert s.dropped == int(queued[0][1]) + 1 and s.delivered == 0 and s.queued == 0
