@@ -4,11 +4,14 @@ its other lanes and its logs stay sane; health and metrics say what is wrong."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -430,3 +433,156 @@ def test_items_left_at_stop_are_logged_with_their_count(
     assert len(queued) == 1 and len(in_flight) == 1
     assert int(queued[0][1]) >= 5 and int(in_flight[0][1]) == 1
     assert s.dropped == int(queued[0][1]) + 1 and s.delivered == 0 and s.queued == 0
+
+
+# -- point 9: health sees a consumer that fails every item, or is quarantined -------------
+
+
+class _JunkRejectedCount:
+    """A consumer whose ``rejected`` attribute raises: its lane's own task dies on it, so
+    it runs past its restart budget and is quarantined."""
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        pass
+
+    @property
+    def rejected(self) -> int:
+        raise Meltdown("junk attribute")
+
+
+class _NeverOpens:
+    async def open(self) -> None:
+        raise OSError("connection refused")
+
+    async def close(self) -> None:
+        pass
+
+    async def __call__(self, data: Any, event_time: datetime) -> None:
+        pass
+
+
+def test_health_judges_failing_every_item_against_failing_now_and_then() -> None:
+    """On a FakeClock, the producer records ``conv.health()`` at every tick (bound 2 s at
+    0.2 s ticks): the consumer failing every item turns unhealthy once that has lasted
+    more than 2 s; the one failing every third item never does."""
+
+    async def always(data: int, event_time: datetime) -> None:
+        raise ValueError("always")
+
+    async def flaky(data: int, event_time: datetime) -> None:
+        if data % 3 == 0:
+            raise ValueError("now and then")
+
+    verdicts: list[dict[str, str]] = []
+    n = 0
+
+    async def produce(event_time: datetime) -> int:
+        nonlocal n
+        n += 1
+        verdicts.append(dict(conv.health().problems))
+        return n
+
+    sink = MemoryConsumer("sink")
+    conv = AioConveyor(produce, [sink, Consumer(always, name="always"),
+                                 Consumer(flaky, name="flaky")],
+                       loop_interval=0.2, clock=FakeClock(), max_ticks=100, health_bound=2.0)
+    asyncio.run(conv.run())
+    assert sink.data == list(range(1, 101))
+    assert conv.stats().consumer("flaky").failed == 33
+    # tick k sees the failures of ticks 1 .. k-1: "always" has failed for (k - 2) * 0.2 s
+    assert all("consumer:always" not in v for v in verdicts[:10])
+    assert all("every item failed" in v["consumer:always"] for v in verdicts[13:])
+    assert all(set(v) <= {"consumer:always"} for v in verdicts)  # flaky, sink: healthy
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def url(conv: AioConveyor, path: str) -> str:
+    address = conv.metrics_address
+    assert address is not None
+    return f"http://{address[0]}:{address[1]}{path}"
+
+
+def test_healthz_is_503_naming_the_consumer_failing_every_item_and_the_quarantined_one() -> None:
+    async def always(data: int, event_time: datetime) -> None:
+        raise ValueError("always")
+
+    async def flaky(data: int, event_time: datetime) -> None:
+        if data % 2:
+            raise ValueError("now and then")
+
+    sink = MemoryConsumer("sink")
+    conv = AioConveyor(Counter(), [sink, Consumer(always, name="always"),
+                                   Consumer(flaky, name="flaky"),
+                                   Consumer(_JunkRejectedCount(), name="junk")],
+                       loop_interval=0.05, health_bound=0.3, restart_limit=1,
+                       metrics_port=0)
+    with conv:
+        assert wait_until_blocking(
+            lambda: {"consumer:always", "consumer:junk"} <= set(conv.health().problems))
+        code, body = get(url(conv, "/healthz"))
+        assert sink.wait_for(conv.stats().produced)  # the healthy lane is not held up
+    assert code == 503
+    verdict = json.loads(body)
+    assert verdict["status"] == "unhealthy"
+    assert "every item failed" in verdict["problems"]["consumer:always"]
+    assert "ValueError: always" in verdict["problems"]["consumer:always"]
+    assert "quarantined" in verdict["problems"]["consumer:junk"]
+    assert "consumer:flaky" not in verdict["problems"]
+    assert "consumer:sink" not in verdict["problems"]
+    assert conv.exception is None
+
+
+# -- metrics: a consumer's state, open() errors, skipped producer calls -------------------
+
+
+def test_metrics_show_consumer_states_open_errors_and_skipped_ticks() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    release = threading.Event()
+    n = 0
+
+    def produce(event_time: datetime) -> int:
+        nonlocal n
+        n += 1
+        if n == 5:
+            release.wait(20)  # hangs past producer_timeout: the next ticks are skipped
+        return n
+
+    sink = MemoryConsumer("sink")
+    door = Consumer(_NeverOpens(), name="door", backoff=0.02, max_backoff=0.02,
+                    backoff_jitter=0)
+    conv = AioConveyor(produce, [sink, door, Consumer(_JunkRejectedCount(), name="junk")],
+                       loop_interval=0.05, producer_timeout=0.1, restart_limit=1,
+                       metrics_port=0, name="meter")
+    try:
+        with conv:
+            assert wait_until_blocking(
+                lambda: conv.stats().producer_skipped >= 2
+                and conv.stats().consumer("door").open_errors >= 2
+                and conv.stats().consumer("junk").state == "quarantined")
+            code, body = get(url(conv, "/metrics"))
+            s = conv.stats()
+    finally:
+        release.set()
+    assert code == 200
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    skipped = families["aioconveyor_producer_skipped"].samples
+    assert skipped[0].name == "aioconveyor_producer_skipped_total"
+    assert skipped[0].labels == {"conveyor": "meter"} and skipped[0].value >= 2
+    opens = {x.labels["consumer"]: x.value
+             for x in families["aioconveyor_consumer_open_errors"].samples}
+    assert opens["door"] >= 2 and opens["sink"] == 0 and opens["junk"] == 0
+    assert opens["door"] <= s.consumer("door").open_errors  # scraped before the snapshot
+    states: dict[str, dict[str, float]] = {}
+    for x in families["aioconveyor_consumer_state"].samples:
+        states.setdefault(x.labels["consumer"], {})[x.labels["state"]] = x.value
+    assert states["sink"] == {"connecting": 0, "open": 1, "quarantined": 0, "closed": 0}
+    assert states["door"] == {"connecting": 1, "open": 0, "quarantined": 0, "closed": 0}
+    assert states["junk"] == {"connecting": 0, "open": 0, "quarantined": 1, "closed": 0}
