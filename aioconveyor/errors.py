@@ -42,8 +42,7 @@ class RestartBudgetExceeded(ConveyorError):
 
     def __init__(self, component: str, restarts: int, window: float) -> None:
         super().__init__(
-            f"{component} needed more than {restarts} restarts within {window:g} s; "
-            "the conveyor was stopped"
+            f"{component} needed more than {restarts} restarts within {window:g} s"
         )
         self.component = component
         self.restarts = restarts

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .lanes import LaneState
 from .stats import ConveyorStats
 
 __all__ = ["CONTENT_TYPE", "render"]
@@ -35,6 +36,8 @@ _CONVEYOR_COUNTERS = (
     ("empty_ticks", "empty", "Ticks whose producer returned None."),
     ("producer_errors", "producer_errors", "Producer calls that raised or timed out."),
     ("producer_timeouts", "producer_timeouts", "Producer calls cancelled at their timeout."),
+    ("producer_skipped", "producer_skipped",
+     "Ticks skipped because the producer's previous call still hangs."),
     ("missed_ticks", "missed_ticks", "Grid times skipped (overrun, blocked loop, clock step)."),
     ("standby_ticks", "standby_ticks", "Ticks not produced because another instance leads."),
     ("clock_jumps", "clock_jumps", "Wall-clock steps detected."),
@@ -52,6 +55,7 @@ _CONSUMER_COUNTERS = (
     ("timeouts", "Calls past their timeout."),
     ("restarts", "Workers restarted after a timeout or a crash."),
     ("hook_errors", "on_delivered/on_error hooks that failed."),
+    ("open_errors", "Failed open() calls (retried with backoff)."),
 )
 
 
@@ -99,6 +103,14 @@ class _StatsCollector:
             for c in s.consumers:
                 gauge.add_metric([s.name, c.name], getattr(c, attr))
             yield gauge
+        state = GaugeMetricFamily(
+            "aioconveyor_consumer_state",
+            "1 for the consumer's current state (connecting, open, quarantined, closed), "
+            "0 for the others.", labels=["conveyor", "consumer", "state"])
+        for c in s.consumers:
+            for st in LaneState:
+                state.add_metric([s.name, c.name, st.value], 1.0 if c.state == st else 0.0)
+        yield state
 
 
 def _le(bound: float) -> str:
