@@ -30,6 +30,7 @@ import keyword
 import logging
 import re
 import secrets
+import socket
 import ssl
 import string
 import time
@@ -336,6 +337,28 @@ def _abort(client: aiomqtt.Client) -> None:
     "abort", hence its paho client."""
     with contextlib.suppress(Exception):
         client._client.disconnect()
+
+
+def _close_sockets_left_in(exc: BaseException) -> None:
+    """Close the sockets a failed connect leaves in its traceback's frames.
+
+    paho-mqtt does not close its socket when the TLS handshake (or the connect) fails; the
+    socket then lives on in the error's traceback until a garbage collection finds it and
+    warns. With start-up retries that would be one leaked socket per attempt, so close
+    them here, where the failure is handled.
+    """
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            for value in tuple(tb.tb_frame.f_locals.values()):
+                if isinstance(value, socket.socket) and value.fileno() != -1:
+                    with contextlib.suppress(OSError):
+                        value.close()
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
 
 
 class MqttConsumer:
@@ -755,6 +778,7 @@ class MqttConsumer:
                 await client.__aenter__()
             except aiomqtt.MqttError as exc:
                 _abort(client)  # a CONNACK that never came leaves the socket open
+                _close_sockets_left_in(exc)
                 self._failed_connects += 1
                 # aiomqtt keeps only the text of the ssl module's error
                 untrusted = "CERTIFICATE_VERIFY_FAILED" in str(exc)
