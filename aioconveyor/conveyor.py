@@ -656,7 +656,7 @@ class _Engine:
         if task is not None and not task.done():
             if not await wait_done(self.clock, task, self._budget(deadline, 0.0)):
                 task.cancel()
-                await asyncio.wait({task}, timeout=1.0)  # real time: a last grace for cleanup
+                await wait_done(self.clock, task, 1.0)  # a last grace for its cleanup
         lane.drop_remaining(f"{why}, drain timeout reached")
 
     def _budget(self, deadline: float, floor: float = 0.05) -> float:
