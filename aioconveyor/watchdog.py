@@ -126,10 +126,11 @@ class Supervisor:
         self._start(w)
 
     async def stop(self, names: list[str] | None = None, timeout: float = 1.0) -> None:
-        """Stop supervising and cancel the given tasks (all by default)."""
+        """Stop supervising and cancel the given tasks (all by default); wait at most
+        ``timeout`` seconds of the clock for them to end."""
         self._stopping = True
         tasks = [w.task for n, w in self._watched.items()
-                 if w.task is not None and (names is None or n in names)]
+                 if w.task is not None and not w.task.done() and (names is None or n in names)]
         for t in tasks:
             t.cancel()
         if tasks:
