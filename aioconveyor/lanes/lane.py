@@ -219,20 +219,22 @@ class Lane:
 
     async def _take(self) -> list[Entry] | None:
         q = self.queue
-        while not len(q):
-            if self._closing:
-                return None
-            await q.wait()
         s = self.settings
-        if s.batching and s.batch_age > 0:
-            oldest = q.oldest()
-            deadline = (self.clock.monotonic() if oldest is None else oldest) + s.batch_age
-            while len(q) < s.batch_size and not self._closing:
-                remaining = deadline - self.clock.monotonic()
-                if remaining <= 0:
-                    break
-                await q.wait(remaining)
-        return q.take(s.batch_size)
+        while True:
+            while not len(q):
+                if self._closing:
+                    return None
+                await q.wait()
+            if s.batching and s.batch_age > 0:
+                oldest = q.oldest()
+                deadline = (self.clock.monotonic() if oldest is None else oldest) + s.batch_age
+                while len(q) < s.batch_size and not self._closing:
+                    remaining = deadline - self.clock.monotonic()
+                    if remaining <= 0:
+                        break
+                    await q.wait(remaining)
+            if len(q):  # a hand-over may have taken it all while the batch was collecting
+                return q.take(s.batch_size)
 
     async def _payload(self, entries: list[Entry]) -> Any:
         s = self.settings
