@@ -488,6 +488,7 @@ class _Engine:
         self.failure: BaseException | None = None
         self._deadline: float | None = None
         self._stop_event = asyncio.Event()
+        self._changes: set[asyncio.Task[Any]] = set()  # add/remove/replace calls under way
         self.supervisor = Supervisor(counters, conv.clock, restarts=conv.restart_limit,
                                      window=conv.restart_window)
         self.scheduler = Scheduler(
@@ -515,8 +516,16 @@ class _Engine:
 
     async def within(self, call: Callable[[_Engine, float], Coroutine[Any, Any, T]],
                      timeout: float) -> T:
-        """Run an add/remove/replace ``call`` with a deadline ``timeout`` from now (clock)."""
-        return await call(self, self.clock.monotonic() + timeout)
+        """Run an add/remove/replace ``call`` with a deadline ``timeout`` from now (clock).
+
+        A stop that comes meanwhile lets it finish first (see :meth:`_shutdown`)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._changes.add(task)
+        try:
+            return await call(self, self.clock.monotonic() + timeout)
+        finally:
+            self._changes.discard(task)
 
     def _ticks_done(self) -> None:
         self.supervisor.finished(self.scheduler_name)
@@ -748,6 +757,9 @@ class _Engine:
         await self.supervisor.stop([self.scheduler_name], timeout=1.0)
         self.scheduler.close()
         drain_until = deadline - max(0.0, reserve)
+        if self._changes:  # a replace under way hands its backlog over before we drain
+            changes = asyncio.gather(*self._changes, return_exceptions=True)
+            await wait_done(self.clock, changes, self._budget(drain_until, 0.0))
         for lane in self.lanes:
             lane.begin_drain(drain_until)
         tasks = [t for lane in self.lanes

@@ -125,3 +125,32 @@ def test_replacing_a_consumer_that_cannot_deliver_hands_its_backlog_over() -> No
     assert fixed.data == list(range(1, produced + 1))  # the old one's items too, in order
     c = conv.stats().consumer("db")
     assert (c.delivered, c.dropped, c.failed) == (produced, 0, 0)
+
+
+def test_a_stop_during_a_replace_lets_the_hand_over_finish_and_every_item_is_accounted_for() -> None:
+    import threading
+
+    class Sticky(MemoryConsumer):
+        """Each call takes a while, so the replace has a call in flight to wait for."""
+
+        async def __call__(self, data: Any, event_time: datetime) -> None:
+            await asyncio.sleep(0.3)
+            await super().__call__(data, event_time)
+
+    old, new = Sticky("sink"), MemoryConsumer("sink")
+    conv = AioConveyor(Numbers(), [Consumer(old, queue_size=10**6)], loop_interval=0.01,
+                       stop_timeout=5.0)
+    conv.start()
+    try:
+        assert wait_until_blocking(lambda: conv.stats().consumer("sink").queued >= 5)
+        replacing = threading.Thread(target=conv.replace_consumer, args=("sink", new))
+        replacing.start()
+        assert wait_until_blocking(lambda: conv.consumer_names == ("sink",)
+                                   and conv._lane_settings[0].fn is new)
+    finally:
+        conv.stop()
+    replacing.join(10)
+    c = conv.stats().consumer("sink")
+    assert c.queued == 0 and c.in_flight == 0
+    assert c.offered == c.delivered + c.dropped + c.failed + c.rejected
+    assert c.delivered == len(old.data) + len(new.data)
