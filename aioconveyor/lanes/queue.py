@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from .._logs import LogLimiter
-from ..clock import Clock, wait_done
+from ..clock import Clock
 from ..consumer import Overflow
 from ..spool import Spool
 from ..tick import Tick
@@ -153,11 +153,18 @@ class LaneQueue:
 
     async def wait(self, seconds: float = math.inf) -> None:
         """Return once an entry arrives, :meth:`wake` is called or ``seconds`` passed."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        # awaited directly, not through wait_done(): this runs once per lane per tick, and
+        # the extra future and done-callback of wait_done() add up over 10,000 lanes. Only
+        # wake() and the timer resolve it; a cancellation of the lane cancels it, harmlessly
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        timer = (None if seconds == math.inf
+                 else self._clock.call_later(seconds, lambda: _resolve(waiter)))
         try:
-            await wait_done(self._clock, self._waiter, seconds)
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def wake(self) -> None:
         """Make :meth:`wait` return (an entry arrived, or the lane is closing)."""
@@ -233,3 +240,8 @@ class LaneQueue:
             logger.warning("consumer %s: %d queued item(s) not delivered (%s); counted as %s",
                            self.name, n, why, "dropped" if dst is Place.DROPPED else "failed")
         return n
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
