@@ -480,7 +480,7 @@ class _Engine:
         self.clock = conv.clock
         counters = conv._counters
         self.counters = counters
-        self.copier = Copier(conv.name, conv.clock)
+        self.copier = Copier(conv.name, conv.clock, lambda: counters.next_tick_time)
         self.lanes = [self._lane(settings, ledger)
                       for settings, ledger in zip(conv._lane_settings, conv._ledgers,
                                                   strict=True)]
