@@ -74,9 +74,10 @@ class LaneQueue:
 
     # -- arriving --------------------------------------------------------------------
 
-    def put(self, data: Any, tick: Tick) -> asyncio.Future[None] | None:
+    def put(self, data: Any, tick: Tick, wake: bool = True) -> asyncio.Future[None] | None:
         """Queue ``data``; returns a future to await only if the policy is ``block`` and
-        the queue is full (the item is queued when it resolves)."""
+        the queue is full (the item is queued when it resolves). ``wake=False`` leaves
+        waking the lane to the caller (:meth:`wake`)."""
         full = len(self._items) >= self.size
         if full and self.overflow is Overflow.DROP_NEWEST:
             self.ledger.offer(1, Place.DROPPED)
@@ -97,14 +98,14 @@ class LaneQueue:
                 )
                 return None
         if not full:
-            self._append(entry)
+            self._append(entry, wake)
             return None
         if self.overflow is Overflow.DROP_OLDEST:
             old = self._items.popleft()
             self.forget([old])
             self.ledger.move(1, Place.QUEUED, Place.DROPPED)
             self._dropped(old.tick, "queue full")
-            self._append(entry)
+            self._append(entry, wake)
             return None
         return asyncio.ensure_future(self._put_when_room(entry))
 
@@ -120,10 +121,11 @@ class LaneQueue:
             raise
         self._append(entry)
 
-    def _append(self, entry: Entry) -> None:
+    def _append(self, entry: Entry, wake: bool = True) -> None:
         self._items.append(entry)
         self.ledger.offer(1)
-        self.wake()
+        if wake:
+            self.wake()
         if len(self._items) >= self.size:
             self._has_room.clear()
 
