@@ -489,8 +489,9 @@ class _Engine:
         self._stop_event = asyncio.Event()
         self.supervisor = Supervisor(counters, conv.clock, restarts=conv.restart_limit,
                                      window=conv.restart_window)
+        fanout = Fanout(self.lanes, conv.clock, lambda: counters.next_tick_time)
         self.scheduler = Scheduler(
-            conv.produce, conv.planner, conv.clock, Fanout(self.lanes), counters,
+            conv.produce, conv.planner, conv.clock, fanout, counters,
             name=conv.name, producer_timeout=conv.producer_timeout,
             error_backoff=conv.error_backoff, max_ticks=conv.max_ticks,
             on_finished=self._ticks_done, leader=conv.leader,
