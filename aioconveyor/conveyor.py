@@ -481,7 +481,7 @@ class _Engine:
         self.clock = conv.clock
         counters = conv._counters
         self.counters = counters
-        self.copier = Copier(conv.name, conv.clock)
+        self.copier = Copier(conv.name, conv.clock, lambda: counters.next_tick_time)
         self.lanes = [self._lane(settings, ledger)
                       for settings, ledger in zip(conv._lane_settings, conv._ledgers,
                                                   strict=True)]
@@ -491,8 +491,9 @@ class _Engine:
         self._changes: set[asyncio.Task[Any]] = set()  # add/remove/replace calls under way
         self.supervisor = Supervisor(counters, conv.clock, restarts=conv.restart_limit,
                                      window=conv.restart_window)
+        fanout = Fanout(self.lanes, conv.clock, lambda: counters.next_tick_time)
         self.scheduler = Scheduler(
-            conv.produce, conv.planner, conv.clock, Fanout(self.lanes), counters,
+            conv.produce, conv.planner, conv.clock, fanout, counters,
             name=conv.name, producer_timeout=conv.producer_timeout,
             error_backoff=conv.error_backoff, max_ticks=conv.max_ticks,
             on_finished=self._ticks_done, leader=conv.leader,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import operator
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -82,6 +83,12 @@ _ROW_ERRORS: tuple[type[BaseException], ...] = (
 _Row = tuple[Any, ...]
 _Refused = tuple[object, BaseException]
 """A record that was refused: its event time, and why."""
+
+#: A call with more records than this builds its rows (and JSON) on a worker thread.
+OFFLOAD_ROWS = 1000
+#: With JSON to encode, a call builds its rows on a worker thread unless the last build
+#: took less than this (seconds): the first call, whose cost is unknown, goes to the thread.
+OFFLOAD_SECONDS = 0.002
 
 
 def quote_ident(name: str) -> str:
@@ -226,6 +233,7 @@ class PostgresConsumer:
             else pick
         )
         self._json_values: frozenset[int] = frozenset()  # positions among _value_columns
+        self._build_cost: float | None = None  # seconds the last call's rows took to build
         """Every column a row writes, in order."""
 
         if key is None:
@@ -445,15 +453,17 @@ class PostgresConsumer:
         if self._pool is None:
             raise RuntimeError(f"consumer {self.name!r} is not open: use it in a conveyor, "
                                "in `async with`, or call open() first")
-        rows: list[_Row] = []
-        refused: list[_Refused] = []
-        row = self._row
-        for item, when in (data if isinstance(data, Batch) else ((data, event_time),)):
-            try:
-                rows.append(row(when if type(when) is datetime and when.tzinfo is UTC
-                                else _utc(when), item))
-            except (TypeError, ValueError) as exc:
-                refused.append((when, exc))
+        n = len(data) if isinstance(data, Batch) else 1
+        # Building the rows runs json.dumps over every JSON value: for a big batch (or one
+        # big JSON payload) that is tens to hundreds of milliseconds of pure Python during
+        # which the conveyor's loop, which runs this consumer, would run nothing else (no
+        # tick, no other consumer). Such builds go to a worker thread; small ones, which
+        # cost microseconds, stay inline, where a thread hop would cost more than the work.
+        if n > OFFLOAD_ROWS or (self._encodes_json and (
+                self._build_cost is None or self._build_cost >= OFFLOAD_SECONDS)):
+            rows, refused = await asyncio.to_thread(self._build, data, event_time)
+        else:
+            rows, refused = self._build(data, event_time)
         if rows:
             try:
                 inserted, refused_by_db = await self._write(rows)
@@ -468,6 +478,25 @@ class PostgresConsumer:
             refused += refused_by_db
         for moment, error in refused:
             self._reject(moment, error)
+
+    @property
+    def _encodes_json(self) -> bool:
+        return self.columns is None or bool(self._json_values)
+
+    def _build(self, data: Any, event_time: datetime) -> tuple[list[_Row], list[_Refused]]:
+        """The rows of one call, and the records refused; thread-safe (reads settings only)."""
+        start = time.perf_counter()
+        rows: list[_Row] = []
+        refused: list[_Refused] = []
+        row = self._row
+        for item, when in (data if isinstance(data, Batch) else ((data, event_time),)):
+            try:
+                rows.append(row(when if type(when) is datetime and when.tzinfo is UTC
+                                else _utc(when), item))
+            except (TypeError, ValueError) as exc:
+                refused.append((when, exc))
+        self._build_cost = time.perf_counter() - start
+        return rows, refused
 
     def _row(self, event_time: datetime, item: Any) -> _Row:
         if self.columns is None:

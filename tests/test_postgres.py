@@ -13,6 +13,7 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
@@ -414,6 +415,37 @@ async def test_a_bad_row_is_skipped_and_the_rest_of_its_batch_written(
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refused) == 4, refused  # one line per kind of refusal
     assert any("CheckViolationError" in m and "2024-05-01T12:00:02" in m for m in refused)
+
+
+async def test_a_batch_with_a_large_json_payload_is_written_off_the_loop(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A big batch is encoded on a worker thread (the loop keeps turning) and written whole."""
+    from aioconveyor.consumers import postgres
+
+    table = new_table()
+    await create_readings(db, table)
+    big = {"values": [{"i": i, "v": i / 7, "s": f"x{i}"} for i in range(20_000)]}
+    items = [{"seq": n, "meta": big if n == 3 else {"n": n}} for n in range(1500)]
+    batch = Batch(Record(item, T0 + timedelta(seconds=i)) for i, item in enumerate(items))
+    threads: list[bool] = []
+    build = postgres.PostgresConsumer._build
+
+    def spy(self: PostgresConsumer, data: Any, event_time: datetime) -> Any:
+        threads.append(threading.current_thread() is threading.main_thread())
+        return build(self, data, event_time)
+
+    monkeypatch.setattr(postgres.PostgresConsumer, "_build", spy)
+    async with PostgresConsumer(postgres_dsn, table, ["seq", "meta"]) as sink:
+        await sink(batch, batch[-1].event_time)
+        for _ in range(2):  # small duplicates: a thread after the costly build, then inline
+            await sink(Batch(batch[:2]), batch[1].event_time)
+    assert threads == [False, False, True]
+    got = await rows_of(db, table, "seq, meta")
+    assert [(r["seq"], json.loads(r["meta"])) for r in got] == [
+        (item["seq"], item["meta"]) for item in items]
+    assert (sink.written, sink.duplicates, sink.rejected) == (1500, 4, 0)
 
 
 async def test_values_that_are_not_json_are_refused_in_jsonb_mode(

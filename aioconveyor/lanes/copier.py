@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..clock import Clock
@@ -26,12 +27,109 @@ __all__ = ["Copier", "CopyCost"]
 INLINE_LIMIT = 0.0005
 
 
+#: On the copier thread, a copy lets go of the GIL after about this much work (seconds).
+SLICE = 0.001
+#: ... for this long (seconds): long enough for a thread waiting for the GIL to take it.
+PAUSE = 0.00005
+#: Lists and dicts with fewer items than this are copied without a look at the time.
+SLICED_MIN = 64
+#: The copier thread stands aside from this long (seconds) before a tick's time ...
+HOLD_BEFORE = 0.03
+#: ... until this long after it.
+HOLD_AFTER = 0.005
+
+
 def _timed_copy(data: Any) -> tuple[Any, float]:
     # perf_counter measures the CPU work of one copy (to choose where the next one runs);
     # it is not a timer, so it stays off the conveyor's Clock on purpose
     start = time.perf_counter()
     result = copy.deepcopy(data)
     return result, time.perf_counter() - start
+
+
+class _Slicer:
+    """One copy on the copier thread, made in slices (see :meth:`copy`)."""
+
+    __slots__ = ("clock", "held", "mark", "next_tick", "paused")
+
+    def __init__(self, clock: Clock, next_tick: Callable[[], float | None] | None) -> None:
+        self.clock = clock
+        self.next_tick = next_tick
+        self.mark = time.perf_counter()  # end of the last pause
+        self.paused = 0.0  # seconds spent pausing, left out of the copy's cost
+        self.held: float | None = None  # the tick already stood aside for
+
+    def copy(self, data: Any) -> tuple[Any, float]:
+        """:func:`_timed_copy` for the copier thread: the same copy, made in slices.
+
+        ``copy.deepcopy`` is pure Python and holds the GIL; the loop thread, woken for a
+        tick, waits for the GIL up to ``sys.getswitchinterval()`` (5 ms) each time it has
+        let go of it (every ``epoll``), which made ticks 5-11 ms late while a 50 MB copy
+        ran. So a long list is copied a slice of items at a time and a long dict item by
+        item, all with the one memo of ``deepcopy`` (shared and recursive objects come out
+        as ``deepcopy`` makes them), and after about :data:`SLICE` of work the thread
+        sleeps :data:`PAUSE`, which hands the GIL to the loop if it is waiting. Around
+        each tick's time (from :data:`HOLD_BEFORE` before to :data:`HOLD_AFTER` after) it
+        stands aside entirely, so that neither a slice nor a garbage collection its
+        allocations set off (tens of ms with millions of objects, GIL held) delays the
+        tick. (The switch interval and the collector are process-wide: a library leaves
+        them alone.)
+        """
+        start = self.mark = time.perf_counter()
+        result = self._sliced(data, {})
+        return result, time.perf_counter() - start - self.paused
+
+    def _sliced(self, x: Any, memo: dict[int, Any]) -> Any:
+        cls = type(x)
+        if cls is not list and cls is not dict:
+            return copy.deepcopy(x, memo)
+        d = id(x)
+        if d in memo:
+            return memo[d]
+        y: Any
+        if cls is list:  # as copy._deepcopy_list
+            y = []
+            memo[d] = y
+            if len(x) < SLICED_MIN:
+                y.extend([self._sliced(item, memo) for item in x])
+            else:
+                step = SLICED_MIN
+                i = 0
+                while i < len(x):
+                    t = time.perf_counter()
+                    # the slice is kept alive by the memo (as deepcopy keeps what it
+                    # copied), so no later object can reuse its id
+                    y.extend(copy.deepcopy(x[i:i + step], memo))
+                    i += step
+                    took = time.perf_counter() - t
+                    step = max(1, min(4 * step, int(step * SLICE / took) if took > 0
+                                      else 4 * step))
+                    self._pause()
+        else:  # as copy._deepcopy_dict
+            y = {}
+            memo[d] = y
+            check = len(x) >= SLICED_MIN
+            for key, value in x.items():
+                y[copy.deepcopy(key, memo)] = self._sliced(value, memo)
+                if check:
+                    self._pause()
+        memo.setdefault(id(memo), []).append(x)  # as copy._keep_alive
+        return y
+
+    def _pause(self) -> None:
+        now = time.perf_counter()
+        if now - self.mark < SLICE:
+            return
+        wait = PAUSE
+        due = self.next_tick() if self.next_tick is not None else None
+        if due is not None and due != self.held:
+            until = due - self.clock.time()
+            if -HOLD_AFTER < until < HOLD_BEFORE:  # at most once per tick, whatever the clock
+                self.held = due
+                wait = max(PAUSE, until + HOLD_AFTER)
+        time.sleep(wait)
+        self.mark = time.perf_counter()
+        self.paused += self.mark - now
 
 
 class CopyCost:
@@ -46,8 +144,12 @@ class CopyCost:
 class Copier:
     """One per conveyor: the thread that makes the big copies, shared by its lanes."""
 
-    def __init__(self, name: str, clock: Clock) -> None:
+    def __init__(self, name: str, clock: Clock,
+                 next_tick: Callable[[], float | None] | None = None) -> None:
+        """``next_tick``: the time (``clock.time()``) of the next tick, if known; read
+        from the copier thread."""
         self._clock = clock
+        self._next_tick = next_tick
         self._worker = SyncWorker(f"aioconveyor[{name}].copier")
 
     async def copy(self, data: Any, cost: CopyCost) -> Any:
@@ -55,7 +157,7 @@ class Copier:
         if cost.last is not None and cost.last < INLINE_LIMIT:
             result, cost.last = _timed_copy(data)
             return result
-        work = self._worker.submit(_timed_copy, data)
+        work = self._worker.submit(_Slicer(self._clock, self._next_tick).copy, data)
         self._clock.track(work)
         result, cost.last = await asyncio.wrap_future(work)
         return result

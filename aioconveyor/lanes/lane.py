@@ -86,16 +86,17 @@ class Lane:
 
     # -- arriving --------------------------------------------------------------------
 
-    def put(self, data: Any, tick: Tick) -> asyncio.Future[None] | None:
+    def put(self, data: Any, tick: Tick, wake: bool = True) -> asyncio.Future[None] | None:
         """Queue ``data`` (shared, not yet copied); a future only when it must wait for
-        room (``overflow="block"``)."""
+        room (``overflow="block"``). ``wake=False``: the caller wakes the lane later
+        (``lane.queue.wake()``)."""
         if self.state is LaneState.QUARANTINED:
             self.ledger.offer(1, Place.FAILED)
             self._limiter.log(logger, logging.ERROR, "quarantined",
                               "consumer %s is quarantined; the item of tick %s counts as failed",
                               self.name, tick.event_time.isoformat())
             return None
-        return self.queue.put(data, tick)
+        return self.queue.put(data, tick, wake)
 
     # -- opening and closing ---------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from .._logs import LogLimiter
-from ..clock import Clock, wait_done
+from ..clock import Clock
 from ..consumer import Overflow
 from ..spool import Spool
 from ..tick import Tick
@@ -74,9 +74,10 @@ class LaneQueue:
 
     # -- arriving --------------------------------------------------------------------
 
-    def put(self, data: Any, tick: Tick) -> asyncio.Future[None] | None:
+    def put(self, data: Any, tick: Tick, wake: bool = True) -> asyncio.Future[None] | None:
         """Queue ``data``; returns a future to await only if the policy is ``block`` and
-        the queue is full (the item is queued when it resolves)."""
+        the queue is full (the item is queued when it resolves). ``wake=False`` leaves
+        waking the lane to the caller (:meth:`wake`)."""
         full = len(self._items) >= self.size
         if full and self.overflow is Overflow.DROP_NEWEST:
             self.ledger.offer(1, Place.DROPPED)
@@ -97,14 +98,14 @@ class LaneQueue:
                 )
                 return None
         if not full:
-            self._append(entry)
+            self._append(entry, wake)
             return None
         if self.overflow is Overflow.DROP_OLDEST:
             old = self._items.popleft()
             self.forget([old])
             self.ledger.move(1, Place.QUEUED, Place.DROPPED)
             self._dropped(old.tick, "queue full")
-            self._append(entry)
+            self._append(entry, wake)
             return None
         return asyncio.ensure_future(self._put_when_room(entry))
 
@@ -120,10 +121,11 @@ class LaneQueue:
             raise
         self._append(entry)
 
-    def _append(self, entry: Entry) -> None:
+    def _append(self, entry: Entry, wake: bool = True) -> None:
         self._items.append(entry)
         self.ledger.offer(1)
-        self.wake()
+        if wake:
+            self.wake()
         if len(self._items) >= self.size:
             self._has_room.clear()
 
@@ -155,11 +157,18 @@ class LaneQueue:
 
     async def wait(self, seconds: float = math.inf) -> None:
         """Return once an entry arrives, :meth:`wake` is called or ``seconds`` passed."""
-        self._waiter = asyncio.get_running_loop().create_future()
+        # awaited directly, not through wait_done(): this runs once per lane per tick, and
+        # the extra future and done-callback of wait_done() add up over 10,000 lanes. Only
+        # wake() and the timer resolve it; a cancellation of the lane cancels it, harmlessly
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        timer = (None if seconds == math.inf
+                 else self._clock.call_later(seconds, lambda: _resolve(waiter)))
         try:
-            await wait_done(self._clock, self._waiter, seconds)
+            await waiter
         finally:
             self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     def wake(self) -> None:
         """Make :meth:`wait` return (an entry arrived, or the lane is closing)."""
@@ -236,3 +245,8 @@ class LaneQueue:
             logger.warning("consumer %s: %d queued item(s) not delivered (%s); counted as %s",
                            self.name, n, why, "dropped" if dst is Place.DROPPED else "failed")
         return n
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
