@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import asyncpg
 import pytest
 
 from support.services import MQTT_URL, POSTGRES_DSN, require_server
@@ -17,3 +20,13 @@ def mqtt_url() -> str:
     """URL of the real test Mosquitto (skip locally / fail under CI=true if unreachable)."""
     require_server("Mosquitto", MQTT_URL, 1883)
     return MQTT_URL
+
+
+@pytest.fixture
+async def db(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """The test's own connection to the real PostgreSQL (never through a proxy, never killed)."""
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()

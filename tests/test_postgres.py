@@ -92,16 +92,6 @@ def assert_lane_clean(conv: AioConveyor, name: str) -> None:
 
 
 @pytest.fixture
-async def db(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """The test's own connection (never through a proxy, never killed)."""
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
 async def new_table(db: asyncpg.Connection) -> AsyncIterator[Callable[..., str]]:
     """Make unique table names; every one of them is dropped after the test."""
     made: list[str] = []

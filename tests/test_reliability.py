@@ -185,15 +185,6 @@ def worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
 
 
 @pytest.fixture
-async def db(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
 async def table(db: asyncpg.Connection) -> AsyncIterator[str]:
     name = f"aioc_reliability_{uuid.uuid4().hex[:12]}"
     yield name

@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import subprocess
-import traceback
 import urllib.parse
 import urllib.request
 import uuid
@@ -36,6 +35,7 @@ from aioconveyor._secrets import (
 )
 from aioconveyor.consumers import MqttConsumer, PostgresConsumer
 from aioconveyor.testing import wait_until
+from support.leaks import exception_texts, log_texts
 from support.runner import BIN
 from support.services import free_port, host_port
 
@@ -60,21 +60,6 @@ def pg_dsn(password: str, port: int, *, database: str = "test") -> str:
 def assert_no_secret(texts: list[str]) -> None:
     leaks = [t for t in texts if MARKER in t]
     assert not leaks, "the password leaked:\n" + "\n---\n".join(leaks[:5])
-
-
-def exception_texts(exc: BaseException | None) -> list[str]:
-    out: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
-def log_texts(records: list[logging.LogRecord]) -> list[str]:
-    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-    return [formatter.format(r) + repr(r.__dict__.get("args")) for r in records]
 
 
 @pytest.fixture
@@ -189,15 +174,6 @@ async def test_failing_connections_never_show_the_password(
 def fetch(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         return str(response.read().decode())
-
-
-@pytest.fixture
-async def db(postgres_dsn: str) -> Any:
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.mark.parametrize("password", PASSWORDS, ids=IDS)

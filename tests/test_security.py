@@ -22,12 +22,11 @@ import ssl
 import subprocess
 import sys
 import time
-import traceback
 import urllib.parse
 import urllib.request
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import pytest
 from aioconveyor import AioConveyor, Consumer, PostgresLeader, StartupError
 from aioconveyor.consumers import MqttConsumer, PostgresConsumer
 from aioconveyor.testing import wait_until
+from support.leaks import exception_texts, log_texts
 from support.mosquitto import Mosquitto, require_mosquitto
 from support.proxy import TcpProxy
 from support.services import free_port, host_port
@@ -68,23 +68,6 @@ def pg_dsn(dsn: str, port: int, password: str = QUOTED, **params: str) -> str:
 
 def mqtt_url(port: int, password: str = QUOTED, scheme: str = "mqtt") -> str:
     return f"{scheme}://{USER}:{password}@127.0.0.1:{port}"
-
-
-def exception_texts(exc: BaseException | None) -> list[str]:
-    """str, repr and the formatted traceback of ``exc`` and of every cause and context."""
-    out: list[str] = []
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        out += [str(exc), repr(exc), "".join(traceback.format_exception(exc))]
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
-def log_texts(records: list[logging.LogRecord]) -> list[str]:
-    """Each record as a handler would write it: message, traceback and stack."""
-    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
-    return [formatter.format(r) + repr(r.__dict__.get("args")) for r in records]
 
 
 def assert_no_secret(texts: list[str]) -> None:
@@ -146,15 +129,6 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Mosquitto, TlsFiles]]:
     tls = make_tls(tmp_path)
     with tls_mosquitto(tmp_path, tls) as broker:
         yield broker, tls
-
-
-@pytest.fixture
-async def db(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -71,15 +71,6 @@ async def stop(conv: AioConveyor) -> None:
 
 
 @pytest.fixture
-async def db(postgres_dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(postgres_dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@pytest.fixture
 async def table(db: asyncpg.Connection) -> AsyncIterator[str]:
     name = f"aioc_startup_{uuid.uuid4().hex[:12]}"
     yield name
