@@ -1,7 +1,8 @@
-"""The README's commands and examples are real: they are checked and run here."""
+"""The README's and the manual's commands and examples are real: they are checked and run here."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -29,28 +30,76 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
 
 
-def readme_examples() -> list[tuple[str, str]]:
-    """(server it needs or "", code) of every python block marked <!-- test --> or
-    <!-- test: postgres|mqtt -->."""
-    return re.findall(r"<!-- test(?:: (\w+))? -->\n```python\n(.*?)\n```", README, re.S)
+DOCS = ROOT / "docs"
+MARKED = re.compile(r"<!-- test(?:: ([\w ]+))? -->\n```(python|toml)\n(.*?)\n```", re.S)
+
+
+def documented_examples() -> list[tuple[str, str, str, str]]:
+    """(page, tags, language, code) of every block marked <!-- test --> or
+    <!-- test: TAGS --> in the README and the manual (docs/**/*.md).
+
+    TAGS: "postgres" / "mqtt" (the block needs that server: skipped locally, failed under
+    CI=true when it is down), "toml" (a config file for ``aioconveyor run``). Python blocks
+    run as a script in an empty folder and must end by themselves (``max_ticks``). A TOML
+    block is written to ``conveyor.toml``, checked with ``aioconveyor check`` and run with
+    ``--set conveyor.max_ticks=3 --set conveyor.interval=0.2`` (the documented convention:
+    a config file runs until SIGTERM, the test bounds it).
+    """
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    return [(str(page.relative_to(ROOT)), tags or "", lang, code)
+            for page in pages for tags, lang, code in MARKED.findall(page.read_text())]
+
+
+def readme_examples() -> list[tuple[str, str, str, str]]:
+    return [e for e in documented_examples() if e[0] == "README.md"]
 
 
 def test_there_are_tested_examples() -> None:
-    assert len(readme_examples()) >= 6
+    assert len(readme_examples()) >= 1
+    assert len(documented_examples()) >= 15
+
+
+def test_every_python_block_of_the_manual_is_tested() -> None:
+    """A python block without a marker must say why it is not run (a fragment)."""
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text()
+        for match in re.finditer(r"(?:<!-- ([^>]*) -->\n)?```python\n", text):
+            assert match.group(1) is not None, (
+                f"{page.relative_to(ROOT)}: an untested python block; mark it <!-- test --> "
+                "(or <!-- not tested: why -->)")
 
 
 SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url"}
 
 
-@pytest.mark.parametrize(("needs", "code"), readme_examples(),
-                         ids=lambda v: v.splitlines()[0][:40] if v else "-")
-def test_readme_example_runs(needs: str, code: str, tmp_path: Path,
-                             request: pytest.FixtureRequest) -> None:
-    if needs:
-        request.getfixturevalue(SERVER_FIXTURES[needs])  # skip locally / fail in CI if down
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
+def example_id(value: object) -> str:
+    return str(value).splitlines()[0][:40] if value else "-"
+
+
+@pytest.mark.parametrize(("page", "tags", "lang", "code"), documented_examples(), ids=example_id)
+def test_documented_example_runs(page: str, tags: str, lang: str, code: str, tmp_path: Path,
+                                 request: pytest.FixtureRequest) -> None:
+    env = dict(os.environ)
+    for tag in tags.split():
+        if tag in SERVER_FIXTURES:  # skip locally / fail in CI if down
+            url = request.getfixturevalue(SERVER_FIXTURES[tag])
+            env["POSTGRES_DSN" if tag == "postgres" else "MQTT_URL"] = url
+    if lang == "python":
+        result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, f"{page}:\n{result.stderr}"
+        return
+    assert "toml" in tags.split(), f"{page}: a tested TOML block needs <!-- test: toml -->"
+    (tmp_path / "conveyor.toml").write_text(code + "\n")
+    cli = [sys.executable, "-m", "aioconveyor"]
+    checked = subprocess.run([*cli, "check", "conveyor.toml"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, f"{page}:\n{checked.stderr}"
+    ran = subprocess.run([*cli, "run", "conveyor.toml", "--set", "conveyor.max_ticks=3",
+                          "--set", "conveyor.interval=0.2"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0, f"{page}:\n{ran.stderr}"
+    assert "3 ticks" in ran.stdout, ran.stdout
 
 
 def test_demo_runs(tmp_path: Path) -> None:

@@ -986,9 +986,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def documented_configs() -> list[str]:
-    """TOML examples of the README (and of its runner section while it is being written)."""
+    """TOML examples of the README and of the manual's config runner page (docs/config.md)."""
     blocks: list[str] = []
-    for path in (ROOT / "README.md", ROOT / ".sections" / "runner.md"):
+    for path in (ROOT / "README.md", ROOT / "docs" / "config.md"):
         if path.exists():
             blocks += re.findall(r"```toml\n(.*?)\n```", path.read_text(), re.S)
     return blocks

@@ -1,4 +1,4 @@
-"""Griffe extension: show ``consumers/`` (installed as ``aioconveyor.consumers``) under its real name.
+"""Griffe extension: document ``consumers/`` under its installed name ``aioconveyor.consumers``.
 
 pyproject.toml maps the package ``aioconveyor.consumers`` to the top-level folder
 ``consumers/`` (``[tool.setuptools.package-dir]``); griffe finds packages by their folder,
