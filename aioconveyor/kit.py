@@ -40,9 +40,9 @@ from .errors import ConveyorError, Rejected, RetryAfter
 from .tick import Tick, current_tick
 from .workers import Caller, SyncWorker
 
-__all__ = [
-    "CANCEL_GRACE",
+__all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_package.py checks every __all__
     "Batch",
+    "CANCEL_GRACE",
     "ConveyorError",
     "LogLimiter",
     "Record",
