@@ -145,7 +145,15 @@ async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) 
 
 
 class SyncWorker:
-    """One daemon thread running calls one at a time, in the caller's context."""
+    """One daemon thread running calls one at a time, in order, in the caller's context.
+
+    For a consumer's blocking code (a sync driver, file I/O, ``urllib``): ``await
+    worker.call(fn, *args)`` runs ``fn(*args)`` on the thread while the loop goes on, and
+    ``current_tick()`` works inside it. Whatever ``fn`` raises comes back from the await (a
+    ``BaseException`` such as ``SystemExit`` as a ``ContainedError``). The thread starts on
+    the first call; :meth:`close` lets it end. Give each consumer its own worker: calls
+    queue behind a slow one, so consumers sharing one would delay each other.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name

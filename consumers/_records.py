@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
 
-from aioconveyor.consumer import Batch
+from aioconveyor.kit import Batch
 
 __all__ = ["as_mapping", "iter_records", "json_dumps", "to_jsonable"]
 

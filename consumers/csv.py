@@ -26,8 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from aioconveyor._logs import LogLimiter
-from aioconveyor.workers import SyncWorker
+from aioconveyor.kit import LogLimiter, SyncWorker
 
 from ._records import as_mapping, iter_records, json_dumps, to_jsonable
 

@@ -41,9 +41,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from aioconveyor import __version__
-from aioconveyor._logs import LogLimiter
-from aioconveyor._secrets import mask_url, split_url
-from aioconveyor.errors import ConveyorError, Rejected
+from aioconveyor.kit import ConveyorError, LogLimiter, Rejected, mask_url, split_url
 
 from ._records import as_mapping, iter_records, json_dumps
 

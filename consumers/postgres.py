@@ -40,11 +40,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess by th
         'pip install "aioconveyor[postgres]"'
     ) from exc
 
-from aioconveyor._logs import LogLimiter
-from aioconveyor._secrets import check_pg_ssl, encode_userinfo, mask_dsn, scrub, secrets_of
-from aioconveyor.consumer import Batch, Consumer
-from aioconveyor.errors import ConveyorError
-from aioconveyor.workers import Caller
+from aioconveyor import Consumer
+from aioconveyor.kit import (
+    CANCEL_GRACE,
+    Batch,
+    ConveyorError,
+    LogLimiter,
+    check_pg_ssl,
+    encode_userinfo,
+    mask_dsn,
+    scrub,
+    secrets_of,
+)
 
 from ._records import as_mapping, json_dumps
 
@@ -63,7 +70,7 @@ PAYLOAD_COLUMN = "payload"
 _STAGE = "aioconveyor_stage"
 """The per-transaction temporary table rows are COPY-ed into (``ON COMMIT DROP``)."""
 
-_ROLLBACK_GRACE = 0.8 * Caller.CANCEL_GRACE
+_ROLLBACK_GRACE = 0.8 * CANCEL_GRACE
 """Seconds a rollback after a cancelled write may take (within the lane's grace for a
 cancelled call) before the connection is dropped instead."""
 

@@ -15,8 +15,7 @@ from datetime import datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from aioconveyor._logs import LogLimiter
-from aioconveyor.workers import SyncWorker
+from aioconveyor.kit import LogLimiter, SyncWorker
 
 from ._records import as_mapping, iter_records
 
