@@ -65,7 +65,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_700_000_000.0, *, autojump: bool = True,
-                 settle: int = 50, thread_grace: float = 0.5) -> None:
+                 settle: int = 50, thread_grace: float = 2.0) -> None:
         self._mono = 1000.0
         self._offset = start - self._mono
         self.autojump = autojump

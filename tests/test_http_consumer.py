@@ -234,7 +234,7 @@ async def test_records_that_are_not_json_are_rejected_the_rest_delivered(
 
 async def test_batch_age_and_retry_after_on_a_fake_clock(api: Api) -> None:
     """consumer_defaults: a batch waits batch_age (5 s) for more records; a stop flushes."""
-    clock = FakeClock(start=DATE)
+    clock = FakeClock(start=DATE, thread_grace=10.0)  # real HTTP on a busy machine
     api.clock[0] = clock
     api.busy["/wait/7"] = 1
     first_tick = clock.monotonic() + 60  # DATE is on the grid: the first tick is a minute on
@@ -245,7 +245,7 @@ async def test_batch_age_and_retry_after_on_a_fake_clock(api: Api) -> None:
 
 
 async def test_retry_after_times_are_exact_on_a_fake_clock(api: Api) -> None:
-    clock = FakeClock(start=DATE)
+    clock = FakeClock(start=DATE, thread_grace=10.0)  # real HTTP on a busy machine
     api.clock[0] = clock
     api.busy["/wait/7"] = 2
     stats = await run(HttpJsonConsumer(f"{api.base}/wait/7"), 2, clock, interval=60,
@@ -255,7 +255,7 @@ async def test_retry_after_times_are_exact_on_a_fake_clock(api: Api) -> None:
 
 
 async def test_http_date_retry_after_counts_from_the_answers_date(api: Api) -> None:
-    clock = FakeClock(start=DATE)
+    clock = FakeClock(start=DATE, thread_grace=10.0)  # real HTTP on a busy machine
     api.clock[0] = clock
     api.busy["/date"] = 1
     stats = await run(HttpJsonConsumer(f"{api.base}/date"), 1, clock, interval=60,
@@ -265,7 +265,7 @@ async def test_http_date_retry_after_counts_from_the_answers_date(api: Api) -> N
 
 
 async def test_a_long_retry_after_is_capped(api: Api, caplog: pytest.LogCaptureFixture) -> None:
-    clock = FakeClock(start=DATE)
+    clock = FakeClock(start=DATE, thread_grace=10.0)  # real HTTP on a busy machine
     api.clock[0] = clock
     api.busy["/wait/86400"] = 1
     sink = HttpJsonConsumer(f"{api.base}/wait/86400", max_retry_after=120)
