@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._secrets import mask_text
-from .cli import EXIT_FAILED, EXIT_OK, StopSignals, force_exit, summary_lines
 from .consumer import Consumer
 from .consumers.csv import CsvConsumer
 from .consumers.postgres import PostgresConsumer  # asyncpg loads when it connects
 from .consumers.pretty import PrettyPrintConsumer
 from .conveyor import AioConveyor
 from .errors import ConveyorError
+from .process import EXIT_FAILED, EXIT_OK, LOG_FORMAT, StopSignals, force_exit, summary_lines
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -240,8 +240,6 @@ class Demo:
             from rich.logging import RichHandler
 
             return RichHandler(console=self.console, show_path=False)
-        from .cli import LOG_FORMAT
-
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         return handler

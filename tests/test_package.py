@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 import subprocess
@@ -25,7 +26,8 @@ def test_import_is_light_and_silent(tmp_path: Path) -> None:
     code = (
         "import logging, sys\n"
         "import aioconveyor\n"
-        "heavy = [m for m in ('rich', 'asyncpg', 'aiomqtt', 'croniter') if m in sys.modules]\n"
+        "heavy = [m for m in ('rich', 'asyncpg', 'aiomqtt', 'croniter', 'prometheus_client')\n"
+        "         if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "assert not logging.getLogger().handlers, 'logging configured at import'\n"
         "import aioconveyor.consumers\n"
@@ -94,3 +96,40 @@ def test_version_matches_metadata() -> None:
     from importlib.metadata import version
 
     assert aioconveyor.__version__ == version("aioconveyor")
+
+
+@pytest.mark.parametrize("heavy", ["rich", "asyncpg", "aiomqtt", "prometheus_client"])
+def test_import_aioconveyor_does_not_import(heavy: str, tmp_path: Path) -> None:
+    result = run_python(f"import aioconveyor, sys; assert {heavy!r} not in sys.modules", tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The aioconveyor modules ``path`` imports, anywhere in the file (also lazily)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                names.add(f"aioconveyor.{base}".rstrip("."))
+                names.update(f"aioconveyor.{base}.{a.name}".replace("..", ".")
+                             for a in node.names)
+            else:
+                names.add(base)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n.startswith("aioconveyor.")}
+
+
+def test_demo_and_process_do_not_import_the_cli() -> None:
+    # cli imports demo (for the demo command) and process; neither imports cli back
+    package = ROOT / "aioconveyor"
+    assert "aioconveyor.cli" not in imported_modules(package / "demo.py")
+    assert not {"aioconveyor.cli", "aioconveyor.demo"} & imported_modules(package / "process.py")
+    assert "aioconveyor.demo" in imported_modules(package / "cli.py")
+
+
+@pytest.mark.parametrize("first", ["aioconveyor.demo", "aioconveyor.process", "aioconveyor.cli"])
+def test_runner_modules_import_first_in_a_fresh_process(first: str, tmp_path: Path) -> None:
+    result = run_python(f"import {first}", tmp_path)
+    assert result.returncode == 0, result.stderr
