@@ -7,7 +7,6 @@ import importlib
 import pkgutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -56,19 +55,6 @@ def test_consumers_import_only_as_a_subpackage(tmp_path: Path) -> None:
     name, _, error = result.stdout.partition("\n")
     assert name == "aioconveyor.consumers True"
     assert "import aioconveyor.consumers, not 'consumers'" in error
-
-
-def test_wheel_maps_the_consumers_folder_into_the_package(tmp_path: Path) -> None:
-    build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert build.returncode == 0, build.stderr
-    (wheel,) = tmp_path.glob("aioconveyor-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "aioconveyor/py.typed" in names
-    assert "aioconveyor/consumers/__init__.py" in names
-    assert not [n for n in names if n.startswith("consumers/")]
 
 
 def public_modules() -> list[str]:
