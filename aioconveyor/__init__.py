@@ -6,7 +6,6 @@ dependencies) load only when you touch ``aioconveyor.consumers``.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock, SystemClock
@@ -73,8 +72,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    if name == "consumers":
-        return importlib.import_module(".consumers", __name__)
+    if name == "consumers":  # (`from . import consumers` here would call __getattr__ again)
+        import aioconveyor.consumers
+
+        return aioconveyor.consumers
     if name == "PostgresLeader":  # its module imports asyncpg only when one is created
-        return importlib.import_module(".leader_postgres", __name__).PostgresLeader
+        from .leader_postgres import PostgresLeader
+
+        return PostgresLeader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,16 +61,52 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_CONSUMERS: dict[str, str] = {
-    "csv": "aioconveyor.consumers.csv:CsvConsumer",
-    "mqtt": "aioconveyor.consumers.mqtt:MqttConsumer",
-    "postgres": "aioconveyor.consumers.postgres:PostgresConsumer",
-    "pretty": "aioconveyor.consumers.pretty:PrettyPrintConsumer",
-}
-"""The short ``type`` names of ``[[consumers]]`` and the classes they stand for."""
 
-BUILTIN_LEADERS: dict[str, str] = {"postgres": "aioconveyor.leader_postgres:PostgresLeader"}
-"""The short ``type`` names of ``[leader]``."""
+# Each loader imports its module when called, so that loading a config with a CSV consumer
+# needs neither asyncpg nor aiomqtt (aioconveyor.consumers.mqtt raises ImportError without it).
+
+
+def _csv_consumer() -> type[Any]:
+    from .consumers.csv import CsvConsumer
+
+    return CsvConsumer
+
+
+def _mqtt_consumer() -> type[Any]:
+    from .consumers.mqtt import MqttConsumer
+
+    return MqttConsumer
+
+
+def _postgres_consumer() -> type[Any]:
+    from .consumers.postgres import PostgresConsumer
+
+    return PostgresConsumer
+
+
+def _pretty_consumer() -> type[Any]:
+    from .consumers.pretty import PrettyPrintConsumer
+
+    return PrettyPrintConsumer
+
+
+def _postgres_leader() -> type[Any]:
+    from .leader_postgres import PostgresLeader
+
+    return PostgresLeader
+
+
+BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
+    "csv": _csv_consumer,
+    "mqtt": _mqtt_consumer,
+    "postgres": _postgres_consumer,
+    "pretty": _pretty_consumer,
+}
+"""The short ``type`` names of ``[[consumers]]``, each with a function that imports and
+returns the class it stands for."""
+
+BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {"postgres": _postgres_leader}
+"""The short ``type`` names of ``[leader]``, the same way."""
 
 _SECTIONS = ("conveyor", "producer", "consumers", "leader", "metrics")
 _METRICS_KEYS = ("listen",)
@@ -414,6 +450,17 @@ class _Loader:
             raise self.error(key, f"expected a table ([{key}]), got {_type_name(value)}")
         return value
 
+    def target(self, key: str, kind: str,
+               builtins: Mapping[str, Callable[[], type[Any]]]) -> Any:
+        """A built-in short name's class, else what ``"package.module:attribute"`` names."""
+        load = builtins.get(kind)
+        if load is None:
+            return self.import_target(key, kind)
+        try:
+            return load()
+        except ImportError as exc:  # its optional dependency is not installed
+            raise self.error(key, str(exc)) from None
+
     def import_target(self, key: str, spec: Any) -> Any:
         """``"package.module:attribute"`` to the object it names."""
         expected = 'expected "package.module:attribute"'
@@ -522,7 +569,7 @@ class _Loader:
             hint = _suggest(kind, BUILTIN_CONSUMERS) if isinstance(kind, str) else ""
             raise self.error(f"{key}.type", f"unknown consumer type {kind!r}{hint}; expected "
                                             f"{choices}")
-        target = self.import_target(f"{key}.type", BUILTIN_CONSUMERS.get(kind, kind))
+        target = self.target(f"{key}.type", kind, BUILTIN_CONSUMERS)
         options = {k: v for k, v in table.items() if k != "type"}
         settings = {k: options.pop(k) for k in list(options) if k in _SETTINGS}
         sig = _signature(target)
@@ -563,7 +610,7 @@ class _Loader:
         if not isinstance(kind, str) or (":" not in kind and kind not in BUILTIN_LEADERS):
             found = "missing" if kind is None else f"unknown leader type {kind!r}"
             raise self.error("leader.type", f"{found}; expected {choices}")
-        target = self.import_target("leader.type", BUILTIN_LEADERS.get(kind, kind))
+        target = self.target("leader.type", kind, BUILTIN_LEADERS)
         if inspect.isclass(target):
             leader = self.construct("leader", target, table, target.__qualname__)
         elif table:
@@ -599,16 +646,17 @@ class _Loader:
 
     def discovery(self, key: str, table: dict[str, Any]) -> Any:
         """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`."""
-        mqtt = importlib.import_module("aioconveyor.consumers.mqtt")
+        from .consumers.mqtt import HaDiscovery, HaSensor
+
         options = dict(table)
         sensors = options.get("sensors")
         if not isinstance(sensors, list) or not all(isinstance(s, dict) for s in sensors):
             raise self.error(f"{key}.sensors", "expected an array of tables (sensors = "
                                                "[{ key = \"power_w\", name = \"Power\" }, ...]), "
                                                f"got {_type_name(sensors)}")
-        options["sensors"] = [self.construct(f"{key}.sensors[{i}]", mqtt.HaSensor, s, "HaSensor")
+        options["sensors"] = [self.construct(f"{key}.sensors[{i}]", HaSensor, s, "HaSensor")
                               for i, s in enumerate(sensors)]
-        return self.construct(key, mqtt.HaDiscovery, options, "HaDiscovery")
+        return self.construct(key, HaDiscovery, options, "HaDiscovery")
 
     def conveyor_options(self, raw: Any) -> dict[str, Any]:
         table = self.table("conveyor", raw)

@@ -10,7 +10,6 @@ No servers are needed unless ``--postgres`` / ``--mqtt`` are given.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -24,13 +23,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._secrets import mask_text
-from .cli import EXIT_FAILED, EXIT_OK, StopSignals, force_exit, summary_lines
 from .consumer import Consumer
+from .consumers.csv import CsvConsumer
+from .consumers.postgres import PostgresConsumer  # asyncpg loads when it connects
+from .consumers.pretty import PrettyPrintConsumer
 from .conveyor import AioConveyor
 from .errors import ConveyorError
+from .process import EXIT_FAILED, EXIT_OK, LOG_FORMAT, StopSignals, force_exit, summary_lines
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
+
+    from .consumers.mqtt import MqttConsumer
 
 __all__ = ["Demo", "DemoOptions", "InverterSimulator", "daylight"]
 
@@ -166,23 +170,21 @@ class Demo:
     def __init__(self, options: DemoOptions, console: Console | None = None) -> None:
         from rich.console import Console
 
-        consumers_module = importlib.import_module("aioconveyor.consumers")
-
         self.options = options
         self.console = console or Console(highlight=False)
         self.inverter = InverterSimulator(options.device, speed=options.speed, seed=options.seed)
         self.csv_path = Path(options.csv) if options.csv else default_csv_path()
         consumers: list[Any] = []
         if not options.quiet:
-            consumers.append(consumers_module.PrettyPrintConsumer(self.console, name="pretty"))
-        self.csv = consumers_module.CsvConsumer(self.csv_path, FIELDS, name="csv")
+            consumers.append(PrettyPrintConsumer(self.console, name="pretty"))
+        self.csv = CsvConsumer(self.csv_path, FIELDS, name="csv")
         # the demo's own file: one it cannot use is a mistake to report at once, not a
         # server that may come back (PostgreSQL and MQTT retry while they are down)
         consumers.append(Consumer(self.csv, startup="fail"))
         self.destinations = [("CSV", str(self.csv_path))]
         if options.postgres is not None:
-            pg = consumers_module.PostgresConsumer(options.postgres, table=POSTGRES_TABLE,
-                                                   create_table=True, name="postgres")
+            pg = PostgresConsumer(options.postgres, table=POSTGRES_TABLE, create_table=True,
+                                  name="postgres")
             consumers.append(pg)
             self.destinations.append(("PostgreSQL", f"table {POSTGRES_TABLE} at {pg.dsn}"))
         if options.mqtt is not None:
@@ -194,9 +196,9 @@ class Demo:
         )
         self.show_panel = not options.quiet and self.console.is_terminal
 
-    def _mqtt(self, url: str) -> Any:
-        mqtt_module = importlib.import_module("aioconveyor.consumers.mqtt")
-        HaDiscovery, HaSensor = mqtt_module.HaDiscovery, mqtt_module.HaSensor
+    def _mqtt(self, url: str) -> MqttConsumer:
+        # here, not at the top: without the [mqtt] extra the import raises ImportError
+        from .consumers.mqtt import HaDiscovery, HaSensor, MqttConsumer
 
         topic = MQTT_TOPIC.format(device=self.options.device)
         discovery = None
@@ -219,7 +221,7 @@ class Demo:
                     HaSensor("state", "State", icon="mdi:solar-power"),
                 ],
             )
-        mqtt = mqtt_module.MqttConsumer(url, topic=topic, discovery=discovery, name="mqtt")
+        mqtt = MqttConsumer(url, topic=topic, discovery=discovery, name="mqtt")
         where = f"{topic} at {mqtt.url}"
         if discovery is not None:
             where += f" (Home Assistant discovery under {discovery.prefix}/)"
@@ -238,8 +240,6 @@ class Demo:
             from rich.logging import RichHandler
 
             return RichHandler(console=self.console, show_path=False)
-        from .cli import LOG_FORMAT
-
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         return handler

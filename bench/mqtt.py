@@ -72,7 +72,7 @@ async def _raw(qos: int, messages: list[tuple[dict[str, Any], datetime]], topic:
 async def _conveyor(qos: int, messages: list[tuple[dict[str, Any], datetime]],
                     topic: str) -> float:
     from aioconveyor import AioConveyor, Batch, Consumer, Record
-    from aioconveyor.consumers import MqttConsumer  # type: ignore[import-not-found,unused-ignore]
+    from aioconveyor.consumers import MqttConsumer
     from aioconveyor.testing import FakeClock
 
     records = [Record(data, when) for data, when in messages]

@@ -42,9 +42,9 @@ async def breakdown(chunk: int) -> dict[str, float]:
     import asyncpg
 
     from aioconveyor import Batch, Record
-    from aioconveyor.consumers import PostgresConsumer  # type: ignore[import-not-found,unused-ignore]
-    from aioconveyor.consumers._records import iter_records  # type: ignore[import-not-found,unused-ignore]
-    from aioconveyor.consumers.postgres import _utc  # type: ignore[import-not-found,unused-ignore]
+    from aioconveyor.consumers import PostgresConsumer
+    from aioconveyor.consumers._records import iter_records
+    from aioconveyor.consumers.postgres import _utc
 
     rows = make_rows(ROWS)
     chunks = [rows[i:i + chunk] for i in range(0, ROWS, chunk)]

@@ -92,7 +92,7 @@ async def _raw(method: str, table: str, rows: list[tuple[Any, ...]]) -> float:
 
 async def _conveyor(table: str, rows: list[tuple[Any, ...]], per_tick: int) -> float:
     from aioconveyor import AioConveyor, Batch, Consumer, Record
-    from aioconveyor.consumers import PostgresConsumer  # type: ignore[import-not-found,unused-ignore]
+    from aioconveyor.consumers import PostgresConsumer
     from aioconveyor.testing import FakeClock
 
     records = [Record(dict(zip(COLUMNS[1:], r[1:], strict=True)), r[0]) for r in rows]

@@ -2,12 +2,18 @@
 
 ``from aioconveyor.consumers import PostgresConsumer`` imports asyncpg only then; without
 the extra installed it raises ``ImportError`` naming the extra to install.
+
+This folder is the top-level ``consumers/`` of the checkout; the package sees it through
+the symlink ``aioconveyor/consumers`` and it is only ever imported as
+``aioconveyor.consumers`` (the wheel and the sdist hold it there).
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+if __name__ != "aioconveyor.consumers":  # an editable install puts the checkout on sys.path
+    raise ImportError(f"import aioconveyor.consumers, not {__name__!r} (the checkout's folder)")
 
 if TYPE_CHECKING:
     from .csv import CsvConsumer as CsvConsumer
@@ -26,18 +32,23 @@ __all__ = [
     "PrettyPrintConsumer",
 ]
 
-_WHERE = {
-    "CsvConsumer": ".csv",
-    "HaDiscovery": ".mqtt",
-    "HaSensor": ".mqtt",
-    "MqttConsumer": ".mqtt",
-    "PostgresConsumer": ".postgres",
-    "PrettyPrintConsumer": ".pretty",
-}
-
 
 def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+    # real imports, one module at a time: asyncpg, aiomqtt and rich load only when asked for
+    if name == "CsvConsumer":
+        from .csv import CsvConsumer
+
+        return CsvConsumer
+    if name in ("HaDiscovery", "HaSensor", "MqttConsumer"):
+        from . import mqtt
+
+        return getattr(mqtt, name)
+    if name == "PostgresConsumer":
+        from .postgres import PostgresConsumer
+
+        return PostgresConsumer
+    if name == "PrettyPrintConsumer":
+        from .pretty import PrettyPrintConsumer
+
+        return PrettyPrintConsumer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
