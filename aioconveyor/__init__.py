@@ -27,6 +27,7 @@ from .errors import (
     Rejected,
     RestartBudgetExceeded,
     RetryAfter,
+    SettingError,
     StartupError,
 )
 from .leader import Leader
@@ -60,6 +61,7 @@ __all__ = [
     "RestartBudgetExceeded",
     "RetryAfter",
     "Schedule",
+    "SettingError",
     "Startup",
     "StartupError",
     "SupportsOpenClose",
