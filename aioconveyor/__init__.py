@@ -26,6 +26,7 @@ from .errors import (
     Rejected,
     RestartBudgetExceeded,
     RetryAfter,
+    SettingError,
     StartupError,
 )
 from .leader import Leader
@@ -59,6 +60,7 @@ __all__ = [
     "RestartBudgetExceeded",
     "RetryAfter",
     "Schedule",
+    "SettingError",
     "Startup",
     "StartupError",
     "SupportsOpenClose",

@@ -30,6 +30,8 @@ import urllib.parse
 from collections.abc import Iterable
 from ssl import SSLContext
 
+from ._validate import fail
+
 __all__ = [
     "MASK",
     "PG_SSL_MODES",
@@ -259,7 +261,7 @@ def check_pg_ssl(ssl: object) -> None:
         return
     if isinstance(ssl, str):
         if ssl not in PG_SSL_MODES:
-            raise ValueError(f"ssl must be one of {', '.join(map(repr, PG_SSL_MODES))}, a bool "
+            fail("ssl", ssl, f"must be one of {', '.join(map(repr, PG_SSL_MODES))}, a bool "
                              f"or an ssl.SSLContext, got {ssl!r}")
         return
-    raise TypeError(f"ssl must be a bool, an sslmode str or an ssl.SSLContext, got {ssl!r}")
+    fail("ssl", ssl, f"must be a bool, an sslmode str or an ssl.SSLContext, got {ssl!r}")

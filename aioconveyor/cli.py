@@ -283,12 +283,12 @@ def _demo(argv: list[str]) -> int:
                      f"got {args.offset:g}")
     from .demo import Demo, DemoOptions  # rich and the consumers load only for the demo
 
-    options = DemoOptions(
-        interval=args.interval, offset=args.offset, count=args.count, csv=args.csv,
-        postgres=args.postgres, mqtt=args.mqtt, ha_discovery=args.ha_discovery,
-        device=args.device, speed=args.speed, seed=args.seed, quiet=args.quiet,
-    )
     try:
+        options = DemoOptions(
+            interval=args.interval, offset=args.offset, count=args.count, csv=args.csv,
+            postgres=args.postgres, mqtt=args.mqtt, ha_discovery=args.ha_discovery,
+            device=args.device, speed=args.speed, seed=args.seed, quiet=args.quiet,
+        )
         demo = Demo(options)
     except (TypeError, ValueError) as exc:
         parser.error(mask_text(str(exc)))

@@ -38,13 +38,13 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ._secrets import mask_text, secrets_of
 from .consumer import Consumer
 from .conveyor import AioConveyor
-from .errors import ConveyorError
+from .errors import ConveyorError, SettingError
 from .schedule import CronSchedule, IntervalSchedule
 
 __all__ = [
@@ -116,6 +116,9 @@ _SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
 _NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})
 _SETTINGS = tuple(f.name for f in dataclasses.fields(Consumer) if f.name != "fn")
 _HOOKS = ("on_delivered", "on_error")
+_TOGETHER = {"metrics_host": ("metrics_port",)}
+"""Options checked together with others (metrics_host means nothing without the port)."""
+_NAME_ROOT = re.compile(r"[.\[]")
 _INNER_REF = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?", re.S)
 mask_secrets = mask_text
 """``mask_secrets(text, secrets=())``: :func:`aioconveyor._secrets.mask_text` (the one
@@ -138,29 +141,35 @@ class ConfigError(ConveyorError, ValueError):
 def parse_listen(text: object) -> tuple[str, int]:
     """``"127.0.0.1:9108"`` (or ``"[::1]:9108"``, ``"0.0.0.0:0"``) to ``(host, port)``.
 
-    Raises ``TypeError`` / ``ValueError`` saying what was expected.
+    Raises :class:`~aioconveyor.errors.SettingError` (name ``listen``) saying what was
+    expected.
     """
     if not isinstance(text, str):
-        raise TypeError(f"{_LISTEN_EXAMPLE}, got {_type_name(text)} {text!r}")
+        _listen_error(text, f"{_LISTEN_EXAMPLE}, got {_type_name(text)} {text!r}")
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep or not host or "]" in host:
-            raise ValueError(f"{_LISTEN_EXAMPLE}, got {text!r}")
+            _listen_error(text, f"{_LISTEN_EXAMPLE}, got {text!r}")
     else:
         host, sep, port = text.rpartition(":")
         if ":" in host:
-            raise ValueError(f"an IPv6 address needs brackets: \"[{host}]:{port}\", got {text!r}")
+            _listen_error(text, f"an IPv6 address needs brackets: \"[{host}]:{port}\", "
+                                f"got {text!r}")
         if not sep:
-            raise ValueError(f"{_LISTEN_EXAMPLE}, got {text!r} (no port)")
+            _listen_error(text, f"{_LISTEN_EXAMPLE}, got {text!r} (no port)")
         if not host:
-            raise ValueError(f"missing the host: \"127.0.0.1:{port}\" (this machine only) or "
-                             f"\"0.0.0.0:{port}\" (every interface), got {text!r}")
+            _listen_error(text, f"missing the host: \"127.0.0.1:{port}\" (this machine only) "
+                                f"or \"0.0.0.0:{port}\" (every interface), got {text!r}")
     if any(ch.isspace() for ch in host):
-        raise ValueError(f"{_LISTEN_EXAMPLE}, got {text!r} (a space in the host)")
+        _listen_error(text, f"{_LISTEN_EXAMPLE}, got {text!r} (a space in the host)")
     if not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise ValueError(f"the port must be a whole number 0..65535 (0: any free port), "
-                         f"got {port!r} in {text!r}")
+        _listen_error(text, "the port must be a whole number 0..65535 (0: any free port), "
+                            f"got {port!r} in {text!r}")
     return host, int(port)
+
+
+def _listen_error(text: object, reason: str) -> NoReturn:
+    raise SettingError("listen", text, reason, subject="")
 
 
 def format_listen(host: str, port: int) -> str:
@@ -254,15 +263,6 @@ def _suggest(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _strip_name(message: str, names: Mapping[str, str]) -> tuple[str | None, str]:
-    """Split ``"retries must be ..."`` into the key it names and ``"must be ..."``."""
-    for name in sorted(names, key=len, reverse=True):
-        for prefix in (f"{name} ", f"consumer {name} "):
-            if message.startswith(prefix):
-                return names[name], message[len(prefix):]
-    return None, message
-
-
 def _signature(obj: Any) -> inspect.Signature | None:
     try:
         return inspect.signature(obj)
@@ -295,9 +295,22 @@ class _Loader:
         self.path = path
         self.env = env
         self.secrets: set[str] = set()
+        self.conveyor_keys: dict[str, str] = {}  # AioConveyor argument -> its TOML key
 
     def error(self, key: str | None, message: str) -> ConfigError:
         return ConfigError(self.path, key, mask_text(message, self.secrets))
+
+    def setting_error(self, exc: SettingError, keys: Mapping[str, str],
+                      fallback: str) -> ConfigError:
+        """The :class:`ConfigError` of ``exc``, at the TOML key of the argument it names
+        (``exc.name``; ``sensors[1]`` is found under ``sensors``); an argument that is not
+        in ``keys`` is reported at ``fallback`` with the whole message."""
+        root = _NAME_ROOT.split(exc.name, maxsplit=1)[0]
+        if exc.name in keys:
+            return self.error(keys[exc.name], exc.reason)
+        if root in keys:
+            return self.error(keys[root] + exc.name[len(root):], exc.reason)
+        return self.error(fallback, str(exc))
 
     # -- reading ---------------------------------------------------------------------
 
@@ -343,6 +356,8 @@ class _Loader:
             options.update(self.metrics(doc["metrics"], options))
         try:
             conveyor = AioConveyor(producer, consumers, **options)
+        except SettingError as exc:
+            raise self.setting_error(exc, self.conveyor_keys, "conveyor") from None
         except (TypeError, ValueError) as exc:
             raise self.error("conveyor", str(exc)) from None
         names = conveyor.consumer_names
@@ -505,9 +520,10 @@ class _Loader:
                     raise self.error(key, f"missing required option {n!r} for {what}")
         try:
             return cls(**options)
+        except SettingError as exc:
+            raise self.setting_error(exc, {k: f"{key}.{k}" for k in options}, key) from None
         except (TypeError, ValueError) as exc:
-            sub, message = _strip_name(str(exc), {k: f"{key}.{k}" for k in options})
-            raise self.error(sub or key, message) from None
+            raise self.error(key, str(exc)) from None
         except Exception as exc:  # a constructor of the user's that fails in its own way
             raise self.error(key, f"{what}(...) raised {type(exc).__name__}: {exc}") from None
 
@@ -587,14 +603,12 @@ class _Loader:
                     3 if hook == "on_error" else 2, f"the {hook} hook")
         if isinstance(settings.get("spool"), str):
             settings["spool"] = str(self.path.resolve().parent / settings["spool"])
-        for k, v in settings.items():  # one at a time, so an error names its key
-            try:
-                Consumer(fn, **{k: v})
-            except (TypeError, ValueError) as exc:
-                raise self.error(f"{key}.{k}", _strip_name(str(exc), {k: k})[1]) from None
-        consumer = Consumer(fn, **settings)
+        keys = {k: f"{key}.{k}" for k in settings}
         try:
-            AioConveyor(_noop, [consumer], loop_interval=1.0)
+            consumer = Consumer(fn, **settings)
+            AioConveyor(_noop, [consumer], loop_interval=1.0)  # resolves its settings
+        except SettingError as exc:
+            raise self.setting_error(exc, keys, key) from None
         except (TypeError, ValueError) as exc:
             raise self.error(key, str(exc)) from None
         shown = repr(fn) if inspect.isclass(target) else str(kind)
@@ -684,19 +698,22 @@ class _Loader:
             except (ZoneInfoNotFoundError, ValueError):
                 raise self.error("conveyor.cron_tz", f"unknown time zone {tz!r}") from None
         keys = {kw: f"conveyor.{k}" for kw, k in written.items()}
+        self.conveyor_keys = keys
         schedule = {k: v for k, v in options.items() if k in _SCHEDULE_KWARGS}
         self.check_options(schedule, keys, "conveyor")
         for k, v in options.items():
             if k not in _SCHEDULE_KWARGS:
-                self.check_options({**schedule, k: v}, keys, keys[k])
+                partners = {p: options[p] for p in _TOGETHER.get(k, ()) if p in options}
+                self.check_options({**schedule, **partners, k: v}, keys, keys[k])
         return options
 
     def check_options(self, options: dict[str, Any], keys: dict[str, str], key: str) -> None:
         try:
             AioConveyor(_noop, (), **options)
+        except SettingError as exc:
+            raise self.setting_error(exc, {k: keys[k] for k in options}, key) from None
         except (TypeError, ValueError) as exc:
-            sub, message = _strip_name(str(exc), {k: keys[k] for k in options})
-            raise self.error(sub or key, message) from None
+            raise self.error(key, str(exc)) from None
         except ImportError as exc:  # metrics_port without prometheus-client
             raise self.error(keys.get("metrics_port", key), str(exc)) from None
 

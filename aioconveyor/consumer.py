@@ -138,8 +138,8 @@ class Consumer:
 
     def __post_init__(self) -> None:
         _validate.callable_("consumer", self.fn)
-        if self.name is not None and (not isinstance(self.name, str) or not self.name):
-            raise TypeError(f"consumer name must be a non-empty str, got {self.name!r}")
+        if self.name is not None:
+            _validate.text("name", self.name, subject="consumer name")
         if self.timeout is not None and self.timeout != math.inf:
             _validate.positive("timeout", self.timeout)
         _validate.optional_integer("retries", self.retries, minimum=0)
@@ -148,7 +148,8 @@ class Consumer:
         if self.backoff_jitter is not None:
             jitter = _validate.non_negative("backoff_jitter", self.backoff_jitter)
             if jitter > 1:
-                raise ValueError(f"backoff_jitter must be between 0 and 1, got {jitter!r}")
+                _validate.fail("backoff_jitter", self.backoff_jitter,
+                               f"must be between 0 and 1, got {jitter!r}")
         _validate.optional_integer("queue_size", self.queue_size, minimum=1)
         if self.overflow is not None:
             overflow = _validate.choice("overflow", self.overflow, Overflow)
@@ -156,15 +157,12 @@ class Consumer:
         _validate.optional_integer("batch_size", self.batch_size, minimum=1)
         if self.batch_age is not None:
             _validate.non_negative("batch_age", self.batch_age)
-        if self.copy is not None and not isinstance(self.copy, bool):
-            raise TypeError(f"copy must be a bool, got {self.copy!r}")
-        if self.spool is not None and not isinstance(self.spool, str | os.PathLike):
-            raise TypeError(f"spool must be a file path, got {self.spool!r}")
-        if self.spool is not None and not os.fspath(self.spool):
-            raise ValueError(f"spool must be a file path, got {self.spool!r}")
-        if self.spool_format is not None and self.spool_format not in SPOOL_FORMATS:
-            raise ValueError(f"spool_format must be one of {', '.join(map(repr, SPOOL_FORMATS))}"
-                             f", got {self.spool_format!r}")
+        if self.copy is not None:
+            _validate.boolean("copy", self.copy)
+        if self.spool is not None:
+            _validate.path("spool", self.spool)
+        if self.spool_format is not None:
+            _validate.one_of("spool_format", self.spool_format, SPOOL_FORMATS)
         if self.startup is not None:
             object.__setattr__(self, "startup", _validate.choice("startup", self.startup, Startup))
         for hook in ("on_delivered", "on_error"):
@@ -241,7 +239,8 @@ def resolve(consumers: Sequence[Consumer], default_timeout: float) -> list[LaneS
     for spec in consumers:
         own = getattr(spec.fn, "consumer_defaults", None) or {}
         if not isinstance(own, dict):
-            raise TypeError(f"consumer_defaults of {spec.fn!r} must be a dict, got {own!r}")
+            _validate.fail("consumer_defaults", own, f"must be a dict, got {own!r}",
+                           subject=f"consumer_defaults of {spec.fn!r}")
         defaults = Consumer(spec.fn, **own)  # validates the consumer's own defaults
         values: dict[str, Any] = {}
         for f in fields(Consumer):
@@ -253,6 +252,13 @@ def resolve(consumers: Sequence[Consumer], default_timeout: float) -> list[LaneS
             if v is None:
                 v = _LIBRARY_DEFAULTS.get(f.name)
             values[f.name] = v
+        if spec.batch_age and values["batch_size"] == 1:
+            _validate.conflict("batch_age", spec.batch_age, "batch_size=1",
+                               "batch_age is how long a batch collects")
+        if spec.spool_format is not None and values["spool"] is None:
+            _validate.fail("spool_format", spec.spool_format,
+                           "applies to a spool, and spool is not set; got "
+                           f"spool_format={spec.spool_format!r}")
         base = values.pop("name") or callable_name(spec.fn)
         seen[base] = seen.get(base, 0) + 1
         name = base if seen[base] == 1 else f"{base}#{seen[base]}"

@@ -30,7 +30,7 @@ from . import clock as clock_module
 from .clock import Clock, SystemClock, timeout, wait_done
 from .consumer import Consumer, LaneSettings, Startup, callable_name, resolve
 from .endpoint import OpsEndpoint
-from .errors import ConveyorError, RestartBudgetExceeded, StartupError
+from .errors import ConveyorError, RestartBudgetExceeded, SettingError, StartupError
 from .fanout import Fanout
 from .health import Health, assess
 from .lanes import Copier, Lane, LaneState, Ledger
@@ -67,6 +67,50 @@ class _State(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+_METRICS_HOST = "127.0.0.1"
+
+
+def _schedule(loop_interval: float | None, loop_offset: float, cron: str | None,
+              cron_tz: tzinfo | None, schedule: Schedule | None) -> Schedule:
+    """The one schedule that ``loop_interval`` / ``cron`` / ``schedule`` describe; any
+    argument that the chosen one would ignore is an error, not silently dropped."""
+    given = [n for n, v in (("loop_interval", loop_interval), ("cron", cron),
+                            ("schedule", schedule)) if v is not None]
+    if len(given) > 1:
+        value = {"cron": cron, "schedule": schedule}[given[1]]
+        _validate.conflict(given[1], value, given[0],
+                           "give only one of loop_interval, cron and schedule")
+    if cron_tz is not None and cron is None:
+        _validate.fail("cron_tz", cron_tz,
+                       f"applies to cron only, not {given[0] if given else 'loop_interval'}; "
+                       f"got cron_tz={cron_tz!r}")
+    if schedule is not None:
+        if loop_offset != 0:
+            _validate.fail("loop_offset", loop_offset,
+                           "applies to loop_interval, not schedule (build the offset into the "
+                           f"schedule); got loop_offset={loop_offset!r}")
+        if not isinstance(schedule, Schedule):
+            _validate.fail("schedule", schedule,
+                           f"must have next_fire/prev_fire/count_between, got {schedule!r}")
+        return schedule
+    if cron is not None:
+        if loop_offset != 0:
+            _validate.fail("loop_offset", loop_offset,
+                           f"applies to loop_interval, not cron; got {loop_offset!r}")
+        try:
+            return CronSchedule(cron) if cron_tz is None else CronSchedule(cron, cron_tz)
+        except SettingError as exc:  # its own names (expression, tz) to the conveyor's
+            name = {"expression": "cron", "tz": "cron_tz"}.get(exc.name, exc.name)
+            raise SettingError(name, exc.value, exc.reason) from None
+    interval = _validate.positive("loop_interval",
+                                  5.0 if loop_interval is None else loop_interval)
+    offset = _validate.number("loop_offset", loop_offset)
+    if not 0 <= offset < interval:
+        _validate.fail("loop_offset", loop_offset,
+                       f"must be in [0, loop_interval) = [0, {interval:g}), got {loop_offset!r}")
+    return IntervalSchedule(interval, offset)
 
 
 def _default_timeout(period: float) -> float:
@@ -116,54 +160,32 @@ class AioConveyor:
         seed: int | None = None,
         leader: Leader | None = None,
         metrics_port: int | None = None,
-        metrics_host: str = "127.0.0.1",
+        metrics_host: str = _METRICS_HOST,
         health_bound: float | None = None,
     ) -> None:
         self.produce = _validate.callable_("produce", produce)
         if isinstance(consumers, str | bytes) or not isinstance(consumers, Sequence):
-            raise TypeError(
-                "consumers must be a list of callables or Consumer(...) objects, "
-                f"got {consumers!r} ({type(consumers).__name__})"
-            )
+            _validate.fail("consumers", consumers,
+                           "must be a list of callables or Consumer(...) objects, "
+                           f"got {consumers!r} ({type(consumers).__name__})")
         for i, c in enumerate(consumers):
             if not isinstance(c, Consumer):
                 _validate.callable_(f"consumers[{i}]", c)
         self._consumers = [Consumer.wrap(c) for c in consumers]
 
-        given = [n for n, v in (("loop_interval", loop_interval), ("cron", cron),
-                                ("schedule", schedule)) if v is not None]
-        if len(given) > 1:
-            raise ValueError(f"give only one of loop_interval, cron and schedule, got {given}")
-        if schedule is not None:
-            if not isinstance(schedule, Schedule):
-                raise TypeError(
-                    f"schedule must have next_fire/prev_fire/count_between, got {schedule!r}"
-                )
-            self.schedule: Schedule = schedule
-        elif cron is not None:
-            if loop_offset:
-                raise ValueError(
-                    f"loop_offset applies to loop_interval, not cron; got {loop_offset!r}"
-                )
-            self.schedule = CronSchedule(cron) if cron_tz is None else CronSchedule(cron, cron_tz)
-        else:
-            self.schedule = IntervalSchedule(5.0 if loop_interval is None else loop_interval,
-                                             loop_offset)
+        self.schedule: Schedule = _schedule(loop_interval, loop_offset, cron, cron_tz, schedule)
         if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(
-                "clock must provide time(), monotonic(), sleep_until(), sleep(), call_later() "
-                f"and track(), got {clock!r}"
-            )
+            _validate.fail("clock", clock,
+                           "must provide time(), monotonic(), sleep_until(), sleep(), "
+                           f"call_later() and track(), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
-        if not isinstance(eager, bool):
-            raise TypeError(f"eager must be a bool, got {eager!r}")
+        _validate.boolean("eager", eager)
         now = self.clock.time()
         period = self.schedule.next_fire(now) - self.schedule.prev_fire(now)
         jitter = _validate.non_negative("jitter", jitter)
         if jitter >= period:
-            raise ValueError(
-                f"jitter must be smaller than the tick period ({period:g} s), got {jitter!r}"
-            )
+            _validate.fail("jitter", jitter,
+                           f"must be smaller than the tick period ({period:g} s), got {jitter!r}")
         self.max_ticks = _validate.optional_integer("max_ticks", max_ticks, minimum=1)
         misfire = _validate.choice("misfire", misfire, Misfire)
         if misfire_grace is not None:
@@ -175,29 +197,30 @@ class AioConveyor:
         self.restart_window = _validate.positive("restart_window", restart_window)
         self.block_threshold = _validate.positive("block_threshold", block_threshold)
         self.stop_timeout = _validate.positive("stop_timeout", stop_timeout)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if name is not None:
+            _validate.text("name", name)
         self.name = name or callable_name(produce)
         if seed is not None:
-            _validate.integer("seed", seed, minimum=-(2**63))
+            _validate.integer("seed", seed, minimum=None)
         self.seed = seed
         if leader is not None and not isinstance(leader, Leader):
-            raise TypeError(
-                f"leader must provide open(), close(), lead() and role, got {leader!r}"
-            )
+            _validate.fail("leader", leader,
+                           f"must provide open(), close(), lead() and role, got {leader!r}")
         self.leader = leader
-        self.metrics_port = _validate.optional_integer("metrics_port", metrics_port, minimum=0)
+        self.metrics_port = _validate.optional_integer("metrics_port", metrics_port, minimum=0,
+                                                       maximum=65535)
+        _validate.text("metrics_host", metrics_host)
+        if self.metrics_port is None and metrics_host != _METRICS_HOST:
+            _validate.fail("metrics_host", metrics_host,
+                           "has no effect without metrics_port (give the port too, or drop "
+                           f"the host); got metrics_host={metrics_host!r}")
         if self.metrics_port is not None:
-            if self.metrics_port > 65535:
-                raise ValueError(f"metrics_port must be <= 65535, got {metrics_port!r}")
             try:
                 importlib.import_module("prometheus_client")
             except ImportError as exc:
                 raise ImportError(
                     'metrics_port needs prometheus-client: pip install "aioconveyor[metrics]"'
                 ) from exc
-        if not isinstance(metrics_host, str) or not metrics_host:
-            raise TypeError(f"metrics_host must be a non-empty str, got {metrics_host!r}")
         self.metrics_host = metrics_host
         self.health_bound = (max(3 * period, 10.0) if health_bound is None
                              else _validate.positive("health_bound", health_bound))

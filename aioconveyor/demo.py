@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _validate
 from ._secrets import mask_text
 from .consumer import Consumer
 from .consumers.csv import CsvConsumer
@@ -67,15 +68,10 @@ class InverterSimulator:
 
     def __init__(self, device: str = "demo-inverter", *, peak_w: float = 5000.0,
                  speed: float = 1.0, seed: int | None = None) -> None:
-        if not isinstance(device, str) or not device:
-            raise TypeError(f"device must be a non-empty str, got {device!r}")
-        if not (isinstance(peak_w, int | float) and math.isfinite(peak_w) and peak_w > 0):
-            raise ValueError(f"peak_w must be a finite number > 0, got {peak_w!r}")
-        if not (isinstance(speed, int | float) and math.isfinite(speed) and speed > 0):
-            raise ValueError(f"speed must be a finite number > 0, got {speed!r}")
-        self.device = device
-        self.peak_w = float(peak_w)
-        self.speed = float(speed)
+        self.device = _validate.text("device", device)
+        self.peak_w = _validate.positive("peak_w", peak_w)
+        self.speed = _validate.positive("speed", speed)
+        _validate.optional_integer("seed", seed, minimum=None)
         self.latest: dict[str, Any] | None = None
         """The last reading (read by the status panel)."""
         self._rng = random.Random(seed)
@@ -153,6 +149,25 @@ class DemoOptions:
     seed: int | None = None
     quiet: bool = False
 
+    def __post_init__(self) -> None:
+        interval = _validate.positive("interval", self.interval)
+        offset = _validate.non_negative("offset", self.offset)
+        if offset >= interval:
+            _validate.fail("offset", self.offset,
+                           f"must be smaller than interval ({interval:g}), got {self.offset!r}")
+        _validate.optional_integer("count", self.count, minimum=1)
+        for name in ("csv", "postgres", "mqtt"):
+            if getattr(self, name) is not None:
+                _validate.text(name, getattr(self, name))
+        _validate.boolean("ha_discovery", self.ha_discovery)
+        if self.ha_discovery and self.mqtt is None:
+            _validate.fail("ha_discovery", True, "needs mqtt (the broker to announce to), "
+                                                 "got mqtt=None")
+        _validate.text("device", self.device)
+        _validate.positive("speed", self.speed)
+        _validate.optional_integer("seed", self.seed, minimum=None)
+        _validate.boolean("quiet", self.quiet)
+
 
 def default_csv_path() -> Path:
     """A new file in the temp folder, named after the current time and this process (so
@@ -164,7 +179,8 @@ def default_csv_path() -> Path:
 class Demo:
     """The demo's conveyor, its consumers and its console; :meth:`run` runs it.
 
-    Creating it checks every option (``ValueError`` / ``TypeError``) and opens nothing.
+    Creating it checks every option (:class:`~aioconveyor.errors.SettingError`) and opens
+    nothing.
     """
 
     def __init__(self, options: DemoOptions, console: Console | None = None) -> None:

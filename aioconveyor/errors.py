@@ -5,13 +5,17 @@ The whole hierarchy::
     ConveyorError                      root of what aioconveyor raises on purpose
     ├── StartupError                   start() failed, e.g. a consumer's open() raised
     ├── RestartBudgetExceeded          a part had to be restarted too often: conveyor stopped
+    ├── SettingError (ValueError,      a bad argument to a constructor or a bad config value:
+    │       TypeError)                 ``.name`` says which (``queue_size``, ``consumers[2]``)
     ├── ConsumerTimeout (TimeoutError) one consumer call ran past its timeout (stats, logs)
     ├── ContainedError                 user code raised a BaseException (SystemExit, ...);
     │                                  caught so that it stays in its lane
     ├── RetryAfter                     raised *by a consumer*: wait this long, then retry
     └── Rejected                       raised *by a consumer*: bad data, don't retry
 
-Bad arguments are plain ``ValueError`` / ``TypeError`` raised at construction time.
+Every constructor (the conveyor, ``Consumer``, the schedules, the leader, the built-in
+consumers) raises :class:`SettingError` for a bad or contradictory argument, at
+construction time, before anything is opened.
 """
 
 from __future__ import annotations
@@ -25,12 +29,43 @@ __all__ = [
     "Rejected",
     "RestartBudgetExceeded",
     "RetryAfter",
+    "SettingError",
     "StartupError",
 ]
 
 
 class ConveyorError(Exception):
     """Root of the exceptions aioconveyor raises on purpose."""
+
+
+class SettingError(ConveyorError, ValueError, TypeError):
+    """An argument (or a config value) that cannot be used: wrong type, out of range, or
+    contradicting another argument.
+
+    ``name`` is the argument as the caller wrote it (``"queue_size"``, ``"consumers[2]"``,
+    ``"sensors[0].key"``), ``value`` what was given, ``reason`` the message without the name
+    (``"must be an int >= 1, got 0"``); ``str()`` is the two together. The config loader
+    turns ``name`` into the TOML key (``consumers[1].queue_size``) without reading the text.
+
+    It subclasses both ``ValueError`` and ``TypeError`` because before it existed the same
+    mistake raised one or the other depending on where it was checked; code written
+    against either (``except ValueError``, ``pytest.raises(TypeError)``) keeps working.
+    """
+
+    def __init__(self, name: str, value: object, reason: str, *,
+                 subject: str | None = None) -> None:
+        self.name = name
+        self.value = value
+        self.reason = reason
+        self.subject = name if subject is None else subject
+        super().__init__(f"{self.subject} {reason}" if self.subject else reason)
+
+    def __reduce__(self) -> tuple[object, ...]:  # picklable, e.g. across processes
+        return (_setting_error, (self.name, self.value, self.reason, self.subject))
+
+
+def _setting_error(name: str, value: object, reason: str, subject: str) -> SettingError:
+    return SettingError(name, value, reason, subject=subject)
 
 
 class StartupError(ConveyorError):
@@ -84,9 +119,10 @@ class RetryAfter(ConveyorError):
 
     def __init__(self, seconds: float, message: str = "") -> None:
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-            raise TypeError(f"seconds must be a number, got {seconds!r}")
+            raise SettingError("seconds", seconds, f"must be a number, got {seconds!r}")
         if not seconds >= 0 or seconds == float("inf"):
-            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+            raise SettingError("seconds", seconds,
+                               f"must be a finite number >= 0, got {seconds!r}")
         super().__init__(message or f"retry after {seconds:g} s")
         self.seconds = float(seconds)
 
@@ -102,6 +138,6 @@ class Rejected(ConveyorError):
     def __init__(self, message: str = "", *, count: int | None = None) -> None:
         if count is not None and (isinstance(count, bool) or not isinstance(count, int)
                                   or count < 1):
-            raise ValueError(f"count must be an int >= 1 or None, got {count!r}")
+            raise SettingError("count", count, f"must be an int >= 1 or None, got {count!r}")
         super().__init__(message or "rejected")
         self.count = count

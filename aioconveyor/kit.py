@@ -15,7 +15,12 @@ only (the built-ins import nothing else, a test checks it):
 * secrets out of ``repr``, logs and error messages: :func:`mask_dsn`, :func:`mask_url`,
   :func:`mask_text`, :func:`secrets_of` and :func:`scrub`; :func:`split_url` and
   :func:`encode_userinfo` read and pass on URLs whose password holds any character;
-  :func:`check_pg_ssl` checks an asyncpg ``ssl=`` argument.
+  :func:`check_pg_ssl` checks an asyncpg ``ssl=`` argument;
+* clear errors at construction: :mod:`check` holds the argument checks the built-ins use
+  (``check.positive("timeout", timeout)``, ``check.integer("port", port, minimum=1)``,
+  ``check.fail(name, value, "why")``, ``check.conflict(...)``); each raises
+  :class:`SettingError` naming the argument and the value, which the config runner turns
+  into the TOML key.
 
 See ``docs/writing-a-consumer.md`` for a complete consumer built with them.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from . import _validate as check
 from ._logs import LogLimiter
 from ._secrets import (
     check_pg_ssl,
@@ -36,7 +42,7 @@ from ._secrets import (
     split_url,
 )
 from .consumer import Batch, Record
-from .errors import ConveyorError, Rejected, RetryAfter
+from .errors import ConveyorError, Rejected, RetryAfter, SettingError
 from .tick import Tick, current_tick
 from .workers import Caller, SyncWorker
 
@@ -48,8 +54,10 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_package.py checks ev
     "Record",
     "Rejected",
     "RetryAfter",
+    "SettingError",
     "SyncWorker",
     "Tick",
+    "check",
     "check_pg_ssl",
     "current_tick",
     "encode_userinfo",

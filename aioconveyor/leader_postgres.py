@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from . import _validate
 from ._logs import LogLimiter
 from ._secrets import check_pg_ssl, encode_userinfo, mask_dsn, scrub, secrets_of
 from .errors import ConveyorError
@@ -49,8 +50,7 @@ def lock_id_for(key: str) -> int:
     It is the first 8 bytes of ``sha256(b"aioconveyor.leader:" + key)``, so it does not
     collide with small integer lock ids other software tends to use.
     """
-    if not isinstance(key, str) or not key:
-        raise TypeError(f"key must be a non-empty str, got {key!r}")
+    _validate.text("key", key)
     digest = hashlib.sha256(_LOCK_NAMESPACE + key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 
@@ -68,13 +68,6 @@ def _import_asyncpg() -> Any:
 
 def _default_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 class PostgresLeader:
@@ -112,16 +105,17 @@ class PostgresLeader:
         name: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if dsn is not None and not isinstance(dsn, str):
-            raise TypeError(f"dsn must be a str or None, got {type(dsn).__name__}")
+        if dsn is not None and not isinstance(dsn, str):  # by type only: it may hold a password
+            _validate.fail("dsn", type(dsn).__name__,
+                           f"must be a str or None, got {type(dsn).__name__}")
         self.lock_id = lock_id_for(key)
         self.key = key
-        self.keepalive = _positive("keepalive", keepalive)
+        self.keepalive = _validate.positive("keepalive", keepalive)
         if self.keepalive < 1:
-            raise ValueError(f"keepalive must be at least 1 second, got {keepalive!r}")
-        self.connect_timeout = _positive("connect_timeout", connect_timeout)
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+            _validate.fail("keepalive", keepalive, f"must be at least 1 second, got {keepalive!r}")
+        self.connect_timeout = _validate.positive("connect_timeout", connect_timeout)
+        if name is not None:
+            _validate.text("name", name)
         self.name = name or _default_name()
         self._asyncpg = _import_asyncpg()
         self._dsn = dsn
@@ -129,10 +123,10 @@ class PostgresLeader:
         check_pg_ssl(ssl)
         self._ssl = ssl
         if server_settings is not None and not isinstance(server_settings, Mapping):
-            raise TypeError(f"server_settings must be a mapping of str to str, "
-                            f"got {server_settings!r}")
+            _validate.fail("server_settings", server_settings,
+                           f"must be a mapping of str to str, got {server_settings!r}")
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
-            raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
+            _validate.fail("logger", logger, f"must be a logging.Logger or None, got {logger!r}")
         self._server_settings = {str(k): str(v) for k, v in (server_settings or {}).items()}
         self._log = logger if logger is not None else logging.getLogger(__name__)
         self._limiter = LogLimiter()

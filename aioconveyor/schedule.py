@@ -55,13 +55,11 @@ class IntervalSchedule:
     offset: float = 0.0
 
     def __post_init__(self) -> None:
-        interval = _validate.positive("loop_interval", self.interval)
-        offset = _validate.number("loop_offset", self.offset)
+        interval = _validate.positive("interval", self.interval)
+        offset = _validate.number("offset", self.offset)
         if not 0 <= offset < interval:
-            raise ValueError(
-                f"loop_offset must be in [0, loop_interval) = [0, {interval:g}), "
-                f"got {self.offset!r}"
-            )
+            _validate.fail("offset", self.offset,
+                           f"must be in [0, interval) = [0, {interval:g}), got {self.offset!r}")
         object.__setattr__(self, "interval", interval)
         object.__setattr__(self, "offset", offset)
 
@@ -104,11 +102,13 @@ class CronSchedule:
         from croniter import croniter  # runtime dependency, imported only when cron is used
 
         if not isinstance(self.expression, str):
-            raise TypeError(f"cron must be a str, got {self.expression!r}")
+            _validate.fail("expression", self.expression,
+                           f"must be a str, got {self.expression!r}")
         if not isinstance(self.tz, tzinfo):
-            raise TypeError(f"cron tz must be a datetime.tzinfo, got {self.tz!r}")
+            _validate.fail("tz", self.tz, f"must be a datetime.tzinfo, got {self.tz!r}")
         if not self.expression.strip() or not croniter.is_valid(self.expression):
-            raise ValueError(f"cron must be a valid cron expression, got {self.expression!r}")
+            _validate.fail("expression", self.expression,
+                           f"must be a valid cron expression, got {self.expression!r}")
         object.__setattr__(self, "_cron", croniter)
 
     def _iter(self, t: float) -> Any:

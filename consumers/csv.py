@@ -26,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from aioconveyor.kit import LogLimiter, SyncWorker
+from aioconveyor.kit import LogLimiter, SyncWorker, check
 
 from ._records import as_mapping, iter_records, json_dumps, to_jsonable
 
@@ -150,48 +150,36 @@ class CsvConsumer:
         name: str | None = None,
     ) -> None:
         if isinstance(path, bytes) or not isinstance(path, str | os.PathLike):
-            raise TypeError(f"path must be a str or os.PathLike, got {path!r}")
+            check.fail("path", path, f"must be a str or os.PathLike, got {path!r}")
         template = os.fspath(path)
         if not isinstance(template, str) or not template:
-            raise ValueError(f"path must be a non-empty file path, got {path!r}")
-        if rotate is not None and rotate not in _ROTATIONS:
-            raise ValueError(f"rotate must be None or 'daily', got {rotate!r}")
+            check.fail("path", path, f"must be a non-empty file path, got {path!r}")
+        if rotate is not None and (isinstance(rotate, bool) or rotate not in _ROTATIONS):
+            check.fail("rotate", rotate, f"must be None or 'daily', got {rotate!r}")
         if rotate == "daily" and _DATE not in template:
-            raise ValueError(
-                f"path must contain {_DATE} with rotate='daily', got {template!r}"
-            )
+            check.fail("path", path,
+                           f"must contain {_DATE} with rotate='daily', got {template!r}")
         if rotate is None and _DATE in template:
-            raise ValueError(
-                f"path {template!r} contains {_DATE}: pass rotate='daily' to rotate daily"
-            )
+            check.fail("path", path, f"{template!r} contains {_DATE}: pass rotate='daily' "
+                                         "to rotate daily", subject="path")
         self.path = template
         self.fields = self._check_fields(fields)
         if extra not in _EXTRA_POLICIES:
-            raise ValueError(f"extra must be 'ignore' or 'error', got {extra!r}")
+            check.fail("extra", extra, f"must be 'ignore' or 'error', got {extra!r}")
         self.extra = extra
         self.rotate = rotate
-        if max_bytes is not None:
-            if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
-                raise TypeError(f"max_bytes must be an int or None, got {max_bytes!r}")
-            if max_bytes < 1:
-                raise ValueError(f"max_bytes must be >= 1, got {max_bytes!r}")
-        self.max_bytes = max_bytes
-        if not isinstance(fsync, bool):
-            raise TypeError(f"fsync must be a bool, got {fsync!r}")
-        self.fsync = fsync
-        if not isinstance(escape_formulas, bool):
-            raise TypeError(f"escape_formulas must be a bool, got {escape_formulas!r}")
-        self.escape_formulas = escape_formulas
+        self.max_bytes = check.optional_integer("max_bytes", max_bytes, minimum=1)
+        self.fsync = check.boolean("fsync", fsync)
+        self.escape_formulas = check.boolean("escape_formulas", escape_formulas)
         if not isinstance(delimiter, str):
-            raise TypeError(f"delimiter must be a one-character str, got {delimiter!r}")
+            check.fail("delimiter", delimiter,
+                           f"must be a one-character str, got {delimiter!r}")
         if len(delimiter) != 1 or delimiter in '"\r\n':
-            raise ValueError(
-                f"delimiter must be one character other than a quote or newline, "
-                f"got {delimiter!r}"
-            )
+            check.fail("delimiter", delimiter, "must be one character other than a quote "
+                                                   f"or newline, got {delimiter!r}")
         self.delimiter = delimiter
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if name is not None:
+            check.text("name", name)
         self.name = name or f"csv:{Path(template).name}"
 
         self.written = 0
@@ -212,18 +200,22 @@ class CsvConsumer:
         if fields is None:
             return None
         if isinstance(fields, str | bytes) or not isinstance(fields, Sequence):
-            raise TypeError(f"fields must be a sequence of column names or None, got {fields!r}")
+            check.fail("fields", fields,
+                           f"must be a sequence of column names or None, got {fields!r}")
         out = tuple(fields)
         if not out:
-            raise ValueError(f"fields must name at least one column (or be None), got {fields!r}")
-        for f in out:
+            check.fail("fields", fields,
+                           f"must name at least one column (or be None), got {fields!r}")
+        for i, f in enumerate(out):
             if not isinstance(f, str) or not f:
-                raise TypeError(f"fields must hold non-empty str column names, got {f!r}")
+                check.fail(f"fields[{i}]", f,
+                               f"must hold non-empty str column names, got {f!r}",
+                               subject="fields")
         if TIME_COLUMN in out:
-            raise ValueError(f"fields must not include {TIME_COLUMN!r} (always the first "
-                             f"column), got {list(out)!r}")
+            check.fail("fields", fields, f"must not include {TIME_COLUMN!r} (always the "
+                                             f"first column), got {list(out)!r}")
         if len(set(out)) != len(out):
-            raise ValueError(f"fields must not repeat a column, got {list(out)!r}")
+            check.fail("fields", fields, f"must not repeat a column, got {list(out)!r}")
         return out
 
     def __repr__(self) -> str:

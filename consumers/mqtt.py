@@ -41,7 +41,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from aioconveyor import __version__
-from aioconveyor.kit import ConveyorError, LogLimiter, Rejected, mask_url, split_url
+from aioconveyor.kit import ConveyorError, LogLimiter, Rejected, check, mask_url, split_url
 
 from ._records import as_mapping, iter_records, json_dumps
 
@@ -110,8 +110,7 @@ class MqttConnectionError(MqttConsumerError, ConnectionError):
 def _check_text(owner: str, name: str, value: object, *, optional: bool = False) -> None:
     if value is None and optional:
         return
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{owner} {name} must be a non-empty str, got {value!r}")
+    check.text(name, value, subject=f"{owner} {name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,29 +171,29 @@ class HaDiscovery:
     def __post_init__(self) -> None:
         _check_text("HaDiscovery", "node_id", self.node_id)
         if not _NODE_ID.fullmatch(self.node_id):
-            raise ValueError(
-                f"HaDiscovery node_id may only use letters, digits, '_' and '-', "
-                f"got {self.node_id!r}"
-            )
+            check.fail("node_id", self.node_id, "may only use letters, digits, '_' and "
+                           f"'-', got {self.node_id!r}", subject="HaDiscovery node_id")
         _check_text("HaDiscovery", "device_name", self.device_name)
         for attr in ("manufacturer", "model", "sw_version"):
             _check_text("HaDiscovery", attr, getattr(self, attr), optional=True)
         _check_text("HaDiscovery", "prefix", self.prefix)
-        _check_topic("HaDiscovery prefix", self.prefix)
+        _check_topic("prefix", self.prefix, subject="HaDiscovery prefix")
         if isinstance(self.sensors, str | bytes) or not isinstance(self.sensors, Sequence):
-            raise TypeError(f"HaDiscovery sensors must be a list of HaSensor, got {self.sensors!r}")
+            check.fail("sensors", self.sensors, "must be a list of HaSensor, got "
+                           f"{self.sensors!r}", subject="HaDiscovery sensors")
         sensors = tuple(self.sensors)
         if not sensors:
-            raise ValueError(f"HaDiscovery sensors must not be empty, got {self.sensors!r}")
+            check.fail("sensors", self.sensors, f"must not be empty, got {self.sensors!r}",
+                           subject="HaDiscovery sensors")
         seen: set[str] = set()
         for i, sensor in enumerate(sensors):
             if not isinstance(sensor, HaSensor):
-                raise TypeError(f"HaDiscovery sensors[{i}] must be a HaSensor, got {sensor!r}")
+                check.fail(f"sensors[{i}]", sensor, f"must be a HaSensor, got {sensor!r}",
+                               subject=f"HaDiscovery sensors[{i}]")
             if sensor.object_id in seen:
-                raise ValueError(
-                    f"HaDiscovery sensors[{i}]: key {sensor.key!r} repeats object id "
-                    f"{sensor.object_id!r}"
-                )
+                check.fail(f"sensors[{i}].key", sensor.key,
+                               f"repeats object id {sensor.object_id!r}, got {sensor.key!r}",
+                               subject=f"HaDiscovery sensors[{i}].key")
             seen.add(sensor.object_id)
         object.__setattr__(self, "sensors", sensors)
 
@@ -233,16 +232,18 @@ class HaDiscovery:
 # -- topics and URLs -------------------------------------------------------------------
 
 
-def _check_topic(what: str, topic: str) -> None:
+def _check_topic(what: str, topic: str, *, subject: str | None = None) -> None:
     """Reject what no broker accepts as a topic to publish to."""
     if not topic:
-        raise ValueError(f"{what} must not be empty")
+        check.fail(what, topic, "must not be empty", subject=subject)
     if "+" in topic or "#" in topic:
-        raise ValueError(f"{what} must not contain the wildcards '+' or '#', got {topic!r}")
+        check.fail(what, topic, f"must not contain the wildcards '+' or '#', got {topic!r}",
+                       subject=subject)
     if "\0" in topic:
-        raise ValueError(f"{what} must not contain NUL characters, got {topic!r}")
+        check.fail(what, topic, f"must not contain NUL characters, got {topic!r}",
+                       subject=subject)
     if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
-        raise ValueError(f"{what} is longer than {_MAX_TOPIC_BYTES} bytes")
+        check.fail(what, topic, f"is longer than {_MAX_TOPIC_BYTES} bytes", subject=subject)
 
 
 def _template_fields(topic: str) -> frozenset[str]:
@@ -250,16 +251,22 @@ def _template_fields(topic: str) -> frozenset[str]:
     try:
         parsed = list(_FORMATTER.parse(topic))
     except ValueError as exc:
-        raise ValueError(f"topic is not a valid template ({exc}): {topic!r}") from None
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem:
+        check.fail("topic", topic, f"is not a valid template ({problem}): {topic!r}")
     names: set[str] = set()
     for _literal, field, spec, _conversion in parsed:
         if field is None:
             continue
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if not root or root.isdigit():
-            raise ValueError(f"topic template fields must be named, like {{device}}, got {topic!r}")
+            check.fail("topic", topic, "template fields must be named, like {device}, "
+                                           f"got {topic!r}")
         if spec and "{" in spec:
-            raise ValueError(f"topic template format specs cannot hold fields, got {topic!r}")
+            check.fail("topic", topic, "template format specs cannot hold fields, "
+                                           f"got {topic!r}")
         names.add(root)
     # the fixed parts must be valid too (a field stands for at least one character)
     _check_topic("topic", "x".join(literal for literal, *_ in parsed) or "x")
@@ -280,14 +287,17 @@ def _parse_url(url: str) -> _Address:
     head, username, password, hostpart = split_url(url, query=False)
     scheme = head.removesuffix("://").lower()
     if scheme not in ("mqtt", "mqtts"):
-        raise ValueError(f"url must look like mqtt://host:port or mqtts://host, got {masked!r}")
+        check.fail("url", masked,
+                       f"must look like mqtt://host:port or mqtts://host, got {masked!r}")
     parts = urllib.parse.urlsplit(f"//{hostpart}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"url must not have a path, query or fragment, got {masked!r}")
+        check.fail("url", masked, f"must not have a path, query or fragment, got {masked!r}")
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"url has an invalid port: {masked!r}") from None
+        port = -1
+    if port == -1:
+        check.fail("url", masked, f"has an invalid port: {masked!r}")
     return _Address(scheme == "mqtts", parts.hostname or None, port, username or None, password)
 
 
@@ -411,65 +421,60 @@ class MqttConsumer:
         address = _Address(False, None, None, None, None)
         if url is not None:
             if not isinstance(url, str):
-                raise TypeError(f"url must be a str, got {type(url).__name__}")
+                check.fail("url", type(url).__name__,  # by type: it may hold a password
+                               f"must be a str, got {type(url).__name__}")
             address = _parse_url(url)
         self.host = host if host is not None else (address.host or "localhost")
         _check_text("MqttConsumer", "host", self.host)
         if tls is None:
             tls = address.tls
         if not isinstance(tls, ssl.SSLContext | bool):
-            raise TypeError(f"tls must be an ssl.SSLContext or a bool, got {tls!r}")
+            check.fail("tls", tls, f"must be an ssl.SSLContext or a bool, got {tls!r}")
         self._tls: ssl.SSLContext | None = (
             tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context() if tls
             else None
         )
         if port is None:
             port = address.port or (8883 if self._tls is not None else 1883)
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError(f"port must be an int in 1..65535, got {port!r}")
-        self.port = port
+        self.port = check.integer("port", port, minimum=1, maximum=65535)
         self.username = username if username is not None else address.username
         _check_text("MqttConsumer", "username", self.username, optional=True)
         self._password = password if password is not None else address.password
         if self._password is not None and not isinstance(self._password, str):
-            raise TypeError(f"password must be a str, got {type(self._password).__name__}")
+            check.fail("password", type(self._password).__name__,
+                           f"must be a str, got {type(self._password).__name__}")
         if self._password is not None and self.username is None:
-            raise ValueError("a password needs a username (MQTT sends none without one)")
+            check.fail("password", "***", "needs a username (MQTT sends none without one)",
+                           subject="a password")
 
         if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, got {topic!r}")
+            check.fail("topic", topic, f"must be a str, got {topic!r}")
         self.topic = topic
         self._topic_fields = _template_fields(topic)
         if not self._topic_fields:
             _check_topic("topic", topic)
         if isinstance(qos, bool) or qos not in (0, 1, 2):
-            raise ValueError(f"qos must be 0, 1 or 2, got {qos!r}")
+            check.fail("qos", qos, f"must be 0, 1 or 2, got {qos!r}")
         self.qos = qos
-        if not isinstance(retain, bool):
-            raise TypeError(f"retain must be a bool, got {retain!r}")
-        self.retain = retain
-        if isinstance(keepalive, bool) or not isinstance(keepalive, int) or not (
-            0 < keepalive < 65536
-        ):
-            raise ValueError(f"keepalive must be an int in 1..65535 (seconds), got {keepalive!r}")
-        self.keepalive = keepalive
-        if (isinstance(timeout, bool) or not isinstance(timeout, int | float)
-                or not 0 < timeout < float("inf")):
-            raise ValueError(f"timeout must be a finite number > 0, got {timeout!r}")
-        self.timeout = float(timeout)
-        if encoder is not None and not callable(encoder):
-            raise TypeError(f"encoder must be callable, got {encoder!r}")
+        self.retain = check.boolean("retain", retain)
+        self.keepalive = check.integer("keepalive", keepalive, minimum=1, maximum=65535,
+                                           unit="seconds")
+        self.timeout = check.positive("timeout", timeout)
+        if encoder is not None:
+            check.callable_("encoder", encoder)
+            if event_time_key != "event_time":
+                check.conflict("event_time_key", event_time_key, "encoder",
+                                   "event_time_key shapes the default JSON payload only")
         self.encoder = encoder
         _check_text("MqttConsumer", "event_time_key", event_time_key, optional=True)
         self.event_time_key = event_time_key
 
         if discovery is not None:
             if not isinstance(discovery, HaDiscovery):
-                raise TypeError(f"discovery must be a HaDiscovery, got {discovery!r}")
+                check.fail("discovery", discovery, f"must be a HaDiscovery, got {discovery!r}")
             if self._topic_fields:
-                raise ValueError(
-                    f"discovery needs a fixed state topic, but topic is a template: {topic!r}"
-                )
+                check.conflict("topic", topic, "discovery",
+                                   "discovery needs a fixed state topic, not a template")
             if availability_topic is None:
                 parent = topic.rsplit("/", 1)[0] if "/" in topic else topic
                 availability_topic = f"{parent}/availability"
@@ -487,31 +492,28 @@ class MqttConsumer:
             name = "mqtt"
         _check_text("MqttConsumer", "name", name)
         self.name = name
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
-        if (isinstance(max_backoff, bool) or not isinstance(max_backoff, int | float)
-                or not 0 < max_backoff < float("inf")):
-            raise ValueError(f"max_backoff must be a finite number > 0, got {max_backoff!r}")
+        check.integer("retries", retries, minimum=0)
+        check.positive("max_backoff", max_backoff)
         self.consumer_defaults: dict[str, Any] = {
             "retries": retries,
             "backoff": min(0.2, float(max_backoff)),
             "max_backoff": float(max_backoff),
         }
         if client_options is not None and not isinstance(client_options, Mapping):
-            raise TypeError(f"client_options must be a mapping or None, "
-                            f"got {type(client_options).__name__}")
+            check.fail("client_options", type(client_options).__name__,
+                           f"must be a mapping or None, got {type(client_options).__name__}")
         for key in client_options or {}:
             if not isinstance(key, str):
-                raise TypeError(f"client_options keys must be str, got {key!r}")
+                check.fail("client_options", f"<a key {key!r}>",
+                               f"keys must be str, got {key!r}")
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
-            raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
+            check.fail("logger", logger, f"must be a logging.Logger or None, got {logger!r}")
         self._client_options = dict(client_options or {})
         clash = {"hostname", "port", "username", "password", "identifier", "will", "keepalive",
                  "timeout", "tls_context"} & set(self._client_options)
         if clash:
-            raise ValueError(
-                f"client_options must not set {sorted(clash)}: use MqttConsumer's own arguments"
-            )
+            check.fail("client_options", sorted(clash), f"must not set {sorted(clash)}: "
+                                                           "use MqttConsumer's own arguments")
         self._log = logger if logger is not None else logging.getLogger(__name__)
 
         scheme = "mqtts" if self._tls is not None else "mqtt"

@@ -46,6 +46,7 @@ from aioconveyor.kit import (
     Batch,
     ConveyorError,
     LogLimiter,
+    check,
     check_pg_ssl,
     encode_userinfo,
     mask_dsn,
@@ -100,10 +101,7 @@ OFFLOAD_SECONDS = 0.002
 
 def quote_ident(name: str) -> str:
     """``name`` as a PostgreSQL identifier: double-quoted, inner quotes doubled."""
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"an identifier must be a non-empty str, got {name!r}")
-    if "\x00" in name:
-        raise ValueError(f"an identifier cannot contain a NUL character, got {name!r}")
+    check.text("identifier", name, subject="an identifier", nul=False)
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -113,14 +111,16 @@ def _check_mapping(what: str, value: object, *, secret: bool = False) -> None:
     or key."""
     if value is None:
         return
+    if not secret:
+        check.str_mapping(what, value)
+        return
     if not isinstance(value, Mapping):
-        shown = type(value).__name__ if secret else repr(value)
-        raise TypeError(f"{what} must be a mapping or None, got {shown}")
-    for k, v in value.items():
+        check.fail(what, type(value).__name__,
+                       f"must be a mapping or None, got {type(value).__name__}")
+    for k in value:
         if not isinstance(k, str):
-            raise TypeError(f"{what} keys must be str, got {k!r}")
-        if not secret and not isinstance(v, str):
-            raise TypeError(f"{what}[{k!r}] must be a str, got {v!r}")
+            check.fail(what, f"<{type(value).__name__} with a key {k!r}>",
+                           f"keys must be str, got {k!r}")
 
 
 def _inserted(status: str) -> int:
@@ -184,45 +184,53 @@ class PostgresConsumer:
         name: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if dsn is not None and not isinstance(dsn, str):
-            raise TypeError(f"dsn must be a str or None, got {type(dsn).__name__}")
+        if dsn is not None and not isinstance(dsn, str):  # by type only: it may hold a password
+            check.fail("dsn", type(dsn).__name__,
+                           f"must be a str or None, got {type(dsn).__name__}")
         check_pg_ssl(ssl)
         _check_mapping("server_settings", server_settings)
         _check_mapping("pool_options", pool_options, secret=True)
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
-            raise TypeError(f"logger must be a logging.Logger or None, got {logger!r}")
+            check.fail("logger", logger, f"must be a logging.Logger or None, got {logger!r}")
         self._pool_options = dict(pool_options or {})
         self._secrets = secrets_of(dsn, self._pool_options.get("password"))
         self._dsn = dsn
         if pool is not None:
-            given = [n for n, v in (("dsn", dsn), ("ssl", ssl), ("server_settings",
-                     server_settings), ("pool_options", pool_options)) if v is not None]
+            given = {n: v for n, v in (("dsn", dsn), ("ssl", ssl), ("server_settings",
+                     server_settings), ("pool_options", pool_options)) if v is not None}
             if given:
-                raise ValueError(f"pass either pool or {', '.join(given)}: a given pool "
-                                 "is used as it is")
+                first = next(iter(given))  # dsn and pool_options may hold a password
+                check.conflict(first, "***" if first in ("dsn", "pool_options")
+                                   else given[first], "pool",
+                                   f"pass either pool or {', '.join(given)}: a given pool "
+                                   "is used as it is")
         self._given_pool = pool
         self.table = self._identifier("table", table)
         self.schema = None if schema is None else self._identifier("schema", schema)
         self.time_column = (None if time_column is None
                             else self._identifier("time_column", time_column))
-        if not isinstance(create_table, bool):
-            raise TypeError(f"create_table must be a bool, got {create_table!r}")
+        self.create_table = check.boolean("create_table", create_table)
         self.create_table = create_table
 
         self.columns: tuple[str, ...] | None
         if columns is None:
             if self.time_column is None:
-                raise ValueError("JSONB mode (columns=None) needs a time_column, got None")
+                check.fail("time_column", None, "needs a time_column, got None",
+                               subject="JSONB mode (columns=None)")
             self.payload_column = self._identifier("payload_column", payload_column)
             if self.payload_column == self.time_column:
-                raise ValueError(f"payload_column and time_column must differ, both are "
-                                 f"{payload_column!r}")
+                check.fail("payload_column", payload_column,
+                               f"and time_column must differ, both are {payload_column!r}")
             self.columns = None
             written: list[str] = [self.time_column, self.payload_column]
         else:
             if create_table:
-                raise ValueError("create_table=True works in JSONB mode (columns=None) only; "
-                                 "create a table with columns yourself")
+                check.conflict("create_table", create_table, "columns",
+                                   "create_table=True works in JSONB mode (columns=None) "
+                                   "only; create a table with columns yourself")
+            if payload_column != PAYLOAD_COLUMN:
+                check.conflict("payload_column", payload_column, "columns",
+                                   "payload_column is the JSONB column of columns=None")
             self.columns = self._column_list(columns)
             self.payload_column = payload_column
             written = list(self.columns)
@@ -245,21 +253,22 @@ class PostgresConsumer:
 
         if key is None:
             if self.time_column is None:
-                raise ValueError("key is required when time_column=None: name the columns "
-                                 "of the unique index that identifies a row")
+                check.fail("key", None, "is required when time_column=None: name the "
+                                            "columns of the unique index that identifies a row")
             key = (self.time_column,)
         if isinstance(key, str | bytes) or not isinstance(key, Sequence):
-            raise TypeError(f"key must be a sequence of column names, got {key!r}")
+            check.fail("key", key, f"must be a sequence of column names, got {key!r}")
         self.key: tuple[str, ...] = tuple(self._identifier("key", k) for k in key)
         missing = [k for k in self.key if k not in self.written_columns]
         if missing:
-            raise ValueError(f"key columns {missing} are not written by this consumer "
-                             f"(it writes {list(self.written_columns)})")
+            check.fail("key", key, f"columns {missing} are not written by this consumer "
+                                       f"(it writes {list(self.written_columns)})")
         if create_table and not self.key:
-            raise ValueError("create_table=True needs a key (the primary key), got ()")
+            check.fail("key", key, "is needed by create_table=True (the primary key), "
+                                       "got ()")
 
-        if name is not None and (not isinstance(name, str) or not name):
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if name is not None:
+            check.text("name", name)
         self.name = name or f"postgres:{self.table}"
         self.consumer_defaults: dict[str, Any] = {
             "batch_size": batch_size, "batch_age": batch_age, "retries": retries,
@@ -278,7 +287,8 @@ class PostgresConsumer:
         if server_settings is not None:
             self._pool_args["server_settings"] = dict(server_settings)
         if self._pool_args["min_size"] > self._pool_args["max_size"]:
-            raise ValueError(f"min_size must be <= max_size, got {min_size} > {max_size}")
+            check.fail("min_size", min_size,
+                           f"must be <= max_size, got {min_size} > {max_size}")
         self.connect_timeout: float = self._pool_args["timeout"]
         self._logger = logger or globals()["logger"]
 
@@ -320,36 +330,28 @@ class PostgresConsumer:
 
     @staticmethod
     def _identifier(what: str, value: object) -> str:
-        if not isinstance(value, str) or not value:
-            raise TypeError(f"{what} must be a non-empty str, got {value!r}")
-        if "\x00" in value:
-            raise ValueError(f"{what} cannot contain a NUL character, got {value!r}")
-        return value
+        return check.text(what, value, nul=False)
 
     @classmethod
     def _column_list(cls, columns: object) -> tuple[str, ...]:
         if isinstance(columns, str | bytes) or not isinstance(columns, Sequence):
-            raise TypeError(f"columns must be a sequence of column names or None, "
-                            f"got {columns!r}")
-        out = tuple(cls._identifier("columns[...]", c) for c in columns)
+            check.fail("columns", columns,
+                           f"must be a sequence of column names or None, got {columns!r}")
+        out = tuple(cls._identifier(f"columns[{i}]", c) for i, c in enumerate(columns))
         if not out:
-            raise ValueError(f"columns must name at least one column (None: JSONB mode), "
-                             f"got {columns!r}")
+            check.fail("columns", columns, "must name at least one column (None: JSONB "
+                                               f"mode), got {columns!r}")
         if len(set(out)) != len(out):
-            raise ValueError(f"columns must not repeat a column, got {list(out)!r}")
+            check.fail("columns", columns, f"must not repeat a column, got {list(out)!r}")
         return out
 
     @staticmethod
     def _count(what: str, value: object, minimum: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{what} must be an int >= {minimum}, got {value!r}")
-        return value
+        return check.integer(what, value, minimum=minimum)
 
     @staticmethod
     def _seconds(what: str, value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"{what} must be a number > 0, got {value!r}")
-        return float(value)
+        return check.positive(what, value)
 
     # -- presentation ----------------------------------------------------------------
 

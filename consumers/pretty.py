@@ -15,7 +15,7 @@ from datetime import datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from aioconveyor.kit import LogLimiter, SyncWorker
+from aioconveyor.kit import LogLimiter, SyncWorker, check
 
 from ._records import as_mapping, iter_records
 
@@ -32,11 +32,7 @@ _MAX_CHARS = 2000
 
 
 def _int_setting(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-    return value
+    return check.integer(name, value, minimum=1)
 
 
 def _type_name(value: object) -> str:
@@ -75,11 +71,10 @@ class PrettyPrintConsumer:
         if console is None:
             console = Console()
         elif not isinstance(console, Console):
-            raise TypeError(f"console must be a rich.console.Console or None, got {console!r}")
+            check.fail("console", console,
+                           f"must be a rich.console.Console or None, got {console!r}")
         self.console = console
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"name must be a non-empty str, got {name!r}")
-        self.name = name
+        self.name = check.text("name", name)
         self.max_rows = _int_setting("max_rows", max_rows)
         self.max_length = _int_setting("max_length", max_length)
         self.max_string = _int_setting("max_string", max_string)

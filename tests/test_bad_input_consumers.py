@@ -1,8 +1,8 @@
 """Bad input to the built-in consumers: bad arguments and data they cannot handle.
 
 * Every public constructor besides the core's (see test_bad_input.py) refuses bad
-  arguments at once, with a ValueError or TypeError whose message names the argument and
-  the bad value. Arguments that may carry a password (``dsn``, ``url``, ``password``,
+  arguments at once, with a SettingError whose ``.name`` is the argument and whose
+  message names the argument and the bad value. Arguments that may carry a password (``dsn``, ``url``, ``password``,
   ``pool_options``) name the value's *type* only. Cases already pinned by a consumer's own
   tests (test_postgres, test_mqtt, test_csv, test_pretty, test_leader) are not repeated.
 * Records that one consumer cannot handle are rejected by that consumer alone, counted and
@@ -27,7 +27,7 @@ import aiomqtt
 import asyncpg
 import pytest
 
-from aioconveyor import AioConveyor, PostgresLeader
+from aioconveyor import AioConveyor, PostgresLeader, SettingError
 from aioconveyor.consumers import CsvConsumer, MqttConsumer, PostgresConsumer, PrettyPrintConsumer
 from aioconveyor.consumers.mqtt import HaDiscovery, HaSensor
 from aioconveyor.testing import wait_until
@@ -49,14 +49,15 @@ REQUIRED: dict[Callable[..., Any], dict[str, Any]] = {
 _DEFAULT = object()
 
 
-def case(ctor: Callable[..., Any], exc: type[Exception], argument: str, value: Any,
-         shown: Any = _DEFAULT, **others: Any) -> Any:
-    """``ctor(argument=value, **others)`` must raise ``exc`` naming ``argument`` and
+def case(ctor: Callable[..., Any], argument: str, value: Any, shown: Any = _DEFAULT, *,
+         error_name: str | None = None, **others: Any) -> Any:
+    """``ctor(argument=value, **others)`` must raise a SettingError whose ``.name`` is
+    ``error_name`` (default: ``argument``) and whose message names ``argument`` and
     ``shown`` (by default ``repr(value)``)."""
     kwargs = {**REQUIRED[ctor], **others, argument: value}
     text = repr(value) if shown is _DEFAULT else str(shown)
     label = f"{getattr(ctor, '__name__', ctor)}-{argument}={value!r}"
-    return pytest.param(ctor, kwargs, exc, argument, text, id=label)
+    return pytest.param(ctor, kwargs, error_name or argument, argument, text, id=label)
 
 
 PG, MQTT, CSV, PRETTY, LEADER = (PostgresConsumer, MqttConsumer, CsvConsumer,
@@ -64,122 +65,124 @@ PG, MQTT, CSV, PRETTY, LEADER = (PostgresConsumer, MqttConsumer, CsvConsumer,
 
 CASES = [
     # PostgresConsumer
-    case(PG, TypeError, "dsn", 5432, "got int"),
-    case(PG, TypeError, "table", 5),
-    case(PG, ValueError, "table", "a\x00b"),
-    case(PG, TypeError, "schema", ""),
-    case(PG, TypeError, "columns", [5], "got 5"),
-    case(PG, ValueError, "columns", []),
-    case(PG, TypeError, "key", "event_time"),
-    case(PG, TypeError, "key", [None], "got None"),
-    case(PG, TypeError, "create_table", "yes"),
-    case(PG, TypeError, "time_column", 5),
-    case(PG, ValueError, "payload_column", "event_time"),
-    case(PG, ValueError, "batch_age", -1),
-    case(PG, TypeError, "retries", 1.5),
-    case(PG, ValueError, "queue_size", 0),
-    case(PG, ValueError, "timeout", -1),
-    case(PG, ValueError, "max_backoff", math.nan),
-    case(PG, ValueError, "ssl", "verify"),
-    case(PG, TypeError, "ssl", 1),
-    case(PG, TypeError, "server_settings", "statement_timeout=5"),
-    case(PG, TypeError, "server_settings", {"statement_timeout": 5000},
-         "server_settings['statement_timeout'] must be a str, got 5000"),
-    case(PG, ValueError, "min_size", -1),
-    case(PG, ValueError, "max_size", 0),
-    case(PG, ValueError, "min_size", 3, "got 3 > 2", max_size=2),
-    case(PG, ValueError, "connect_timeout", "10"),
-    case(PG, ValueError, "connect_timeout", 0),
-    case(PG, TypeError, "pool_options", ["max_queries"], "got list"),
-    case(PG, TypeError, "name", 7),
-    case(PG, TypeError, "logger", "aioconveyor"),
+    case(PG, "dsn", 5432, "got int"),
+    case(PG, "table", 5),
+    case(PG, "table", "a\x00b"),
+    case(PG, "schema", ""),
+    case(PG, "columns", [5], "got 5", error_name="columns[0]"),
+    case(PG, "columns", []),
+    case(PG, "key", "event_time"),
+    case(PG, "key", [None], "got None"),
+    case(PG, "create_table", "yes"),
+    case(PG, "time_column", 5),
+    case(PG, "payload_column", "event_time"),
+    case(PG, "batch_age", -1),
+    case(PG, "retries", 1.5),
+    case(PG, "queue_size", 0),
+    case(PG, "timeout", -1),
+    case(PG, "max_backoff", math.nan),
+    case(PG, "ssl", "verify"),
+    case(PG, "ssl", 1),
+    case(PG, "server_settings", "statement_timeout=5"),
+    case(PG, "server_settings", {"statement_timeout": 5000},
+         "server_settings['statement_timeout'] must be a str, got 5000",
+         error_name="server_settings['statement_timeout']"),
+    case(PG, "min_size", -1),
+    case(PG, "max_size", 0),
+    case(PG, "min_size", 3, "got 3 > 2", max_size=2),
+    case(PG, "connect_timeout", "10"),
+    case(PG, "connect_timeout", 0),
+    case(PG, "pool_options", ["max_queries"], "got list"),
+    case(PG, "name", 7),
+    case(PG, "logger", "aioconveyor"),
     # MqttConsumer
-    case(MQTT, TypeError, "url", 1883, "got int"),
-    case(MQTT, ValueError, "url", "tcp://broker:1883"),
-    case(MQTT, ValueError, "url", "mqtt://broker:http"),
-    case(MQTT, TypeError, "host", ""),
-    case(MQTT, ValueError, "port", "1883"),
-    case(MQTT, ValueError, "port", 0),
-    case(MQTT, TypeError, "topic", b"state"),
-    case(MQTT, ValueError, "topic", "a/\x00/b"),
-    case(MQTT, ValueError, "qos", True),
-    case(MQTT, TypeError, "retain", 1),
-    case(MQTT, TypeError, "username", 5),
-    case(MQTT, TypeError, "password", b"bytes", "got bytes", username="alice"),
-    case(MQTT, TypeError, "tls", "yes"),
-    case(MQTT, TypeError, "client_id", ""),
-    case(MQTT, ValueError, "keepalive", 1.5),
-    case(MQTT, ValueError, "timeout", -1),
-    case(MQTT, TypeError, "encoder", "json"),
-    case(MQTT, TypeError, "event_time_key", ""),
-    case(MQTT, ValueError, "availability_topic", "a/+"),
-    case(MQTT, TypeError, "discovery", {"node_id": "x"}),
-    case(MQTT, TypeError, "name", ""),
-    case(MQTT, ValueError, "retries", -1),
-    case(MQTT, ValueError, "max_backoff", math.inf),
-    case(MQTT, TypeError, "client_options", "protocol=5", "got str"),
-    case(MQTT, TypeError, "client_options", {5: "x"}, "keys must be str, got 5"),
-    case(MQTT, TypeError, "logger", "mqtt"),
+    case(MQTT, "url", 1883, "got int"),
+    case(MQTT, "url", "tcp://broker:1883"),
+    case(MQTT, "url", "mqtt://broker:http"),
+    case(MQTT, "host", ""),
+    case(MQTT, "port", "1883"),
+    case(MQTT, "port", 0),
+    case(MQTT, "topic", b"state"),
+    case(MQTT, "topic", "a/\x00/b"),
+    case(MQTT, "qos", True),
+    case(MQTT, "retain", 1),
+    case(MQTT, "username", 5),
+    case(MQTT, "password", b"bytes", "got bytes", username="alice"),
+    case(MQTT, "tls", "yes"),
+    case(MQTT, "client_id", ""),
+    case(MQTT, "keepalive", 1.5),
+    case(MQTT, "timeout", -1),
+    case(MQTT, "encoder", "json"),
+    case(MQTT, "event_time_key", ""),
+    case(MQTT, "availability_topic", "a/+"),
+    case(MQTT, "discovery", {"node_id": "x"}),
+    case(MQTT, "name", ""),
+    case(MQTT, "retries", -1),
+    case(MQTT, "max_backoff", math.inf),
+    case(MQTT, "client_options", "protocol=5", "got str"),
+    case(MQTT, "client_options", {5: "x"}, "keys must be str, got 5"),
+    case(MQTT, "logger", "mqtt"),
     # HaSensor
-    case(HaSensor, TypeError, "key", ""),
-    case(HaSensor, TypeError, "key", 5),
-    case(HaSensor, TypeError, "name", None),
-    case(HaSensor, TypeError, "unit", 5),
-    case(HaSensor, TypeError, "device_class", ""),
-    case(HaSensor, TypeError, "state_class", 3),
-    case(HaSensor, TypeError, "icon", b"mdi:x"),
+    case(HaSensor, "key", ""),
+    case(HaSensor, "key", 5),
+    case(HaSensor, "name", None),
+    case(HaSensor, "unit", 5),
+    case(HaSensor, "device_class", ""),
+    case(HaSensor, "state_class", 3),
+    case(HaSensor, "icon", b"mdi:x"),
     # HaDiscovery
-    case(HaDiscovery, ValueError, "node_id", "a/b"),
-    case(HaDiscovery, TypeError, "node_id", 5),
-    case(HaDiscovery, TypeError, "device_name", ""),
-    case(HaDiscovery, TypeError, "sensors", "temperature"),
-    case(HaDiscovery, ValueError, "sensors", ()),
-    case(HaDiscovery, TypeError, "sensors", [SENSORS[0], "humidity"], "sensors[1]"),
-    case(HaDiscovery, ValueError, "prefix", "home/#"),
-    case(HaDiscovery, TypeError, "prefix", ""),
-    case(HaDiscovery, TypeError, "manufacturer", 5),
-    case(HaDiscovery, TypeError, "model", ""),
-    case(HaDiscovery, TypeError, "sw_version", 1.0),
+    case(HaDiscovery, "node_id", "a/b"),
+    case(HaDiscovery, "node_id", 5),
+    case(HaDiscovery, "device_name", ""),
+    case(HaDiscovery, "sensors", "temperature"),
+    case(HaDiscovery, "sensors", ()),
+    case(HaDiscovery, "sensors", [SENSORS[0], "humidity"], "sensors[1]",
+         error_name="sensors[1]"),
+    case(HaDiscovery, "prefix", "home/#"),
+    case(HaDiscovery, "prefix", ""),
+    case(HaDiscovery, "manufacturer", 5),
+    case(HaDiscovery, "model", ""),
+    case(HaDiscovery, "sw_version", 1.0),
     # CsvConsumer (most cases live in test_csv.py)
-    case(CSV, TypeError, "path", None),
-    case(CSV, TypeError, "fields", [""], "got ''"),
-    case(CSV, ValueError, "extra", None),
-    case(CSV, ValueError, "rotate", True),
-    case(CSV, TypeError, "max_bytes", True),
-    case(CSV, TypeError, "delimiter", 5),
-    case(CSV, ValueError, "delimiter", "\n"),
-    case(CSV, TypeError, "name", 5),
+    case(CSV, "path", None),
+    case(CSV, "fields", [""], "got ''", error_name="fields[0]"),
+    case(CSV, "extra", None),
+    case(CSV, "rotate", True),
+    case(CSV, "max_bytes", True),
+    case(CSV, "delimiter", 5),
+    case(CSV, "delimiter", "\n"),
+    case(CSV, "name", 5),
     # PrettyPrintConsumer (more in test_pretty.py)
-    case(PRETTY, TypeError, "console", "stdout"),
-    case(PRETTY, TypeError, "name", 5),
-    case(PRETTY, TypeError, "max_string", 1.5),
-    case(PRETTY, ValueError, "max_depth", 0),
-    case(PRETTY, ValueError, "max_length", -3),
-    case(PRETTY, TypeError, "max_rows", None),
+    case(PRETTY, "console", "stdout"),
+    case(PRETTY, "name", 5),
+    case(PRETTY, "max_string", 1.5),
+    case(PRETTY, "max_depth", 0),
+    case(PRETTY, "max_length", -3),
+    case(PRETTY, "max_rows", None),
     # PostgresLeader (more in test_leader.py)
-    case(LEADER, TypeError, "dsn", b"postgresql://u:pw@h/db", "got bytes"),
-    case(LEADER, TypeError, "key", 5),
-    case(LEADER, ValueError, "keepalive", 0.5),
-    case(LEADER, ValueError, "keepalive", "10"),
-    case(LEADER, ValueError, "keepalive", math.inf),
-    case(LEADER, ValueError, "connect_timeout", -1),
-    case(LEADER, TypeError, "name", ""),
-    case(LEADER, TypeError, "server_settings", "idle_session_timeout=30s"),
-    case(LEADER, ValueError, "ssl", "on"),
-    case(LEADER, TypeError, "ssl", 1.0),
-    case(LEADER, TypeError, "logger", "leader"),
+    case(LEADER, "dsn", b"postgresql://u:pw@h/db", "got bytes"),
+    case(LEADER, "key", 5),
+    case(LEADER, "keepalive", 0.5),
+    case(LEADER, "keepalive", "10"),
+    case(LEADER, "keepalive", math.inf),
+    case(LEADER, "connect_timeout", -1),
+    case(LEADER, "name", ""),
+    case(LEADER, "server_settings", "idle_session_timeout=30s"),
+    case(LEADER, "ssl", "on"),
+    case(LEADER, "ssl", 1.0),
+    case(LEADER, "logger", "leader"),
 ]
 
 
-@pytest.mark.parametrize(("ctor", "kwargs", "exc", "argument", "shown"), CASES)
+@pytest.mark.parametrize(("ctor", "kwargs", "name", "argument", "shown"), CASES)
 def test_bad_arguments_fail_at_construction_naming_argument_and_value(
-    ctor: Callable[..., Any], kwargs: dict[str, Any], exc: type[Exception], argument: str,
-    shown: str,
+    ctor: Callable[..., Any], kwargs: dict[str, Any], name: str, argument: str, shown: str,
 ) -> None:
-    with pytest.raises((TypeError, ValueError)) as info:
+    with pytest.raises(SettingError) as info:
         ctor(**kwargs)
     message = str(info.value)
-    assert type(info.value) is exc, f"{type(info.value).__name__}: {message}"
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+    assert info.value.name == name, message
     assert argument in message, message
     assert shown in message, message
 
@@ -201,9 +204,10 @@ SECRET = "hunter2-Kx7q"
 def test_arguments_that_may_hold_a_password_never_show_it(
     ctor: Callable[..., Any], kwargs: dict[str, Any]
 ) -> None:
-    with pytest.raises((TypeError, ValueError)) as info:
+    with pytest.raises(SettingError) as info:
         ctor(**kwargs)
     assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    assert SECRET not in repr(info.value.value)  # the attribute is masked too
 
 
 def test_a_path_like_is_accepted_where_a_path_is() -> None:

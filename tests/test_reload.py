@@ -346,7 +346,7 @@ def test_a_broken_file_on_sighup_keeps_the_running_pipeline(
                         r"keeping the running configuration$")
     write(path, v2(module).replace('name = "readings"', 'name = "readings"\n        retries = -1'))
     runner.send(signal.SIGHUP)
-    runner.wait_for_log(rf"reload: {path}: consumers\[0\]\.retries: must be >= 0, got -1; "
+    runner.wait_for_log(rf"reload: {path}: consumers\[0\]\.retries: must be an int >= 0, got -1; "
                         r"keeping the running configuration$")
     write(path, v2(module).replace("${OUT_DIR}", "${NO_SUCH_VARIABLE}"))
     runner.send(signal.SIGHUP)

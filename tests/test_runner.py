@@ -356,7 +356,7 @@ def test_producer_errors_name_the_key(producer: str | None, key: str, message: s
         ('type = "csv"\npth = "x.csv"', "consumers[0].pth",
          "unknown option for CsvConsumer (did you mean 'path'?); it takes: path, fields"),
         ('type = "csv"\npath = "x.csv"\nretries = -1', "consumers[0].retries",
-         "must be >= 0, got -1"),
+         "must be an int >= 0, got -1"),
         ('type = "csv"\npath = "x.csv"\noverflow = "explode"', "consumers[0].overflow",
          "must be one of 'drop_oldest'"),
         ('type = "csv"\npath = "x.csv"\nrotate = "hourly"', "consumers[0].rotate",
@@ -407,7 +407,7 @@ def test_index_in_keys_counts_from_zero(tmp_path: Path, module: Callable[[str], 
         type = "pretty"
         max_rows = 0
     """)
-    assert err.key == "consumers[1].max_rows" and "must be >= 1" in err.message
+    assert err.key == "consumers[1].max_rows" and "must be an int >= 1, got 0" in err.message
 
 
 # -- --set overrides -------------------------------------------------------------------
@@ -571,8 +571,8 @@ def test_check_of_a_broken_file_exits_2_naming_file_and_key(tmp_path: Path,
         result = run_cli(tmp_path, command, str(path))
         assert result.returncode == 2
         assert result.stderr.strip() == (
-            f"aioconveyor: error: {path}: consumers[0].batch_size: must be an int, "
-            "got 'big' (str)"), result.stderr
+            f"aioconveyor: error: {path}: consumers[0].batch_size: must be an int "
+            ">= 1, got 'big' (str)"), result.stderr
         assert result.stdout == ""
 
 

@@ -181,14 +181,14 @@ def test_not_before_counts_backoff_ticks_as_missed() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "exc", "needle"),
     [
-        ({"interval": 0}, ValueError, "loop_interval must be a finite number > 0, got 0"),
-        ({"interval": -1}, ValueError, "loop_interval"),
-        ({"interval": math.nan}, ValueError, "loop_interval must be a finite number, got nan"),
-        ({"interval": math.inf}, ValueError, "loop_interval"),
-        ({"interval": True}, TypeError, "loop_interval must be a number, got True"),
-        ({"interval": "5"}, TypeError, "loop_interval must be a number, got '5'"),
-        ({"interval": 5, "offset": 5}, ValueError, "loop_offset must be in"),
-        ({"interval": 5, "offset": -0.1}, ValueError, "loop_offset"),
+        ({"interval": 0}, ValueError, "^interval must be a finite number > 0, got 0"),
+        ({"interval": -1}, ValueError, "^interval"),
+        ({"interval": math.nan}, ValueError, "^interval must be a finite number > 0, got nan"),
+        ({"interval": math.inf}, ValueError, "^interval"),
+        ({"interval": True}, TypeError, "^interval must be a number, got True"),
+        ({"interval": "5"}, TypeError, "^interval must be a number, got '5'"),
+        ({"interval": 5, "offset": 5}, ValueError, "^offset must be in"),
+        ({"interval": 5, "offset": -0.1}, ValueError, "^offset"),
     ],
 )
 def test_bad_grid_arguments(kwargs: dict[str, object], exc: type[Exception], needle: str) -> None:
