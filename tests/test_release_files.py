@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aioconveyor import CronSchedule
+from aioconveyor import AioConveyor, CronSchedule
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,8 +60,10 @@ def test_six_field_cron_puts_seconds_last() -> None:
 
 @pytest.mark.parametrize("expression", ["* * * * * 60", "* * * * * * * *"])
 def test_bad_six_field_cron_is_refused(expression: str) -> None:
-    with pytest.raises(ValueError, match="cron must be a valid cron expression"):
+    with pytest.raises(ValueError, match="expression must be a valid cron expression"):
         CronSchedule(expression)
+    with pytest.raises(ValueError, match="cron must be a valid cron expression"):
+        AioConveyor(lambda t: None, [], cron=expression)  # named as the conveyor's argument
 
 
 def test_max_step_cron_means_what_croniter_6_says() -> None:
