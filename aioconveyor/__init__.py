@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .clock import Clock, SystemClock
-from .consumer import (
+from ._clock import Clock, SystemClock
+from ._consumer import (
     Batch,
     Consumer,
     ConsumerFunc,
@@ -18,8 +18,8 @@ from .consumer import (
     Startup,
     SupportsOpenClose,
 )
-from .conveyor import AioConveyor
-from .errors import (
+from ._conveyor import AioConveyor
+from ._errors import (
     ConsumerTimeout,
     ContainedError,
     ConveyorError,
@@ -29,13 +29,14 @@ from .errors import (
     SettingError,
     StartupError,
 )
-from .leader import Leader
-from .schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
-from .stats import ConsumerStats, ConveyorStats, LatenessStats
-from .tick import Tick, current_tick
+from ._health import Health
+from ._leader import Leader
+from ._schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
+from ._stats import ConsumerStats, ConveyorStats, LatenessStats
+from ._tick import Tick, current_tick
 
 if TYPE_CHECKING:
-    from .leader_postgres import PostgresLeader
+    from ._leader_postgres import PostgresLeader
 
 __all__ = [
     "AioConveyor",
@@ -49,6 +50,7 @@ __all__ = [
     "ConveyorError",
     "ConveyorStats",
     "CronSchedule",
+    "Health",
     "IntervalSchedule",
     "LatenessStats",
     "Leader",
@@ -79,7 +81,7 @@ def __getattr__(name: str) -> Any:
 
         return aioconveyor.consumers
     if name == "PostgresLeader":  # its module imports asyncpg only when one is created
-        from .leader_postgres import PostgresLeader
+        from ._leader_postgres import PostgresLeader
 
         return PostgresLeader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Argument checks shared by every constructor: one clear message per mistake.
 
-Every check raises :class:`~aioconveyor.errors.SettingError` carrying the argument's
+Every check raises :class:`~aioconveyor.SettingError` carrying the argument's
 ``name`` and ``value``, with a message that names both
 (``queue_size must be an int >= 1, got 0``). Each returns the checked (normalised) value,
 so a constructor reads ``self.size = _validate.integer("size", size, minimum=1)``.
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from enum import Enum
 from typing import Any, NoReturn, TypeVar
 
-from .errors import SettingError
+from ._errors import SettingError
 
 __all__ = [
     "boolean",

@@ -30,6 +30,8 @@ from __future__ import annotations
 from typing import Final
 
 from . import _validate as check
+from ._consumer import Batch, Record
+from ._errors import ConveyorError, Rejected, RetryAfter, SettingError
 from ._logs import LogLimiter
 from ._secrets import (
     check_pg_ssl,
@@ -41,10 +43,8 @@ from ._secrets import (
     secrets_of,
     split_url,
 )
-from .consumer import Batch, Record
-from .errors import ConveyorError, Rejected, RetryAfter, SettingError
-from .tick import Tick, current_tick
-from .workers import Caller, SyncWorker
+from ._tick import Tick, current_tick
+from ._workers import Caller, SyncWorker
 
 __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_package.py checks every __all__
     "Batch",

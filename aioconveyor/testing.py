@@ -47,7 +47,7 @@ class _FakeTimer:
 
 
 class FakeClock:
-    """A :class:`~aioconveyor.clock.Clock` whose time only moves when told (or autojumps).
+    """A :class:`~aioconveyor.Clock` whose time only moves when told (or autojumps).
 
     Every timer of a conveyor runs on it: ticks, retries and backoff, ``batch_age``,
     ``RetryAfter``, call timeouts, the restart window, stop deadlines and ``health()``.
@@ -65,7 +65,7 @@ class FakeClock:
     """
 
     def __init__(self, start: float = 1_700_000_000.0, *, autojump: bool = True,
-                 settle: int = 50, thread_grace: float = 2.0) -> None:
+                 settle: int = 50, thread_grace: float = 5.0) -> None:
         self._mono = 1000.0
         self._offset = start - self._mono
         self.autojump = autojump

@@ -24,8 +24,8 @@ from aioconveyor import (
     RetryAfter,
     SettingError,
 )
-from aioconveyor.config import ConfigError, load_config, parse_listen
-from aioconveyor.demo import DemoOptions, InverterSimulator
+from aioconveyor._config import ConfigError, load_config, parse_listen
+from aioconveyor._demo import DemoOptions, InverterSimulator
 
 
 async def produce(event_time: datetime) -> int:
@@ -301,7 +301,7 @@ def test_config_loader_reports_the_key_of_the_setting_error(body: str, key: str,
 
 def test_a_setting_error_of_a_producer_class_names_its_option(tmp_path: Path) -> None:
     path = tmp_path / "conveyor.toml"
-    path.write_text('[producer]\nfunction = "aioconveyor.demo:InverterSimulator"\npeak_w = 0\n',
+    path.write_text('[producer]\nfunction = "aioconveyor._demo:InverterSimulator"\npeak_w = 0\n',
                     encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path)

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from aioconveyor import AioConveyor, Consumer, RestartBudgetExceeded, StartupError
-from aioconveyor.errors import ContainedError
-from aioconveyor.schedule import IntervalSchedule
+from aioconveyor._errors import ContainedError
+from aioconveyor._schedule import IntervalSchedule
 from aioconveyor.testing import FakeClock, MemoryConsumer, wait_until_blocking
 
 TICKS = 20

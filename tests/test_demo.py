@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from aioconveyor.cli import main
-from aioconveyor.demo import FIELDS, Demo, DemoOptions, InverterSimulator, daylight
+from aioconveyor._cli import main
+from aioconveyor._demo import FIELDS, Demo, DemoOptions, InverterSimulator, daylight
 
 # -- helpers ---------------------------------------------------------------------------
 
@@ -357,7 +357,7 @@ async def test_demo_publishes_readings_and_home_assistant_discovery_to_mqtt(
 
     device = f"test-{uuid.uuid4().hex[:8]}"
     node = f"aioconveyor_{device}"
-    state_topic = f"aioconveyor/demo/{device}/state"
+    state_topic = f"aioconveyor/_demo/{device}/state"
     broker = MqttConsumer(mqtt_url)  # only to parse the URL the same way
     states: list[dict[str, Any]] = []
     configs: dict[str, dict[str, Any]] = {}
@@ -365,7 +365,7 @@ async def test_demo_publishes_readings_and_home_assistant_discovery_to_mqtt(
     async with aiomqtt.Client(broker.host, broker.port) as client:
         await client.subscribe(state_topic, qos=1)
         await client.subscribe(f"homeassistant/sensor/{node}/+/config", qos=1)
-        await client.subscribe(f"aioconveyor/demo/{device}/availability", qos=1)
+        await client.subscribe(f"aioconveyor/_demo/{device}/availability", qos=1)
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aioconveyor", "--count", "3", "--interval", "0.2", "--quiet",
             "--csv", str(tmp_path / "m.csv"), "--mqtt", mqtt_url, "--ha-discovery",
@@ -389,7 +389,7 @@ async def test_demo_publishes_readings_and_home_assistant_discovery_to_mqtt(
             if process.returncode is None:
                 process.kill()
                 await process.wait()
-            for topic in [*configs, f"aioconveyor/demo/{device}/availability"]:
+            for topic in [*configs, f"aioconveyor/_demo/{device}/availability"]:
                 await client.publish(topic, b"", qos=1, retain=True)  # clear retained messages
     assert process.returncode == 0, stderr.decode()
     assert "mqtt: 3 delivered, 0 errors" in stdout.decode()

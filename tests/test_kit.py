@@ -113,7 +113,7 @@ def test_kit_names_are_the_same_objects_as_the_top_level_ones() -> None:
 
 
 def test_cancel_grace_is_the_lanes() -> None:
-    from aioconveyor.workers import Caller
+    from aioconveyor._workers import Caller
 
     assert kit.CANCEL_GRACE == Caller.CANCEL_GRACE > 0
 
@@ -130,17 +130,17 @@ def test_builtin_consumer_imports_only_public_api(path: Path) -> None:
 
 @pytest.mark.parametrize(("source", "expected"), [
     ("from aioconveyor._logs import LogLimiter", ["1: from aioconveyor._logs import ..."]),
-    ("from aioconveyor.workers import Caller", ["1: from aioconveyor.workers import ..."]),
-    ("from aioconveyor.errors import Rejected", ["1: from aioconveyor.errors import ..."]),
+    ("from aioconveyor._workers import Caller", ["1: from aioconveyor._workers import ..."]),
+    ("from aioconveyor._errors import Rejected", ["1: from aioconveyor._errors import ..."]),
     ("import aioconveyor._secrets", ["1: import aioconveyor._secrets"]),
     ("from aioconveyor import _secrets", ["1: from aioconveyor import _secrets"]),
     ("from aioconveyor.kit import Caller", ["1: from aioconveyor.kit import Caller"]),
     ("from .. import workers", ["1: from .."]),
-    ("import aioconveyor\nx = aioconveyor.workers.Caller", ["2: aioconveyor.workers"]),
-    ("import importlib\nimportlib.import_module('aioconveyor.clock')",
-     ["2: importlib.import_module('aioconveyor.clock')"]),
+    ("import aioconveyor\nx = aioconveyor._workers.Caller", ["2: aioconveyor._workers"]),
+    ("import importlib\nimportlib.import_module('aioconveyor._clock')",
+     ["2: importlib.import_module('aioconveyor._clock')"]),
     ("raise ImportError('aioconveyor.consumers.postgres needs asyncpg')", []),
-    ("def f():\n    from aioconveyor.tick import _set", ["2: from aioconveyor.tick import ..."]),
+    ("def f():\n    from aioconveyor._tick import _set", ["2: from aioconveyor._tick import ..."]),
     ("from aioconveyor import Consumer, __version__\nfrom aioconveyor.kit import Batch\n"
      "from ._records import as_mapping\nfrom aioconveyor.consumers import CsvConsumer\n"
      "import asyncio\nimport aioconveyor.kit", []),

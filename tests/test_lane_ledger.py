@@ -1,6 +1,6 @@
 """The ledger invariant under random sequences (issue 12, point 2).
 
-A hypothesis state machine drives a real :class:`~aioconveyor.lanes.Lane` on a
+A hypothesis state machine drives a real :class:`~aioconveyor._lanes.Lane` on a
 :class:`FakeClock` (advanced by hand, one event loop per test case), built the way the
 engine builds one: items offered (with each overflow policy on small queues), deliveries
 that succeed, raise, hang past their timeout, are ``Rejected`` or ask to ``RetryAfter``,
@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from aioconveyor.consumer import Batch, Consumer, LaneSettings, Overflow, resolve
-from aioconveyor.errors import Rejected, RetryAfter
-from aioconveyor.lanes import Copier, Lane, Ledger
-from aioconveyor.stats import ConveyorCounters
+from aioconveyor._consumer import Batch, Consumer, LaneSettings, Overflow, resolve
+from aioconveyor._errors import Rejected, RetryAfter
+from aioconveyor._lanes import Copier, Lane, Ledger
+from aioconveyor._stats import ConveyorCounters
+from aioconveyor._tick import Tick
 from aioconveyor.testing import FakeClock
-from aioconveyor.tick import Tick
 
 TIMEOUT = 5.0  # of every consumer call
 SETTLE = 40  # loop turns after every action: enough for a lane to finish reacting to it

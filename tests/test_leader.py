@@ -29,8 +29,8 @@ import pytest
 
 import aioconveyor
 from aioconveyor import AioConveyor, PostgresLeader
-from aioconveyor.errors import ConveyorError
-from aioconveyor.leader_postgres import lock_id_for
+from aioconveyor._errors import ConveyorError
+from aioconveyor._leader_postgres import lock_id_for
 from support.proxy import TcpProxy
 from support.services import host_port
 
@@ -353,7 +353,7 @@ async def test_leader_whose_connection_is_cut_stands_by_at_once(
             assert await cut.lead(now()) and not await other.lead(now())
             proxy.cut()
             started = time.monotonic()
-            with caplog.at_level(logging.WARNING, logger="aioconveyor.leader_postgres"):
+            with caplog.at_level(logging.WARNING, logger="aioconveyor._leader_postgres"):
                 assert not await cut.lead(now())
             assert time.monotonic() - started < 1.0
             assert cut.role == "standby"

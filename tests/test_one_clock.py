@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aioconveyor import AioConveyor, Consumer
-from aioconveyor.consumer import Batch
-from aioconveyor.errors import Rejected, RetryAfter
-from aioconveyor.health import Health
-from aioconveyor.stats import ConveyorCounters
+from aioconveyor._consumer import Batch
+from aioconveyor._errors import Rejected, RetryAfter
+from aioconveyor._health import Health
+from aioconveyor._stats import ConveyorCounters
+from aioconveyor._watchdog import Supervisor
 from aioconveyor.testing import FakeClock, MemoryConsumer
-from aioconveyor.watchdog import Supervisor
 
 T0 = 1_794_999_600.0  # a whole hour: on every grid used below
 

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aioconveyor import AioConveyor, Consumer
-from aioconveyor.health import assess
+from aioconveyor._health import assess
 from aioconveyor.testing import MemoryConsumer
 
 FAST = 0.05

@@ -110,12 +110,12 @@ def imported_modules(path: Path) -> set[str]:
 def test_demo_and_process_do_not_import_the_cli() -> None:
     # cli imports demo (for the demo command) and process; neither imports cli back
     package = ROOT / "aioconveyor"
-    assert "aioconveyor.cli" not in imported_modules(package / "demo.py")
-    assert not {"aioconveyor.cli", "aioconveyor.demo"} & imported_modules(package / "process.py")
-    assert "aioconveyor.demo" in imported_modules(package / "cli.py")
+    assert "aioconveyor._cli" not in imported_modules(package / "_demo.py")
+    assert not {"aioconveyor._cli", "aioconveyor._demo"} & imported_modules(package / "_process.py")
+    assert "aioconveyor._demo" in imported_modules(package / "_cli.py")
 
 
-@pytest.mark.parametrize("first", ["aioconveyor.demo", "aioconveyor.process", "aioconveyor.cli"])
+@pytest.mark.parametrize("first", ["aioconveyor._demo", "aioconveyor._process", "aioconveyor._cli"])
 def test_runner_modules_import_first_in_a_fresh_process(first: str, tmp_path: Path) -> None:
     result = run_python(f"import {first}", tmp_path)
     assert result.returncode == 0, result.stderr

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from aioconveyor.config import ConfigTables, load_config
-from aioconveyor.reload import Reloader, ReloadPlan, plan_reload
+from aioconveyor._config import ConfigTables, load_config
+from aioconveyor._reload import Reloader, ReloadPlan, plan_reload
 from support.runner import Runner, kill_all, write
 
 
@@ -310,7 +310,7 @@ def test_sighup_swaps_changed_consumers_without_losing_a_row(
     runner.wait_for_log(
         r"reload of \S+: 1 replaced \(readings\), 1 added \(extra\), 1 removed \(gone\), "
         r"1 unchanged; not applied \(needs a restart\): \[conveyor\]$")
-    assert "WARNING aioconveyor.reload: reload: [conveyor] changed in " in runner.stderr
+    assert "WARNING aioconveyor._reload: reload: [conveyor] changed in " in runner.stderr
     runner.wait_until(lambda: len(csv_times(tmp_path / "data" / "b.csv")) >= 3
                       and len(lines(tmp_path / "extra.txt")) >= 3, "rows after the reload")
     assert runner.stop() == 0, runner.stderr
@@ -342,7 +342,7 @@ def test_a_broken_file_on_sighup_keeps_the_running_pipeline(
 
     write(path, v2(module).replace("[[consumers]]", "[[consumers]", 1))
     runner.send(signal.SIGHUP)
-    runner.wait_for_log(rf"ERROR   aioconveyor.reload: reload: {path}: not valid TOML: .*; "
+    runner.wait_for_log(rf"ERROR   aioconveyor._reload: reload: {path}: not valid TOML: .*; "
                         r"keeping the running configuration$")
     write(path, v2(module).replace('name = "readings"', 'name = "readings"\n        retries = -1'))
     runner.send(signal.SIGHUP)

@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from aioconveyor import AioConveyor, IntervalSchedule
-from aioconveyor.config import (
+from aioconveyor._config import (
     ConfigError,
     LoadedConfig,
     format_listen,
@@ -549,7 +549,7 @@ def test_run_feeds_csv_pretty_and_a_custom_function(entry: str, tmp_path: Path,
     assert "summary: stopped (max_ticks 3 reached)" in result.stdout
     assert "write_line: 3 delivered, 0 errors, 0 dropped" in result.stdout
     # logs: timestamped lines on stderr
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    aioconveyor\.cli: "
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO    aioconveyor\._cli: "
                      r"conveyor produce running", result.stderr, re.M), result.stderr
 
 
@@ -686,7 +686,7 @@ def test_a_conveyor_that_ends_by_an_error_exits_1(tmp_path: Path) -> None:
     # the schedule breaks (a BaseException from next_fire) on every call after the first
     # few: the scheduler fails on each restart, past restart_limit, and the conveyor ends
     (tmp_path / "doomed.py").write_text(textwrap.dedent("""
-        from aioconveyor.schedule import IntervalSchedule
+        from aioconveyor._schedule import IntervalSchedule
 
         class Doom(BaseException):
             pass
@@ -722,7 +722,7 @@ def test_a_conveyor_that_ends_by_an_error_exits_1(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "stopped (finished)" not in result.stdout
     assert "summary: stopped (failed: " in result.stdout, result.stdout
-    assert re.search(r"ERROR +aioconveyor.cli: conveyor \S+ failed: .*restarts",
+    assert re.search(r"ERROR +aioconveyor._cli: conveyor \S+ failed: .*restarts",
                      result.stderr), result.stderr
     assert "Doom" in result.stderr and read_csv(tmp_path / "readings.csv")
 
@@ -924,7 +924,7 @@ def test_metrics_without_prometheus_client_is_a_keyed_error(tmp_path: Path,
     path = config(tmp_path, f'[producer]\nfunction = "{module(HELPERS)}:produce"\n'
                             '[metrics]\nlisten = "127.0.0.1:9108"\n')
     code = ("import sys; sys.modules['prometheus_client'] = None\n"
-            "from aioconveyor.cli import main\n"
+            "from aioconveyor._cli import main\n"
             f"sys.exit(main(['check', {str(path)!r}]))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60, check=False)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from aioconveyor.schedule import (
+from aioconveyor._schedule import (
     TOLERANCE,
     CronSchedule,
     IntervalSchedule,

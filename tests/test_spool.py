@@ -28,8 +28,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aioconveyor.spool import Spool
-from aioconveyor.tick import Tick
+from aioconveyor._spool import Spool
+from aioconveyor._tick import Tick
 
 TICK = Tick.make(7, 1_700_000_000.0, 1234.5, 1234.75, 2)
 
@@ -282,7 +282,7 @@ def test_bad_rows_are_moved_aside_counted_and_logged_once(
     last = spool.add({"n": 3}, TICK)
     spool.close()
 
-    with caplog.at_level(logging.INFO, logger="aioconveyor.spool"):
+    with caplog.at_level(logging.INFO, logger="aioconveyor._spool"):
         spool, rows = reopen(path, format="pickle")
     assert [(r[0], r[1]) for r in rows] == [(first, {"n": 1}), (middle, "two"), (last, {"n": 3})]
     assert spool.bad == 4
@@ -326,7 +326,7 @@ def test_a_json_spool_never_unpickles_a_pickle_row(
     spool.add(Booby(), TICK)  # pickled now, would run a function when unpickled
     spool.close()
     assert executed == []
-    with caplog.at_level(logging.WARNING, logger="aioconveyor.spool"):
+    with caplog.at_level(logging.WARNING, logger="aioconveyor._spool"):
         spool, rows = reopen(path)
     assert rows == [] and spool.bad == 1 and executed == []
     assert "written with pickle" in caplog.text and "format='pickle'" in caplog.text
@@ -445,7 +445,7 @@ def test_an_old_world_readable_file_and_journal_are_tightened(
         keep_open.commit()
         wal = path.with_name("spool.db-wal")
         wal.chmod(0o644)
-        with caplog.at_level(logging.INFO, logger="aioconveyor.spool"):
+        with caplog.at_level(logging.INFO, logger="aioconveyor._spool"):
             spool, rows = reopen(path, format="pickle")
         assert mode(path) == 0o600 and mode(wal) == 0o600
         assert [r[1] for r in rows] == [{"a": 1}]

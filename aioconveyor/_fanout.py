@@ -1,7 +1,7 @@
 """The fan-out of one tick: every lane gets the produced item, in O(lanes) cheap steps.
 
 No copies are made here: each lane copies the item when it takes it for delivery (see
-:mod:`aioconveyor.lanes.copier`), so neither a big payload nor many consumers hold up
+:mod:`aioconveyor._lanes.copier`), so neither a big payload nor many consumers hold up
 the tick loop.
 """
 
@@ -12,9 +12,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .clock import Clock
-from .lanes import Lane
-from .tick import Tick
+from ._clock import Clock
+from ._lanes import Lane
+from ._tick import Tick
 
 __all__ = ["Fanout"]
 

@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from .._clock import Clock, wait_done
+from .._consumer import LaneSettings
+from .._errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
 from .._logs import LogLimiter
-from ..clock import Clock, wait_done
-from ..consumer import LaneSettings
-from ..errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
-from ..tick import Tick
-from ..workers import Caller
+from .._tick import Tick
+from .._workers import Caller
 from .ledger import Ledger
 
 __all__ = ["Attempt", "Delivery", "Outcome"]
 
-logger = logging.getLogger("aioconveyor.lanes")
+logger = logging.getLogger("aioconveyor._lanes")
 
 #: While a call hangs, the log is reminded after this long, then twice as long each time.
 HUNG_REMINDER = 60.0

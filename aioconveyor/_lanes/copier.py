@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..clock import Clock
-from ..workers import SyncWorker
+from .._clock import Clock
+from .._workers import SyncWorker
 
 __all__ = ["Copier", "CopyCost"]
 

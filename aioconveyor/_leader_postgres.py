@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _validate
+from ._errors import ConveyorError
 from ._logs import LogLimiter
 from ._secrets import check_pg_ssl, encode_userinfo, mask_dsn, scrub, secrets_of
-from .errors import ConveyorError
 
 __all__ = ["PostgresLeader", "lock_id_for"]
 

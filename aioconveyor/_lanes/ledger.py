@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from ..stats import ConsumerStats
+from .._stats import ConsumerStats
 
 __all__ = ["Ledger", "Place"]
 

@@ -4,14 +4,14 @@
 * Async callables run as a named task.
 * Whatever the call raises, ``BaseException`` included (``SystemExit``, ``KeyboardInterrupt``,
   a ``CancelledError`` nobody asked for, ``GeneratorExit``), reaches the caller as an
-  ordinary exception: a :class:`~aioconveyor.errors.ContainedError` wrapping it. It never
+  ordinary exception: a :class:`~aioconveyor.ContainedError` wrapping it. It never
   unwinds the event loop.
 * A call that runs past its timeout is cancelled (async). One that cannot be stopped (a sync
   call stuck in its thread, a coroutine ignoring cancellation) is *hung*: the
   :class:`Caller` keeps it, starts no other call until it returns, and so never holds more
   than one thread or task of abandoned work.
 
-Every wait reads the conveyor's :class:`~aioconveyor.clock.Clock`.
+Every wait reads the conveyor's :class:`~aioconveyor.Clock`.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import tick as tick_module
-from .clock import Clock, running_clock, timeout, wait_done
-from .errors import ContainedError
-from .tick import Tick
+from . import _tick as tick_module
+from ._clock import Clock, running_clock, timeout, wait_done
+from ._errors import ContainedError
+from ._tick import Tick
 
 __all__ = ["Caller", "CallerBusy", "SyncWorker", "call_in_loop", "guarded", "is_async_callable"]
 
@@ -103,7 +103,7 @@ _slots: weakref.WeakKeyDictionary[
 
 
 async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
-    """:func:`~aioconveyor.clock.wait_done` for the hot path of a call: the same (True if
+    """:func:`~aioconveyor._clock.wait_done` for the hot path of a call: the same (True if
     ``future`` is done within ``seconds``; never cancels it), with a timer shared per
     :data:`TIMEOUT_GRAIN` slot."""
     if future.done():
@@ -209,7 +209,7 @@ class Caller:
     """Calls one user function (producer, consumer or hook), one call at a time.
 
     Async functions run as a named task, sync ones on this caller's own
-    :class:`SyncWorker`; the current :class:`~aioconveyor.tick.Tick` is visible inside either
+    :class:`SyncWorker`; the current :class:`~aioconveyor.Tick` is visible inside either
     way. :meth:`call` waits at most ``timeout`` seconds on ``clock``. On a timeout the call
     is cancelled; a call that does not stop (sync, or a coroutine ignoring cancellation)
     becomes :attr:`hung`, and until it returns :meth:`call` raises :class:`CallerBusy`

@@ -1,7 +1,7 @@
 """The tick loop: plan, sleep, run the producer, hand the result to the fan-out.
 
-It never does time arithmetic itself: :class:`~aioconveyor.schedule.Planner` says when,
-the :class:`~aioconveyor.clock.Clock` sleeps, the producer runs, :class:`Fanout` delivers.
+It never does time arithmetic itself: :class:`~aioconveyor._schedule.Planner` says when,
+the :class:`~aioconveyor.Clock` sleeps, the producer runs, :class:`Fanout` delivers.
 Its state (the last grid time fired) lives on the object, so a restarted scheduler task
 continues on the same grid and never fires a grid time twice.
 """
@@ -13,15 +13,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ._clock import Clock, timeout
+from ._errors import ContainedError
+from ._fanout import Fanout
+from ._leader import Leader
 from ._logs import LogLimiter
-from .clock import Clock, timeout
-from .errors import ContainedError
-from .fanout import Fanout
-from .leader import Leader
-from .schedule import Plan, Planner
-from .stats import ConveyorCounters
-from .tick import Tick
-from .workers import Caller, CallerBusy, guarded
+from ._schedule import Plan, Planner
+from ._stats import ConveyorCounters
+from ._tick import Tick
+from ._workers import Caller, CallerBusy, guarded
 
 __all__ = ["Scheduler"]
 

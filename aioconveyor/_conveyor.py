@@ -25,21 +25,21 @@ from datetime import UTC, datetime, tzinfo
 from types import TracebackType
 from typing import Any, TypeVar
 
+from . import _clock as clock_module
 from . import _validate
-from . import clock as clock_module
-from .clock import Clock, SystemClock, timeout, wait_done
-from .consumer import Consumer, LaneSettings, Startup, callable_name, resolve
-from .endpoint import OpsEndpoint
-from .errors import ConveyorError, RestartBudgetExceeded, SettingError, StartupError
-from .fanout import Fanout
-from .health import Health, assess
-from .lanes import Copier, Lane, LaneState, Ledger
-from .leader import Leader
-from .schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
-from .scheduler import Scheduler
-from .stats import ConveyorCounters, ConveyorStats
-from .watchdog import LoopMonitor, Supervisor
-from .workers import guarded
+from ._clock import Clock, SystemClock, timeout, wait_done
+from ._consumer import Consumer, LaneSettings, Startup, callable_name, resolve
+from ._endpoint import OpsEndpoint
+from ._errors import ConveyorError, RestartBudgetExceeded, SettingError, StartupError
+from ._fanout import Fanout
+from ._health import Health, assess
+from ._lanes import Copier, Lane, LaneState, Ledger
+from ._leader import Leader
+from ._schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
+from ._scheduler import Scheduler
+from ._stats import ConveyorCounters, ConveyorStats
+from ._watchdog import LoopMonitor, Supervisor
+from ._workers import guarded
 
 __all__ = ["AioConveyor"]
 
@@ -130,7 +130,7 @@ class AioConveyor:
       per-consumer settings. An empty list is allowed: the producer still runs each tick.
     * ``loop_interval`` / ``loop_offset``: tick at ``k * loop_interval + loop_offset``
       seconds of the UTC epoch (default every 5 s); or ``cron="*/5 * * * *"``; or any
-      :class:`~aioconveyor.schedule.Schedule` via ``schedule=``.
+      :class:`~aioconveyor.Schedule` via ``schedule=``.
     """
 
     def __init__(
@@ -278,7 +278,7 @@ class AioConveyor:
     def health(self, now: datetime | None = None) -> Health:
         """Healthy while running, ticking on time, and every consumer delivering within
         ``health_bound`` (plus its ``batch_age``); else says which part is not (see
-        :func:`aioconveyor.health.assess` for the rules). ``now`` defaults to the clock's."""
+        :func:`aioconveyor._health.assess` for the rules). ``now`` defaults to the clock's."""
         when = now or datetime.fromtimestamp(self.clock.time(), UTC)
         return assess(self.stats(), now=when, bound=self.health_bound,
                       consumer_bounds=self._consumer_bounds)
@@ -750,7 +750,7 @@ class _Engine:
                     self.counters.running = False
 
     def _make_endpoint(self) -> OpsEndpoint:
-        from . import metrics
+        from . import _metrics as metrics
 
         conv = self.conv
 

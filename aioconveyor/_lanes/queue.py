@@ -15,16 +15,16 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
+from .._clock import Clock
+from .._consumer import Overflow
 from .._logs import LogLimiter
-from ..clock import Clock
-from ..consumer import Overflow
-from ..spool import Spool
-from ..tick import Tick
+from .._spool import Spool
+from .._tick import Tick
 from .ledger import Ledger, Place
 
 __all__ = ["Entry", "LaneQueue"]
 
-logger = logging.getLogger("aioconveyor.lanes")
+logger = logging.getLogger("aioconveyor._lanes")
 
 
 class Entry(NamedTuple):
@@ -40,7 +40,7 @@ class LaneQueue:
     """FIFO of at most ``size`` entries; what does not fit is handled per ``overflow``.
 
     Every arrival and departure is written to the lane's :class:`Ledger`. With a
-    :class:`~aioconveyor.spool.Spool`, each entry is also written to disk when it arrives
+    :class:`~aioconveyor._spool.Spool`, each entry is also written to disk when it arrives
     and forgotten there once the lane settles it (:meth:`forget`).
     """
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .lanes import LaneState
-from .stats import ConveyorStats
+from ._lanes import LaneState
+from ._stats import ConveyorStats
 
 __all__ = ["CONTENT_TYPE", "render"]
 

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 from zoneinfo import ZoneInfo
 
-from .tick import Tick
+from ._tick import Tick
 
 __all__ = ["Spool", "SpoolFormat"]
 

@@ -5,7 +5,7 @@
   started again, as long as its restart budget (``restarts`` within ``window`` seconds of
   the conveyor's clock) allows. Past it, a lane is quarantined and the others go on; only
   the engine's own task (the scheduler) past its budget stops the conveyor, with
-  :class:`~aioconveyor.errors.RestartBudgetExceeded` as its ``exception``.
+  :class:`~aioconveyor.RestartBudgetExceeded` as its ``exception``.
 * :class:`LoopMonitor` notices a blocked loop and logs the loop thread's stack once per
   episode.
 
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from .clock import Clock, Timer, wait_done
-from .errors import RestartBudgetExceeded
-from .stats import ConveyorCounters
-from .workers import guarded
+from ._clock import Clock, Timer, wait_done
+from ._errors import RestartBudgetExceeded
+from ._stats import ConveyorCounters
+from ._workers import guarded
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .stats import ConveyorStats
+from ._stats import ConveyorStats
 
 __all__ = ["Health", "assess"]
 

@@ -7,14 +7,14 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .._clock import Clock
 from .._logs import LogLimiter
-from ..clock import Clock
-from ..workers import Caller, CallerBusy
+from .._workers import Caller, CallerBusy
 from .ledger import Ledger
 
 __all__ = ["Hooks"]
 
-logger = logging.getLogger("aioconveyor.lanes")
+logger = logging.getLogger("aioconveyor._lanes")
 
 
 class Hooks:

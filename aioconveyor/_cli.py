@@ -33,11 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from ._secrets import mask_text
-from .config import ConfigError, LoadedConfig, format_listen, load_config
-from .conveyor import AioConveyor
-from .errors import ConveyorError
-from .process import (
+from ._config import ConfigError, LoadedConfig, format_listen, load_config
+from ._conveyor import AioConveyor
+from ._errors import ConveyorError
+from ._process import (
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_FORCED,
@@ -49,7 +48,8 @@ from .process import (
     setup_logging,
     summary_lines,
 )
-from .reload import Reloader
+from ._reload import Reloader
+from ._secrets import mask_text
 
 __all__ = [
     "EXIT_CONFIG",
@@ -178,7 +178,7 @@ def demo_parser() -> argparse.ArgumentParser:
                         help="also write to PostgreSQL, table aioconveyor_demo (created if "
                              "missing), e.g. postgresql://user:pass@localhost/db")
     parser.add_argument("--mqtt", metavar="URL", default=None,
-                        help="also publish to MQTT, topic aioconveyor/demo/<device>/state, "
+                        help="also publish to MQTT, topic aioconveyor/_demo/<device>/state, "
                              "e.g. mqtt://localhost:1883")
     parser.add_argument("--ha-discovery", action="store_true",
                         help="with --mqtt: announce the sensors to Home Assistant (MQTT "
@@ -281,7 +281,7 @@ def _demo(argv: list[str]) -> int:
     if args.offset >= args.interval:
         parser.error(f"--offset must be smaller than --interval ({args.interval:g}), "
                      f"got {args.offset:g}")
-    from .demo import Demo, DemoOptions  # rich and the consumers load only for the demo
+    from ._demo import Demo, DemoOptions  # rich and the consumers load only for the demo
 
     try:
         options = DemoOptions(

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 
-from .health import Health
+from ._health import Health
 
 __all__ = ["OpsEndpoint"]
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .clock import Clock
-    from .lanes.ledger import Ledger
+    from ._clock import Clock
+    from ._lanes.ledger import Ledger
 
 __all__ = ["ConsumerStats", "ConveyorStats", "LatenessStats"]
 
@@ -154,7 +154,7 @@ class ConveyorCounters:
 
     def lane(self, name: str, clock: Clock) -> Ledger:
         """A new lane's ledger, listed in the snapshots from now on."""
-        from .lanes.ledger import Ledger  # the lanes import the stats types, not the reverse
+        from ._lanes.ledger import Ledger  # the lanes import the stats types, not the reverse
 
         ledger = Ledger(name, self.lock, wall=clock.time, mono=clock.monotonic)
         with self.lock:

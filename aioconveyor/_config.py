@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ._consumer import Consumer
+from ._conveyor import AioConveyor
+from ._errors import ConveyorError, SettingError
+from ._schedule import CronSchedule, IntervalSchedule
 from ._secrets import mask_text, secrets_of
-from .consumer import Consumer
-from .conveyor import AioConveyor
-from .errors import ConveyorError, SettingError
-from .schedule import CronSchedule, IntervalSchedule
 
 __all__ = [
     "BUILTIN_CONSUMERS",
@@ -91,7 +91,7 @@ def _pretty_consumer() -> type[Any]:
 
 
 def _postgres_leader() -> type[Any]:
-    from .leader_postgres import PostgresLeader
+    from ._leader_postgres import PostgresLeader
 
     return PostgresLeader
 
@@ -141,7 +141,7 @@ class ConfigError(ConveyorError, ValueError):
 def parse_listen(text: object) -> tuple[str, int]:
     """``"127.0.0.1:9108"`` (or ``"[::1]:9108"``, ``"0.0.0.0:0"``) to ``(host, port)``.
 
-    Raises :class:`~aioconveyor.errors.SettingError` (name ``listen``) saying what was
+    Raises :class:`~aioconveyor.SettingError` (name ``listen``) saying what was
     expected.
     """
     if not isinstance(text, str):

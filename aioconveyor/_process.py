@@ -19,7 +19,7 @@ from types import FrameType, TracebackType
 from typing import NoReturn
 
 from ._secrets import mask_text
-from .stats import ConveyorStats
+from ._stats import ConveyorStats
 
 __all__ = [
     "EXIT_CONFIG",

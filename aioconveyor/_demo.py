@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _validate
+from ._consumer import Consumer
+from ._conveyor import AioConveyor
+from ._errors import ConveyorError
+from ._process import EXIT_FAILED, EXIT_OK, LOG_FORMAT, StopSignals, force_exit, summary_lines
 from ._secrets import mask_text
-from .consumer import Consumer
 from .consumers.csv import CsvConsumer
 from .consumers.postgres import PostgresConsumer  # asyncpg loads when it connects
 from .consumers.pretty import PrettyPrintConsumer
-from .conveyor import AioConveyor
-from .errors import ConveyorError
-from .process import EXIT_FAILED, EXIT_OK, LOG_FORMAT, StopSignals, force_exit, summary_lines
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -46,7 +46,7 @@ FIELDS = ("device", "state", "power_w", "energy_kwh", "grid_voltage_v", "grid_fr
 """The keys of every reading, in CSV column order (after ``event_time``)."""
 
 POSTGRES_TABLE = "aioconveyor_demo"
-MQTT_TOPIC = "aioconveyor/demo/{device}/state"
+MQTT_TOPIC = "aioconveyor/_demo/{device}/state"
 
 
 def daylight(hour: float, sunrise: float = 6.0, sunset: float = 20.0) -> float:
@@ -179,7 +179,7 @@ def default_csv_path() -> Path:
 class Demo:
     """The demo's conveyor, its consumers and its console; :meth:`run` runs it.
 
-    Creating it checks every option (:class:`~aioconveyor.errors.SettingError`) and opens
+    Creating it checks every option (:class:`~aioconveyor.SettingError`) and opens
     nothing.
     """
 

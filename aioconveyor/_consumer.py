@@ -17,8 +17,8 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, get_args, runtime_checkable
 
 from . import _validate
-from .spool import SpoolFormat
-from .workers import is_async_callable
+from ._spool import SpoolFormat
+from ._workers import is_async_callable
 
 __all__ = [
     "Batch",
@@ -55,7 +55,7 @@ class Startup(StrEnum):
     """Start anyway: the lane is "connecting", queues (and spools) what arrives, retries
     ``open()`` with capped backoff and delivers the backlog in order once open (default)."""
     FAIL = "fail"
-    """``start()`` / ``run()`` raise :class:`~aioconveyor.errors.StartupError`."""
+    """``start()`` / ``run()`` raise :class:`~aioconveyor.StartupError`."""
 
 
 @runtime_checkable
@@ -112,7 +112,7 @@ class Consumer:
     * ``spool_format`` (``"json"``): how spooled items are stored; ``"pickle"`` (opt-in)
       stores any picklable object but loading it can run code: keep such a file private.
     * ``startup`` (``"retry"``): what a failing ``open()`` at start does; ``"fail"`` makes
-      ``start()`` raise :class:`~aioconveyor.errors.StartupError` (see :class:`Startup`).
+      ``start()`` raise :class:`~aioconveyor.StartupError` (see :class:`Startup`).
     * ``on_delivered(data, event_time)`` / ``on_error(exc, data, event_time)`` (None):
       hooks, sync or async, called after a delivery and after an item (or batch) was given
       up on. A hook that raises or hangs is logged and counted, never breaks the lane.

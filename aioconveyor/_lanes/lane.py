@@ -16,13 +16,13 @@ import math
 import random
 from typing import Any
 
+from .._clock import Clock, wait_done
+from .._consumer import Batch, LaneSettings, Record
+from .._errors import RetryAfter
 from .._logs import LogLimiter
-from ..clock import Clock, wait_done
-from ..consumer import Batch, LaneSettings, Record
-from ..errors import RetryAfter
-from ..spool import Spool
-from ..tick import Tick
-from ..workers import Caller, call_in_loop
+from .._spool import Spool
+from .._tick import Tick
+from .._workers import Caller, call_in_loop
 from .copier import Copier, CopyCost
 from .delivery import Attempt, Delivery, Outcome
 from .hooks import Hooks
@@ -31,7 +31,7 @@ from .queue import Entry, LaneQueue
 
 __all__ = ["Lane", "LaneState"]
 
-logger = logging.getLogger("aioconveyor.lanes")
+logger = logging.getLogger("aioconveyor._lanes")
 
 #: An ``open()`` gets at least this long (seconds) before it counts as failed.
 MIN_OPEN_TIMEOUT = 30.0

@@ -24,9 +24,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, ConfigTables, LoadedConfig, load_config
-from .conveyor import AioConveyor
-from .errors import ConveyorError
+from ._config import ConfigError, ConfigTables, LoadedConfig, load_config
+from ._conveyor import AioConveyor
+from ._errors import ConveyorError
 
 __all__ = ["RESTART_SECTIONS", "ReloadPlan", "Reloader", "plan_reload"]
 
