@@ -31,7 +31,7 @@ from ._clock import Clock, SystemClock, timeout, wait_done
 from ._consumer import Consumer, LaneSettings, Startup, callable_name, resolve
 from ._endpoint import OpsEndpoint
 from ._errors import ConveyorError, RestartBudgetExceeded, SettingError, StartupError
-from ._fanout import Fanout
+from ._fanout import CHUNK, Fanout
 from ._health import Health, assess
 from ._lanes import Copier, Lane, LaneState, Ledger
 from ._leader import Leader
@@ -528,7 +528,7 @@ class _Engine:
         conv = self.conv
         seed = None if conv.seed is None else f"{conv.seed}:{settings.name}"
         return Lane(settings, ledger, conveyor=conv.name, clock=conv.clock, copier=self.copier,
-                    rng=random.Random(seed), generation=generation)
+                    seed=seed, generation=generation)
 
     def request_stop(self, timeout: float | None = None) -> None:
         """Begin a graceful stop that must be over within ``timeout`` seconds of the clock."""
@@ -562,11 +562,9 @@ class _Engine:
         self.request_stop()
 
     def _watch_lane(self, lane: Lane) -> None:
-        def exhausted(exc: RestartBudgetExceeded) -> None:
-            lane.quarantine(str(exc))
-
-        self.supervisor.watch(lane.task_name, lane.run, exhausted,
-                              on_restart=lambda: lane.ledger.bump("restarts"))
+        # bound methods, not closures: each closure is two objects more per lane
+        self.supervisor.watch(lane.task_name, lane.run, lane.exhausted,
+                              on_restart=lane.restarted)
 
     @property
     def scheduler_name(self) -> str:
@@ -600,8 +598,10 @@ class _Engine:
                 raise self._startup_error(lane, error)
 
     async def _close_lanes(self) -> None:
-        for lane in reversed(self.lanes):
+        for i, lane in enumerate(reversed(self.lanes), 1):
             await lane.close(self._close_budget())
+            if i % CHUNK == 0:  # thousands of lanes: let the loop turn now and then
+                await asyncio.sleep(0)
         self.copier.close()
 
     # -- consumers added, removed or replaced while running ---------------------------
@@ -784,13 +784,18 @@ class _Engine:
         if self._changes:  # a replace under way hands its backlog over before we drain
             changes = asyncio.gather(*self._changes, return_exceptions=True)
             await wait_done(self.clock, changes, self._budget(drain_until, 0.0))
-        for lane in self.lanes:
+        # with thousands of lanes, in chunks: waking them all in one turn, and one gather
+        # of all their tasks, held the loop for a whole burst (and its garbage collection)
+        for i, lane in enumerate(tuple(self.lanes), 1):
             lane.begin_drain(drain_until)
+            if i % CHUNK == 0:
+                await asyncio.sleep(0)
         tasks = [t for lane in self.lanes
                  if (t := self.supervisor.task(lane.task_name)) is not None and not t.done()]
-        if tasks:
-            everything = asyncio.gather(*tasks, return_exceptions=True)
-            await wait_done(self.clock, everything, self._budget(drain_until, 0.0))
+        for task in tasks:  # one at a time: most are done by the time their turn comes
+            if not task.done() and not await wait_done(self.clock, task,
+                                                       self._budget(drain_until, 0.0)):
+                break
         await self.supervisor.stop(timeout=0.5)
         for lane in self.lanes:
             lane.drop_remaining("stop timeout reached" if lane.state is LaneState.OPEN

@@ -24,7 +24,7 @@ __all__ = ["Fanout"]
 #: long as they all take.
 CHUNK = 256
 #: After this many appends (a few microseconds each) the fan-out lets the loop turn once.
-PUT_CHUNK = 4096
+PUT_CHUNK = 1024
 #: No more lanes are woken from this long (seconds) before the next tick's time until
 #: :data:`RESUME_AFTER` after it: the lanes already woken finish their few turns, and the
 #: tick finds the loop free instead of behind a backlog of lane work.

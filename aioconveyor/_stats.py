@@ -156,7 +156,7 @@ class ConveyorCounters:
         """A new lane's ledger, listed in the snapshots from now on."""
         from ._lanes.ledger import Ledger  # the lanes import the stats types, not the reverse
 
-        ledger = Ledger(name, self.lock, wall=clock.time, mono=clock.monotonic)
+        ledger = Ledger(name, self.lock, clock=clock)
         with self.lock:
             self.lanes.append(ledger)
         return ledger

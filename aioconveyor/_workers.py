@@ -1,7 +1,8 @@
 """Calling user code (producers, consumers, their hooks) so that nothing it does escapes.
 
 * Sync callables run on a :class:`SyncWorker`: one daemon thread fed by a queue.
-* Async callables run as a named task.
+* Async callables run as a named task, except a lane's consumer: that one is awaited in the
+  lane's own task (:meth:`Caller.run_here`), with the same guarantees and no task per call.
 * Whatever the call raises, ``BaseException`` included (``SystemExit``, ``KeyboardInterrupt``,
   a ``CancelledError`` nobody asked for, ``GeneratorExit``), reaches the caller as an
   ordinary exception: a :class:`~aioconveyor.ContainedError` wrapping it. It never
@@ -25,6 +26,7 @@ import queue
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from . import _tick as tick_module
@@ -32,7 +34,8 @@ from ._clock import Clock, running_clock, timeout, wait_done
 from ._errors import ContainedError
 from ._tick import Tick
 
-__all__ = ["Caller", "CallerBusy", "SyncWorker", "call_in_loop", "guarded", "is_async_callable"]
+__all__ = ["CallTimeout", "Caller", "CallerBusy", "SyncWorker", "call_in_loop", "guarded",
+           "is_async_callable"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -94,12 +97,73 @@ _Job = tuple[
 #: A timeout therefore fires up to this much late, never early.
 TIMEOUT_GRAIN = 0.01
 
-#: Per loop: (clock id, slot number) -> the waiters whose timeout ends in that slot, and
-#: the one timer that will settle them.
+#: Per loop: (clock id, slot number) -> what ends in that slot (waiter futures of
+#: :func:`_wait_call`, timeout watches of :meth:`Caller.run_here`), and the one timer that
+#: will expire them.
 _slots: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop,
-    dict[tuple[int, int], tuple[set[asyncio.Future[bool]], list[Any]]],
+    asyncio.AbstractEventLoop, dict[tuple[int, int], _Slot],
 ] = weakref.WeakKeyDictionary()
+
+
+class _Slot:
+    """The calls whose timeouts end in one :data:`TIMEOUT_GRAIN` slot, and its timer."""
+
+    __slots__ = ("items", "sweep", "timer")
+
+    def __init__(self) -> None:
+        self.items: set[Any] = set()
+        self.timer: Any = None
+        self.sweep = False  # a check "still empty? then cancel the timer" is scheduled
+
+
+def _expire_slot(slots: dict[tuple[int, int], _Slot], key: tuple[int, int]) -> None:
+    slot = slots.pop(key, None)
+    for item in () if slot is None else slot.items:
+        if isinstance(item, asyncio.Future):
+            if not item.done():
+                item.set_result(False)
+        else:
+            item.expire()
+
+
+def _slot_add(clock: Clock, seconds: float, item: Any) -> tuple[int, int]:
+    """Expire ``item`` once ``seconds`` passed on ``clock`` (up to :data:`TIMEOUT_GRAIN`
+    later), on the timer shared by its slot; returns the slot's key for
+    :func:`_slot_discard`."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None:
+        slots = _slots[loop] = {}
+    key = (id(clock), math.ceil((clock.monotonic() + seconds) / TIMEOUT_GRAIN))
+    slot = slots.get(key)
+    if slot is None:
+        slot = slots[key] = _Slot()
+        slot.timer = clock.call_later(key[1] * TIMEOUT_GRAIN - clock.monotonic(),
+                                      partial(_expire_slot, slots, key))
+    slot.items.add(item)
+    return key
+
+
+def _slot_discard(key: tuple[int, int], item: Any) -> None:
+    """``item`` ended before its timeout. The slot's timer is cancelled once the slot is
+    empty at the end of the loop's turn, not at once: calls awaited in their lanes' tasks
+    run one after the other, each done before the next starts, so "the last one out
+    cancels" armed and cancelled a timer per call; this way they share it."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.get(loop)
+    if slots is None or (slot := slots.get(key)) is None:  # expired already
+        return
+    slot.items.discard(item)
+    if not slot.items and not slot.sweep:
+        slot.sweep = True
+        loop.call_soon(_sweep_slot, slots, key, slot)
+
+
+def _sweep_slot(slots: dict[tuple[int, int], _Slot], key: tuple[int, int], slot: _Slot) -> None:
+    slot.sweep = False
+    if not slot.items and slots.get(key) is slot:
+        del slots[key]
+        slot.timer.cancel()
 
 
 async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
@@ -110,38 +174,19 @@ async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) 
         return True
     if seconds == math.inf or seconds <= 0:
         return await wait_done(clock, future, seconds)
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
-    if slots is None:
-        slots = _slots[loop] = {}
-    waiter: asyncio.Future[bool] = loop.create_future()
+    waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def on_done(_: asyncio.Future[Any]) -> None:
         if not waiter.done():
             waiter.set_result(True)
 
-    key = (id(clock), math.ceil((clock.monotonic() + seconds) / TIMEOUT_GRAIN))
-    slot = slots.get(key)
-    if slot is None:
-        def expire() -> None:
-            waiters, _ = slots.pop(key, (set(), None))
-            for w in waiters:
-                if not w.done():
-                    w.set_result(False)
-
-        slot = slots[key] = (set(), [])
-        slot[1].append(clock.call_later(key[1] * TIMEOUT_GRAIN - clock.monotonic(), expire))
-    waiters = slot[0]
-    waiters.add(waiter)
+    key = _slot_add(clock, seconds, waiter)
     future.add_done_callback(on_done)
     try:
         return await waiter
     finally:
         future.remove_done_callback(on_done)
-        waiters.discard(waiter)
-        if not waiters and slots.get(key) is slot:  # the last one out cancels the timer
-            del slots[key]
-            slot[1][0].cancel()
+        _slot_discard(key, waiter)
 
 
 class SyncWorker:
@@ -203,6 +248,49 @@ class CallerBusy(Exception):
     def __init__(self, name: str, since: float) -> None:
         super().__init__(f"{name}: the previous call is still running")
         self.since = since
+
+
+class CallTimeout(Exception):
+    """A call run by :meth:`Caller.run_here` was cancelled at its timeout."""
+
+
+class _CallTimeout:
+    """The timeout of one call awaited in the caller's own task (:meth:`Caller.run_here`).
+
+    Expired by its slot's shared timer, it cancels the call through the task's timeout
+    scope (``asyncio.timeout``, which tells this cancellation from one of the task itself),
+    then gives the call :attr:`Caller.CANCEL_GRACE` to end; past that the call is hung and
+    ``on_hung`` is told, again and again as long as it asks (its reminders)."""
+
+    __slots__ = ("clock", "hung", "loop", "on_hung", "scope", "started", "timer")
+
+    def __init__(self, clock: Clock, scope: asyncio.Timeout, started: float,
+                 on_hung: Callable[[float], float | None]) -> None:
+        self.loop = asyncio.get_running_loop()  # a fake clock may fire timers from outside
+        self.clock = clock
+        self.scope = scope
+        self.started = started
+        self.on_hung = on_hung
+        self.timer: Any = None
+        self.hung = False
+
+    def expire(self) -> None:
+        if asyncio._get_running_loop() is not self.loop:  # a fake clock's advance() outside
+            self.loop.call_soon(self.expire)  # the loop: the scope needs it running
+            return
+        if not self.scope.expired():
+            self.scope.reschedule(self.loop.time())  # cancels the task
+        self.timer = self.clock.call_later(Caller.CANCEL_GRACE, self._remind)
+
+    def _remind(self) -> None:
+        self.hung = True
+        after = self.on_hung(self.clock.monotonic() - self.started)
+        self.timer = None if after is None else self.clock.call_later(after, self._remind)
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class Caller:
@@ -285,6 +373,58 @@ class Caller:
         future.add_done_callback(_consume)
         return None
 
+    async def run_here(self, tick: Tick | None, *args: Any, timeout: float,
+                       on_hung: Callable[[float], float | None]) -> Any:
+        """Call the async function and await it in the running task, not a task of its own.
+
+        For a lane's consumer: :meth:`call` costs a task, a waiter future, a done-callback
+        and about three loop callbacks per call, all of them alive across turns of the loop
+        (so, with thousands of lanes, promoted to the collector's old generations and paid
+        for in full collections). Awaited here, a consumer that returns without suspending
+        costs its coroutine, and the lane's task does it all in one step. The guarantees
+        are those of :meth:`call`:
+
+        * the tick is visible inside (``current_tick()``: set in the task around the call);
+        * whatever the call raises comes out as an ``Exception`` (:func:`guarded`), except
+          a cancellation of the running task itself (a drain deadline), which passes;
+        * at ``timeout`` (on the clock, a timer shared per :data:`TIMEOUT_GRAIN` slot) the
+          call is cancelled and :class:`CallTimeout` raised;
+        * a call still running :attr:`CANCEL_GRACE` after that cancellation is hung: the
+          task keeps waiting for it (no other call starts meanwhile), ``on_hung(seconds
+          since the call started)`` is called from a timer, and again after as many
+          seconds as it returns (``None``: no more). When a hung call ends at last, its own
+          outcome (result or exception) is returned as usual.
+        """
+        clock = self.clock
+        started = self.busy_since = clock.monotonic()
+        token = tick_module._set(tick)
+        watch: _CallTimeout | None = None
+        try:
+            async with asyncio.timeout(None) as scope:
+                if 0 < timeout < math.inf:
+                    watch = _CallTimeout(clock, scope, started, on_hung)
+                    key = _slot_add(clock, timeout, watch)
+                try:
+                    try:
+                        call = self.fn(*args)
+                    except BaseException as exc:  # raised before its first await
+                        raise contain(exc) from None
+                    result = await guarded(call)
+                finally:
+                    if watch is not None:
+                        _slot_discard(key, watch)
+                        watch.close()
+        except TimeoutError:
+            if watch is not None and scope.expired():  # ours (hung or not), not the call's
+                raise CallTimeout() from None
+            raise
+        finally:
+            tick_module._reset(token)
+            self.busy_since = None
+        if watch is not None and scope.expired() and not watch.hung:
+            raise CallTimeout()  # it swallowed the cancellation and returned: still a timeout
+        return result
+
     async def wait_hung(self) -> asyncio.Future[Any] | None:
         """Wait until the hung call (if any) has returned; its future."""
         hung = self.hung
@@ -298,7 +438,10 @@ class Caller:
     async def result(self, future: asyncio.Future[Any], seconds: float = math.inf) -> Any:
         """The call's result (raising its exception); a sync function that returned an
         awaitable has it awaited here, within ``seconds``."""
-        result = future.result()
+        return await self.resolve(future.result(), seconds)
+
+    async def resolve(self, result: Any, seconds: float = math.inf) -> Any:
+        """``result``, awaited within ``seconds`` if it is an awaitable."""
         if inspect.isawaitable(result):
             async with timeout(self.clock, seconds):
                 result = await guarded(result)

@@ -21,7 +21,7 @@ from .._consumer import LaneSettings
 from .._errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
 from .._logs import LogLimiter
 from .._tick import Tick
-from .._workers import Caller
+from .._workers import Caller, CallTimeout
 from .ledger import Ledger
 
 __all__ = ["Attempt", "Delivery", "Outcome"]
@@ -55,13 +55,20 @@ class Delivery:
     """Calls one consumer and applies its retry policy."""
 
     def __init__(self, settings: LaneSettings, caller: Caller, ledger: Ledger, clock: Clock,
-                 rng: random.Random, limiter: LogLimiter) -> None:
+                 rng: random.Random | None, limiter: LogLimiter, *,
+                 seed: str | None = None) -> None:
+        """``rng``: draws the jitter; None makes one from ``seed`` when first needed (a
+        ``Random`` is 2.5 KB and one more object per lane for the collector)."""
         self.settings = settings
         self.caller = caller
         self.ledger = ledger
         self.clock = clock
-        self.rng = rng
+        self._rng = rng
+        self._seed = seed
         self.limiter = limiter
+        self._hung_for: float | None = None  # seconds a call run here has hung, if it has
+        self._calling: datetime | None = None  # the event time of the call run here
+        self._reminder = HUNG_REMINDER
 
     def backoff(self, attempt: int) -> float:
         """Seconds before retry number ``attempt`` (1, 2, ...): doubling, capped, jittered."""
@@ -69,7 +76,9 @@ class Delivery:
         base = min(s.max_backoff, s.backoff * 2 ** (attempt - 1))
         if not s.backoff_jitter:
             return float(base)
-        return float(base * self.rng.uniform(1 - s.backoff_jitter, 1 + s.backoff_jitter))
+        if self._rng is None:
+            self._rng = random.Random(self._seed)
+        return float(base * self._rng.uniform(1 - s.backoff_jitter, 1 + s.backoff_jitter))
 
     async def attempt(self, payload: Any, n: int, tick: Tick, retries_done: int) -> Attempt:
         """Deliver ``payload`` (``n`` items, the last of ``tick``) once."""
@@ -77,10 +86,13 @@ class Delivery:
         event_time = tick.event_time
         rejected_before = self._rejected_so_far()
         try:
-            future = await self.caller.call(tick, payload, event_time, timeout=s.timeout)
-            if future is None:
-                future = await self._timed_out(event_time)
-            await self.caller.result(future, s.timeout)
+            if self.caller.is_async:
+                await self._call_here(payload, tick)
+            else:
+                future = await self.caller.call(tick, payload, event_time, timeout=s.timeout)
+                if future is None:
+                    future = await self._timed_out(event_time)
+                await self.caller.result(future, s.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -89,6 +101,49 @@ class Delivery:
         if rejected_before is not None:
             counted = max(0, (self._rejected_so_far() or 0) - rejected_before)
         return Attempt(Outcome.DELIVERED, rejected=min(n, counted))
+
+    async def _call_here(self, payload: Any, tick: Tick) -> None:
+        """An async consumer's call, awaited in the lane's own task (see
+        :meth:`Caller.run_here`): no task per call."""
+        s = self.settings
+        self._hung_for = None
+        self._calling = tick.event_time
+        started = self.clock.monotonic()
+        try:
+            result = await self.caller.run_here(tick, payload, tick.event_time,
+                                                timeout=s.timeout, on_hung=self._hung)
+        except CallTimeout:
+            if self._hung_for is None:  # cancelled in time (a hung one was counted already)
+                self.ledger.bump("timeouts")
+            raise ConsumerTimeout(s.name, tick.event_time, s.timeout) from None
+        finally:
+            if self._hung_for is not None:
+                logger.info("consumer %s: the hung call for tick %s returned after about "
+                            "%.0f s", s.name, tick.event_time.isoformat(),
+                            self.clock.monotonic() - started)
+        await self.caller.resolve(result, s.timeout)
+
+    def _hung(self, waited: float) -> float | None:
+        """A call run here ignored its cancellation (from a timer, while it runs on):
+        counted and logged once, then a reminder after HUNG_REMINDER s, doubling."""
+        s = self.settings
+        if self._hung_for is None:
+            self._hung_for = waited
+            self._reminder = HUNG_REMINDER
+            self.ledger.bump("timeouts")
+            self.ledger.bump("abandoned")
+            self.limiter.log(
+                logger, logging.ERROR, "hung",
+                "consumer %s: call for tick %s hung past %g s; its task (it ignored "
+                "cancellation) is left to finish and the lane starts no other call until it "
+                "returns (new items wait in its queue)", s.name,
+                self._calling.isoformat() if self._calling else "?", s.timeout,
+            )
+        else:
+            self._hung_for = waited
+            logger.warning("consumer %s: call still running after %.0f s", s.name, waited)
+            self._reminder *= 2
+        return self._reminder
 
     async def _timed_out(self, event_time: datetime) -> asyncio.Future[Any]:
         """The call ran past its timeout: cancelled (raise), or hung (wait for it)."""

@@ -23,7 +23,7 @@ from .._logs import LogLimiter
 from .._spool import Spool
 from .._tick import Tick
 from .._workers import Caller, call_in_loop
-from .copier import Copier, CopyCost
+from .copier import Copier
 from .delivery import Attempt, Delivery, Outcome
 from .hooks import Hooks
 from .ledger import Ledger, Place
@@ -48,7 +48,10 @@ class Lane:
     """Delivers one consumer's items, in order, on a task of its own."""
 
     def __init__(self, settings: LaneSettings, ledger: Ledger, *, conveyor: str, clock: Clock,
-                 copier: Copier, rng: random.Random, generation: int = 1) -> None:
+                 copier: Copier, rng: random.Random | None = None, seed: str | None = None,
+                 generation: int = 1) -> None:
+        """``rng`` (or one made from ``seed`` the first time a backoff is jittered) draws
+        the backoff jitter."""
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
@@ -62,23 +65,37 @@ class Lane:
         self.queue = LaneQueue(settings.name, settings.queue_size, settings.overflow, ledger,
                                clock, self._limiter, spool)
         self._caller = Caller(settings.fn, self.task_name, clock)
-        self.delivery = Delivery(settings, self._caller, ledger, clock, rng, self._limiter)
-        self.hooks = Hooks(settings.name, self.task_name, settings.timeout, ledger, clock,
-                           self._limiter, on_delivered=settings.on_delivered,
-                           on_error=settings.on_error)
+        self.delivery = Delivery(settings, self._caller, ledger, clock, rng, self._limiter,
+                                 seed=seed)
+        self.hooks = (None if settings.on_delivered is None and settings.on_error is None
+                      else Hooks(settings.name, self.task_name, settings.timeout, ledger, clock,
+                                 self._limiter, on_delivered=settings.on_delivered,
+                                 on_error=settings.on_error))
         self._copier = copier
-        self._copy_cost = CopyCost()
+        self._copy_cost: float | None = None  # seconds the last copy took
         self._open_failures = 0
         self._closing = False
         self._drain_deadline = math.inf
         self._successor: Lane | None = None  # the lane that replaced this one
         self._nap: asyncio.Future[None] | None = None  # a retry wait that may be cut short
-        ledger.busy_since = lambda: self._caller.busy_since
+        self._flight: list[Entry] | None = None  # the batch being delivered, until settled
+        ledger.live = self  # a reference, not a closure: one object less per lane
         ledger.set_state(self.state)
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    # -- read by the ledger's snapshots (any thread) ----------------------------------
+
+    def busy_since(self) -> float | None:
+        return self._caller.busy_since
+
+    def oldest_queued(self) -> float | None:
+        return self.queue.oldest()
+
+    def spooled(self) -> int:
+        return self.queue.spooled
 
     def _set_state(self, state: LaneState) -> None:
         self.state = state
@@ -170,11 +187,20 @@ class Lane:
             logger.exception("consumer %s: close failed", self.name)
         finally:
             self._caller.close()
-            self.hooks.close()
+            if self.hooks is not None:
+                self.hooks.close()
             if self.queue.spool is not None:
                 self.queue.spool.close()
             if self.state is not LaneState.QUARANTINED:
                 self._set_state(LaneState.CLOSED)
+
+    def exhausted(self, exc: BaseException) -> None:
+        """Its task died too often (the supervisor's restart budget): quarantined."""
+        self.quarantine(str(exc))
+
+    def restarted(self) -> None:
+        """Its task died and was started again."""
+        self.ledger.bump("restarts")
 
     def quarantine(self, why: str) -> None:
         """Stop delivering for good: what is queued and what arrives counts as failed."""
@@ -206,7 +232,15 @@ class Lane:
         return len(moved)
 
     def drop_remaining(self, why: str) -> int:
-        """Give up on everything still queued (after the drain deadline): dropped, logged."""
+        """Give up on everything still queued (after the drain deadline): dropped, logged.
+
+        A batch still in flight now is held by a call that ignored its cancellation (the
+        lane's task was cancelled and did not end): given up on too, as the cancellation
+        would have."""
+        flight = self._flight
+        if flight is not None:
+            self._flight = None
+            self._give_up(flight, "stop deadline reached")
         return self.queue.clear(Place.DROPPED, why)
 
     # -- delivering ------------------------------------------------------------------
@@ -215,8 +249,17 @@ class Lane:
         """The lane's task: open if needed, then take, deliver, repeat, until drained."""
         if self.state is LaneState.CONNECTING and not await self._connect():
             return
-        while (entries := await self._take()) is not None:
+        q = self.queue
+        while True:
+            # an idle lane waits here, on the queue's future itself (see LaneQueue.arrival):
+            # the interval long, and nothing of the last delivery is kept meanwhile
+            while not len(q) and not self._closing:
+                await q.arrival()
+            entries = await self._take()
+            if entries is None:
+                return
             await self._deliver(entries)
+            del entries
 
     async def _take(self) -> list[Entry] | None:
         q = self.queue
@@ -241,16 +284,19 @@ class Lane:
         s = self.settings
         if not s.batching:
             data = entries[0].data
-            return await self._copier.copy(data, self._copy_cost) if s.copy else data
+            if not s.copy:
+                return data
+            data, self._copy_cost = await self._copier.copy(data, self._copy_cost)
+            return data
         values = [e.data for e in entries]
         if s.copy:
-            values = await self._copier.copy(values, self._copy_cost)
+            values, self._copy_cost = await self._copier.copy(values, self._copy_cost)
         return Batch(Record(v, e.tick.event_time) for v, e in zip(values, entries, strict=True))
 
     async def _deliver(self, entries: list[Entry]) -> None:
         n = len(entries)
         last = entries[-1]
-        settled = False
+        self._flight = entries
         try:
             try:
                 payload = await self._payload(entries)
@@ -261,16 +307,18 @@ class Lane:
                     "%s: %s", self.name, type(last.data).__name__, type(exc).__name__, exc,
                     exc=exc,
                 )
-                self.queue.forget(entries)
-                self.ledger.move(n, Place.IN_FLIGHT, Place.DROPPED)
-                settled = True
+                if self._ours(entries):
+                    self.queue.forget(entries)
+                    self.ledger.move(n, Place.IN_FLIGHT, Place.DROPPED)
                 return
             retries = 0
             while True:
                 result = await self.delivery.attempt(payload, n, last.tick, retries)
+                if self._flight is not entries:  # given up on while its call hung
+                    return
                 if result.outcome is not Outcome.RETRY:
+                    self._flight = None
                     self._settle(entries, result)
-                    settled = True
                     break
                 if (self._successor is not None
                         or self.clock.monotonic() + result.delay > self._drain_deadline):
@@ -281,21 +329,29 @@ class Lane:
                 if not isinstance(result.error, RetryAfter):
                     retries += 1
                 self.ledger.bump("retries")
-            if not settled:
+            if self._ours(entries):
                 self._give_up(entries, "stopping before a retry")
-                settled = True
                 return
         except asyncio.CancelledError:
-            if not settled:
+            if self._ours(entries):
                 self._give_up(entries, "stop deadline reached")
-                settled = True
             raise
         except BaseException:
-            if not settled:  # the lane itself failed: its supervisor restarts it
+            if self._ours(entries):  # the lane itself failed: its supervisor restarts it
                 self.queue.push_front(entries)
-                settled = True
             raise
         await self._after(result, payload, last.tick)
+
+    def _ours(self, entries: list[Entry]) -> bool:
+        """True (once) while ``entries`` are still this lane's to settle.
+
+        A consumer's call runs in the lane's task, so a call that ignores its cancellation
+        keeps the task past the stop deadline; the engine then gives up on the batch
+        (:meth:`drop_remaining`), and the call's late return must not settle it again."""
+        if self._flight is not entries:
+            return False
+        self._flight = None
+        return True
 
     def _settle(self, entries: list[Entry], result: Attempt) -> None:
         n = len(entries)
@@ -332,6 +388,8 @@ class Lane:
             )
 
     async def _after(self, result: Attempt, payload: Any, tick: Tick) -> None:
+        if self.hooks is None:
+            return
         if result.outcome is Outcome.DELIVERED:
             await self.hooks.delivered(payload, tick.event_time)
         else:

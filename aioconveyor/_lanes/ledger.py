@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Callable
+from array import array
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Protocol
 
 from .._stats import ConsumerStats
+
+if TYPE_CHECKING:
+    from .._clock import Clock
 
 __all__ = ["Ledger", "Place"]
 
@@ -33,6 +37,22 @@ class Place(enum.IntEnum):
 _PLACES = tuple(Place)
 
 
+class Live(Protocol):
+    """What a ledger reads from its lane for a snapshot (from any thread)."""
+
+    def busy_since(self) -> float | None:
+        """clock.monotonic() start of the call running, if any."""
+        ...
+
+    def oldest_queued(self) -> float | None:
+        """clock.monotonic() arrival of the oldest queued item, if any."""
+        ...
+
+    def spooled(self) -> int:
+        """Items held in the lane's spool file."""
+        ...
+
+
 def _utc(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
 
@@ -40,17 +60,19 @@ def _utc(t: float | None) -> datetime | None:
 class Ledger:
     """The counts of one lane, written in the loop and read from any thread under ``lock``.
 
-    ``wall`` and ``mono`` read the conveyor's clock (for the times of errors and
-    successes, and for how long a call or the oldest item has been waiting).
+    ``clock`` is the conveyor's (for the times of errors and successes, and for how long a
+    call or the oldest item has been waiting); :attr:`live` is the lane delivering now.
+
+    There is one per consumer, so it holds references, not callables of its own: with
+    10,000 consumers every object a lane keeps is 10,000 more for each full collection.
     """
 
-    def __init__(self, name: str, lock: threading.Lock, *, wall: Callable[[], float],
-                 mono: Callable[[], float]) -> None:
+    def __init__(self, name: str, lock: threading.Lock, *, clock: Clock) -> None:
         self.name = name
         self.lock = lock
-        self._wall = wall
-        self._mono = mono
-        self._places = [0] * len(_PLACES)
+        self._clock = clock
+        # an array, not a list: ints in an array are no object the collector tracks
+        self._places = array("q", bytes(8 * len(_PLACES)))
         self.state = "connecting"
         self.errors = 0
         self.retries = 0
@@ -64,10 +86,8 @@ class Ledger:
         self.last_error_time: float | None = None
         self.last_success_time: float | None = None
         self.failing_since: float | None = None  # wall time of the first failure since a success
-        self.state_since: float = wall()
-        self.busy_since: Callable[[], float | None] = lambda: None  # monotonic
-        self.oldest_queued: Callable[[], float | None] = lambda: None  # monotonic
-        self.spooled: Callable[[], int] = lambda: 0
+        self.state_since: float = clock.time()
+        self.live: Live | None = None  # set by the lane (a replacement takes it over)
 
     # -- items -----------------------------------------------------------------------
 
@@ -97,11 +117,11 @@ class Ledger:
         with self.lock:
             if state != self.state:
                 self.state = state
-                self.state_since = self._wall()
+                self.state_since = self._clock.time()
 
     def error(self, text: str) -> None:
         """A call (or an ``open()``) failed with ``text``."""
-        now = self._wall()
+        now = self._clock.time()
         with self.lock:
             self.errors += 1
             self.last_error = text
@@ -109,7 +129,7 @@ class Ledger:
 
     def outcome(self, success: bool) -> None:
         """A batch was settled: some of it arrived (``success``) or none of it did."""
-        now = self._wall()
+        now = self._clock.time()
         with self.lock:
             if success:
                 self.last_success_time = now
@@ -126,9 +146,10 @@ class Ledger:
 
     def snapshot(self) -> ConsumerStats:
         """A snapshot (call with ``lock`` held)."""
-        now = self._mono()
-        busy = self.busy_since()
-        oldest = self.oldest_queued()
+        now = self._clock.monotonic()
+        live = self.live
+        busy = None if live is None else live.busy_since()
+        oldest = None if live is None else live.oldest_queued()
         p = self._places
         return ConsumerStats(
             name=self.name,
@@ -154,6 +175,6 @@ class Ledger:
             state_since=_utc(self.state_since),
             open_errors=self.open_errors,
             failing_since=_utc(self.failing_since),
-            spooled=self.spooled(),
+            spooled=0 if live is None else live.spooled(),
             spool_bad=self.spool_bad,
         )
