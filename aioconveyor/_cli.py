@@ -39,9 +39,7 @@ from ._errors import ConveyorError
 from ._process import (
     EXIT_CONFIG,
     EXIT_FAILED,
-    EXIT_FORCED,
     EXIT_OK,
-    LOG_FORMAT,
     ReloadSignal,
     StopSignals,
     force_exit,
@@ -51,19 +49,7 @@ from ._process import (
 from ._reload import Reloader
 from ._secrets import mask_text
 
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_FAILED",
-    "EXIT_FORCED",
-    "EXIT_OK",
-    "LOG_FORMAT",
-    "ReloadSignal",
-    "StopSignals",
-    "force_exit",
-    "main",
-    "setup_logging",
-    "summary_lines",
-]
+__all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 

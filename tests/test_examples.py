@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from aioconveyor._cli import EXIT_CONFIG
+from aioconveyor._process import EXIT_CONFIG
 from support.services import host_port
 
 ROOT = Path(__file__).resolve().parent.parent
