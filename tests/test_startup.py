@@ -25,7 +25,7 @@ import pytest
 
 from aioconveyor import AioConveyor, Consumer, StartupError
 from aioconveyor.consumers import CsvConsumer, MqttConsumer, PostgresConsumer
-from aioconveyor.testing import wait_until
+from aioconveyor.testing import wait_until, wait_until_blocking
 from support.mosquitto import Mosquitto, require_mosquitto
 from support.proxy import TcpProxy
 from support.services import free_port, host_port
@@ -282,7 +282,9 @@ async def test_startup_fail_still_fails_the_start_and_closes_the_others(
         await asyncio.to_thread(conv.start)
     assert not conv.running and isinstance(conv.exception, StartupError)
     assert tracked.opened and tracked.closed
-    assert not any(t.name == "aioconveyor.csv[csv]" for t in threading.enumerate())
+    # the writer thread ends once it has read its stop sentinel: soon, not necessarily yet
+    assert wait_until_blocking(
+        lambda: not any(t.name == "aioconveyor.csv[csv]" for t in threading.enumerate()))
     assert conv.stats().ticks == 0
 
 
