@@ -145,11 +145,20 @@ class FakeClock:
             await self.sleep(remaining)
 
     def _threads_busy(self) -> bool:
-        """A sync call started less than ``thread_grace`` real seconds ago is still running."""
+        """A sync call is still running (started less than ``thread_grace`` real seconds
+        ago), or has just finished: its result reaches the loop by a callback that has to
+        run before time may move on."""
         now = time.monotonic()
-        self._threads = [(f, t) for f, t in self._threads
-                         if not f.done() and now - t < self.thread_grace]
-        return bool(self._threads)
+        busy = False
+        running: list[tuple[concurrent.futures.Future[Any], float]] = []
+        for work, started in self._threads:
+            if work.done():
+                busy = True  # finished since the last look: one more settle for its result
+            elif now - started < self.thread_grace:
+                busy = True
+                running.append((work, started))
+        self._threads = running
+        return busy
 
     async def _autojump(self) -> None:
         while True:
