@@ -34,6 +34,7 @@ from ._leader import Leader
 from ._schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
 from ._stats import ConsumerStats, ConveyorStats, LatenessStats
 from ._tick import Tick, current_tick
+from ._ticks import ticks
 
 if TYPE_CHECKING:
     from ._leader_postgres import PostgresLeader
@@ -70,6 +71,7 @@ __all__ = [
     "Tick",
     "__version__",
     "current_tick",
+    "ticks",
 ]
 
 __version__ = "0.1.0"

@@ -30,12 +30,12 @@ from . import _validate
 from ._clock import Clock, SystemClock, timeout, wait_done
 from ._consumer import Consumer, LaneSettings, Startup, callable_name, resolve
 from ._endpoint import OpsEndpoint
-from ._errors import ConveyorError, RestartBudgetExceeded, SettingError, StartupError
+from ._errors import ConveyorError, RestartBudgetExceeded, StartupError
 from ._fanout import CHUNK, Fanout
 from ._health import Health, assess
 from ._lanes import Copier, Lane, LaneState, Ledger
 from ._leader import Leader
-from ._schedule import CronSchedule, IntervalSchedule, Misfire, Planner, Schedule
+from ._schedule import Misfire, Planner, Schedule, resolve_schedule
 from ._scheduler import Scheduler
 from ._stats import ConveyorCounters, ConveyorStats
 from ._watchdog import LoopMonitor, Supervisor
@@ -70,47 +70,6 @@ class _State(enum.Enum):
 
 
 _METRICS_HOST = "127.0.0.1"
-
-
-def _schedule(loop_interval: float | None, loop_offset: float, cron: str | None,
-              cron_tz: tzinfo | None, schedule: Schedule | None) -> Schedule:
-    """The one schedule that ``loop_interval`` / ``cron`` / ``schedule`` describe; any
-    argument that the chosen one would ignore is an error, not silently dropped."""
-    given = [n for n, v in (("loop_interval", loop_interval), ("cron", cron),
-                            ("schedule", schedule)) if v is not None]
-    if len(given) > 1:
-        value = {"cron": cron, "schedule": schedule}[given[1]]
-        _validate.conflict(given[1], value, given[0],
-                           "give only one of loop_interval, cron and schedule")
-    if cron_tz is not None and cron is None:
-        _validate.fail("cron_tz", cron_tz,
-                       f"applies to cron only, not {given[0] if given else 'loop_interval'}; "
-                       f"got cron_tz={cron_tz!r}")
-    if schedule is not None:
-        if loop_offset != 0:
-            _validate.fail("loop_offset", loop_offset,
-                           "applies to loop_interval, not schedule (build the offset into the "
-                           f"schedule); got loop_offset={loop_offset!r}")
-        if not isinstance(schedule, Schedule):
-            _validate.fail("schedule", schedule,
-                           f"must have next_fire/prev_fire/count_between, got {schedule!r}")
-        return schedule
-    if cron is not None:
-        if loop_offset != 0:
-            _validate.fail("loop_offset", loop_offset,
-                           f"applies to loop_interval, not cron; got {loop_offset!r}")
-        try:
-            return CronSchedule(cron) if cron_tz is None else CronSchedule(cron, cron_tz)
-        except SettingError as exc:  # its own names (expression, tz) to the conveyor's
-            name = {"expression": "cron", "tz": "cron_tz"}.get(exc.name, exc.name)
-            raise SettingError(name, exc.value, exc.reason) from None
-    interval = _validate.positive("loop_interval",
-                                  5.0 if loop_interval is None else loop_interval)
-    offset = _validate.number("loop_offset", loop_offset)
-    if not 0 <= offset < interval:
-        _validate.fail("loop_offset", loop_offset,
-                       f"must be in [0, loop_interval) = [0, {interval:g}), got {loop_offset!r}")
-    return IntervalSchedule(interval, offset)
 
 
 def _default_timeout(period: float) -> float:
@@ -173,7 +132,8 @@ class AioConveyor:
                 _validate.callable_(f"consumers[{i}]", c)
         self._consumers = [Consumer.wrap(c) for c in consumers]
 
-        self.schedule: Schedule = _schedule(loop_interval, loop_offset, cron, cron_tz, schedule)
+        self.schedule: Schedule = resolve_schedule(loop_interval, loop_offset, cron, cron_tz,
+                                                   schedule)
         if clock is not None and not isinstance(clock, Clock):
             _validate.fail("clock", clock,
                            "must provide time(), monotonic(), sleep_until(), sleep(), "

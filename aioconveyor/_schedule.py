@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from . import _validate
+from ._errors import SettingError
 
 __all__ = [
     "CronSchedule",
@@ -24,6 +25,7 @@ __all__ = [
     "Plan",
     "Planner",
     "Schedule",
+    "resolve_schedule",
 ]
 
 #: Times this close to a grid point count as on it (absorbs float rounding at epoch scale).
@@ -219,3 +221,60 @@ class Planner:
     def too_late(self, plan: Plan, woke: float) -> bool:
         """True when a wake-up at ``woke`` is past the grace for ``plan``."""
         return woke - plan.fire_at > self.grace(plan.event_time)
+
+
+def resolve_schedule(
+    interval: float | None,
+    offset: float,
+    cron: str | None,
+    cron_tz: tzinfo | None,
+    schedule: Schedule | None,
+    *,
+    names: tuple[str, str] = ("loop_interval", "loop_offset"),
+    default_interval: float | None = 5.0,
+) -> Schedule:
+    """The one schedule that ``interval`` / ``cron`` / ``schedule`` describe; any argument
+    that the chosen one would ignore is an error, not silently dropped.
+
+    ``names`` are the caller's names of the interval and offset arguments (used in the
+    messages); with ``default_interval=None`` one of the three must be given.
+    """
+    interval_name, offset_name = names
+    given = [n for n, v in ((interval_name, interval), ("cron", cron),
+                            ("schedule", schedule)) if v is not None]
+    if len(given) > 1:
+        value = {"cron": cron, "schedule": schedule}[given[1]]
+        _validate.conflict(given[1], value, given[0],
+                           f"give only one of {interval_name}, cron and schedule")
+    if not given and default_interval is None:
+        _validate.fail(interval_name, interval,
+                       f"is needed: give one of {interval_name}, cron and schedule")
+    if cron_tz is not None and cron is None:
+        _validate.fail("cron_tz", cron_tz,
+                       f"applies to cron only, not {given[0] if given else interval_name}; "
+                       f"got cron_tz={cron_tz!r}")
+    if schedule is not None:
+        if offset != 0:
+            _validate.fail(offset_name, offset,
+                           f"applies to {interval_name}, not schedule (build the offset into "
+                           f"the schedule); got {offset_name}={offset!r}")
+        if not isinstance(schedule, Schedule):
+            _validate.fail("schedule", schedule,
+                           f"must have next_fire/prev_fire/count_between, got {schedule!r}")
+        return schedule
+    if cron is not None:
+        if offset != 0:
+            _validate.fail(offset_name, offset,
+                           f"applies to {interval_name}, not cron; got {offset!r}")
+        try:
+            return CronSchedule(cron) if cron_tz is None else CronSchedule(cron, cron_tz)
+        except SettingError as exc:  # its own names (expression, tz) to the caller's
+            name = {"expression": "cron", "tz": "cron_tz"}.get(exc.name, exc.name)
+            raise SettingError(name, exc.value, exc.reason) from None
+    checked = _validate.positive(interval_name,
+                                 default_interval if interval is None else interval)
+    start = _validate.number(offset_name, offset)
+    if not 0 <= start < checked:
+        _validate.fail(offset_name, offset,
+                       f"must be in [0, {interval_name}) = [0, {checked:g}), got {offset!r}")
+    return IntervalSchedule(checked, start)

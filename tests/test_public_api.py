@@ -20,7 +20,7 @@ PUBLIC = {
         "Health", "IntervalSchedule", "LatenessStats", "Leader", "Misfire", "Overflow",
         "PostgresLeader", "Record", "Rejected", "RestartBudgetExceeded", "RetryAfter",
         "Schedule", "SettingError", "Startup", "StartupError", "SupportsOpenClose",
-        "SystemClock", "Tick", "__version__", "current_tick",
+        "SystemClock", "Tick", "__version__", "current_tick", "ticks",
     ],
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
