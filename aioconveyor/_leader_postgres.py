@@ -105,9 +105,7 @@ class PostgresLeader:
         name: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if dsn is not None and not isinstance(dsn, str):  # by type only: it may hold a password
-            _validate.fail("dsn", type(dsn).__name__,
-                           f"must be a str or None, got {type(dsn).__name__}")
+        _validate.secret_text("dsn", dsn)
         self.lock_id = lock_id_for(key)
         self.key = key
         self.keepalive = _validate.positive("keepalive", keepalive)

@@ -122,6 +122,14 @@ def text(name: str, value: object, *, subject: str | None = None,
     return value
 
 
+def secret_text(name: str, value: object) -> str | None:
+    """None or a str that may hold a password (a DSN, a URL): a mistake is reported by its
+    type only, so the value never reaches an error message."""
+    if value is not None and not isinstance(value, str):
+        fail(name, _kind(value), f"must be a str or None, got {_kind(value)}")
+    return value
+
+
 def path(name: str, value: object) -> str | os.PathLike[str]:
     """A non-empty ``str`` or ``os.PathLike`` file path."""
     if not isinstance(value, str | os.PathLike):

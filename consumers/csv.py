@@ -158,7 +158,7 @@ class CsvConsumer:
             check.fail("rotate", rotate, f"must be None or 'daily', got {rotate!r}")
         if rotate == "daily" and _DATE not in template:
             check.fail("path", path,
-                           f"must contain {_DATE} with rotate='daily', got {template!r}")
+                       f"must contain {_DATE} with rotate='daily', got {template!r}")
         if rotate is None and _DATE in template:
             check.fail("path", path, f"{template!r} contains {_DATE}: pass rotate='daily' "
                                          "to rotate daily", subject="path")
@@ -173,7 +173,7 @@ class CsvConsumer:
         self.escape_formulas = check.boolean("escape_formulas", escape_formulas)
         if not isinstance(delimiter, str):
             check.fail("delimiter", delimiter,
-                           f"must be a one-character str, got {delimiter!r}")
+                       f"must be a one-character str, got {delimiter!r}")
         if len(delimiter) != 1 or delimiter in '"\r\n':
             check.fail("delimiter", delimiter, "must be one character other than a quote "
                                                    f"or newline, got {delimiter!r}")
@@ -201,16 +201,16 @@ class CsvConsumer:
             return None
         if isinstance(fields, str | bytes) or not isinstance(fields, Sequence):
             check.fail("fields", fields,
-                           f"must be a sequence of column names or None, got {fields!r}")
+                       f"must be a sequence of column names or None, got {fields!r}")
         out = tuple(fields)
         if not out:
             check.fail("fields", fields,
-                           f"must name at least one column (or be None), got {fields!r}")
+                       f"must name at least one column (or be None), got {fields!r}")
         for i, f in enumerate(out):
             if not isinstance(f, str) or not f:
                 check.fail(f"fields[{i}]", f,
-                               f"must hold non-empty str column names, got {f!r}",
-                               subject="fields")
+                           f"must hold non-empty str column names, got {f!r}",
+                           subject="fields")
         if TIME_COLUMN in out:
             check.fail("fields", fields, f"must not include {TIME_COLUMN!r} (always the "
                                              f"first column), got {list(out)!r}")

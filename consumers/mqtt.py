@@ -172,7 +172,7 @@ class HaDiscovery:
         _check_text("HaDiscovery", "node_id", self.node_id)
         if not _NODE_ID.fullmatch(self.node_id):
             check.fail("node_id", self.node_id, "may only use letters, digits, '_' and "
-                           f"'-', got {self.node_id!r}", subject="HaDiscovery node_id")
+                       f"'-', got {self.node_id!r}", subject="HaDiscovery node_id")
         _check_text("HaDiscovery", "device_name", self.device_name)
         for attr in ("manufacturer", "model", "sw_version"):
             _check_text("HaDiscovery", attr, getattr(self, attr), optional=True)
@@ -180,20 +180,20 @@ class HaDiscovery:
         _check_topic("prefix", self.prefix, subject="HaDiscovery prefix")
         if isinstance(self.sensors, str | bytes) or not isinstance(self.sensors, Sequence):
             check.fail("sensors", self.sensors, "must be a list of HaSensor, got "
-                           f"{self.sensors!r}", subject="HaDiscovery sensors")
+                       f"{self.sensors!r}", subject="HaDiscovery sensors")
         sensors = tuple(self.sensors)
         if not sensors:
             check.fail("sensors", self.sensors, f"must not be empty, got {self.sensors!r}",
-                           subject="HaDiscovery sensors")
+                       subject="HaDiscovery sensors")
         seen: set[str] = set()
         for i, sensor in enumerate(sensors):
             if not isinstance(sensor, HaSensor):
                 check.fail(f"sensors[{i}]", sensor, f"must be a HaSensor, got {sensor!r}",
-                               subject=f"HaDiscovery sensors[{i}]")
+                           subject=f"HaDiscovery sensors[{i}]")
             if sensor.object_id in seen:
                 check.fail(f"sensors[{i}].key", sensor.key,
-                               f"repeats object id {sensor.object_id!r}, got {sensor.key!r}",
-                               subject=f"HaDiscovery sensors[{i}].key")
+                           f"repeats object id {sensor.object_id!r}, got {sensor.key!r}",
+                           subject=f"HaDiscovery sensors[{i}].key")
             seen.add(sensor.object_id)
         object.__setattr__(self, "sensors", sensors)
 
@@ -238,10 +238,10 @@ def _check_topic(what: str, topic: str, *, subject: str | None = None) -> None:
         check.fail(what, topic, "must not be empty", subject=subject)
     if "+" in topic or "#" in topic:
         check.fail(what, topic, f"must not contain the wildcards '+' or '#', got {topic!r}",
-                       subject=subject)
+                   subject=subject)
     if "\0" in topic:
         check.fail(what, topic, f"must not contain NUL characters, got {topic!r}",
-                       subject=subject)
+                   subject=subject)
     if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
         check.fail(what, topic, f"is longer than {_MAX_TOPIC_BYTES} bytes", subject=subject)
 
@@ -288,7 +288,7 @@ def _parse_url(url: str) -> _Address:
     scheme = head.removesuffix("://").lower()
     if scheme not in ("mqtt", "mqtts"):
         check.fail("url", masked,
-                       f"must look like mqtt://host:port or mqtts://host, got {masked!r}")
+                   f"must look like mqtt://host:port or mqtts://host, got {masked!r}")
     parts = urllib.parse.urlsplit(f"//{hostpart}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         check.fail("url", masked, f"must not have a path, query or fragment, got {masked!r}")
@@ -422,7 +422,7 @@ class MqttConsumer:
         if url is not None:
             if not isinstance(url, str):
                 check.fail("url", type(url).__name__,  # by type: it may hold a password
-                               f"must be a str, got {type(url).__name__}")
+                           f"must be a str, got {type(url).__name__}")
             address = _parse_url(url)
         self.host = host if host is not None else (address.host or "localhost")
         _check_text("MqttConsumer", "host", self.host)
@@ -442,10 +442,10 @@ class MqttConsumer:
         self._password = password if password is not None else address.password
         if self._password is not None and not isinstance(self._password, str):
             check.fail("password", type(self._password).__name__,
-                           f"must be a str, got {type(self._password).__name__}")
+                       f"must be a str, got {type(self._password).__name__}")
         if self._password is not None and self.username is None:
             check.fail("password", "***", "needs a username (MQTT sends none without one)",
-                           subject="a password")
+                       subject="a password")
 
         if not isinstance(topic, str):
             check.fail("topic", topic, f"must be a str, got {topic!r}")
@@ -458,13 +458,13 @@ class MqttConsumer:
         self.qos = qos
         self.retain = check.boolean("retain", retain)
         self.keepalive = check.integer("keepalive", keepalive, minimum=1, maximum=65535,
-                                           unit="seconds")
+                                       unit="seconds")
         self.timeout = check.positive("timeout", timeout)
         if encoder is not None:
             check.callable_("encoder", encoder)
             if event_time_key != "event_time":
                 check.conflict("event_time_key", event_time_key, "encoder",
-                                   "event_time_key shapes the default JSON payload only")
+                               "event_time_key shapes the default JSON payload only")
         self.encoder = encoder
         _check_text("MqttConsumer", "event_time_key", event_time_key, optional=True)
         self.event_time_key = event_time_key
@@ -474,7 +474,7 @@ class MqttConsumer:
                 check.fail("discovery", discovery, f"must be a HaDiscovery, got {discovery!r}")
             if self._topic_fields:
                 check.conflict("topic", topic, "discovery",
-                                   "discovery needs a fixed state topic, not a template")
+                               "discovery needs a fixed state topic, not a template")
             if availability_topic is None:
                 parent = topic.rsplit("/", 1)[0] if "/" in topic else topic
                 availability_topic = f"{parent}/availability"
@@ -501,11 +501,11 @@ class MqttConsumer:
         }
         if client_options is not None and not isinstance(client_options, Mapping):
             check.fail("client_options", type(client_options).__name__,
-                           f"must be a mapping or None, got {type(client_options).__name__}")
+                       f"must be a mapping or None, got {type(client_options).__name__}")
         for key in client_options or {}:
             if not isinstance(key, str):
                 check.fail("client_options", f"<a key {key!r}>",
-                               f"keys must be str, got {key!r}")
+                           f"keys must be str, got {key!r}")
         if logger is not None and not isinstance(logger, logging.Logger | logging.LoggerAdapter):
             check.fail("logger", logger, f"must be a logging.Logger or None, got {logger!r}")
         self._client_options = dict(client_options or {})

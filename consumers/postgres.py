@@ -116,11 +116,11 @@ def _check_mapping(what: str, value: object, *, secret: bool = False) -> None:
         return
     if not isinstance(value, Mapping):
         check.fail(what, type(value).__name__,
-                       f"must be a mapping or None, got {type(value).__name__}")
+                   f"must be a mapping or None, got {type(value).__name__}")
     for k in value:
         if not isinstance(k, str):
             check.fail(what, f"<{type(value).__name__} with a key {k!r}>",
-                           f"keys must be str, got {k!r}")
+                       f"keys must be str, got {k!r}")
 
 
 def _inserted(status: str) -> int:
@@ -184,9 +184,7 @@ class PostgresConsumer:
         name: str | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
-        if dsn is not None and not isinstance(dsn, str):  # by type only: it may hold a password
-            check.fail("dsn", type(dsn).__name__,
-                           f"must be a str or None, got {type(dsn).__name__}")
+        check.secret_text("dsn", dsn)
         check_pg_ssl(ssl)
         _check_mapping("server_settings", server_settings)
         _check_mapping("pool_options", pool_options, secret=True)
@@ -201,9 +199,9 @@ class PostgresConsumer:
             if given:
                 first = next(iter(given))  # dsn and pool_options may hold a password
                 check.conflict(first, "***" if first in ("dsn", "pool_options")
-                                   else given[first], "pool",
-                                   f"pass either pool or {', '.join(given)}: a given pool "
-                                   "is used as it is")
+                               else given[first], "pool",
+                               f"pass either pool or {', '.join(given)}: a given pool "
+                               "is used as it is")
         self._given_pool = pool
         self.table = self._identifier("table", table)
         self.schema = None if schema is None else self._identifier("schema", schema)
@@ -216,21 +214,21 @@ class PostgresConsumer:
         if columns is None:
             if self.time_column is None:
                 check.fail("time_column", None, "needs a time_column, got None",
-                               subject="JSONB mode (columns=None)")
+                           subject="JSONB mode (columns=None)")
             self.payload_column = self._identifier("payload_column", payload_column)
             if self.payload_column == self.time_column:
                 check.fail("payload_column", payload_column,
-                               f"and time_column must differ, both are {payload_column!r}")
+                           f"and time_column must differ, both are {payload_column!r}")
             self.columns = None
             written: list[str] = [self.time_column, self.payload_column]
         else:
             if create_table:
                 check.conflict("create_table", create_table, "columns",
-                                   "create_table=True works in JSONB mode (columns=None) "
-                                   "only; create a table with columns yourself")
+                               "create_table=True works in JSONB mode (columns=None) "
+                               "only; create a table with columns yourself")
             if payload_column != PAYLOAD_COLUMN:
                 check.conflict("payload_column", payload_column, "columns",
-                                   "payload_column is the JSONB column of columns=None")
+                               "payload_column is the JSONB column of columns=None")
             self.columns = self._column_list(columns)
             self.payload_column = payload_column
             written = list(self.columns)
@@ -288,7 +286,7 @@ class PostgresConsumer:
             self._pool_args["server_settings"] = dict(server_settings)
         if self._pool_args["min_size"] > self._pool_args["max_size"]:
             check.fail("min_size", min_size,
-                           f"must be <= max_size, got {min_size} > {max_size}")
+                       f"must be <= max_size, got {min_size} > {max_size}")
         self.connect_timeout: float = self._pool_args["timeout"]
         self._logger = logger or globals()["logger"]
 
@@ -336,7 +334,7 @@ class PostgresConsumer:
     def _column_list(cls, columns: object) -> tuple[str, ...]:
         if isinstance(columns, str | bytes) or not isinstance(columns, Sequence):
             check.fail("columns", columns,
-                           f"must be a sequence of column names or None, got {columns!r}")
+                       f"must be a sequence of column names or None, got {columns!r}")
         out = tuple(cls._identifier(f"columns[{i}]", c) for i, c in enumerate(columns))
         if not out:
             check.fail("columns", columns, "must name at least one column (None: JSONB "

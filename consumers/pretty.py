@@ -72,7 +72,7 @@ class PrettyPrintConsumer:
             console = Console()
         elif not isinstance(console, Console):
             check.fail("console", console,
-                           f"must be a rich.console.Console or None, got {console!r}")
+                       f"must be a rich.console.Console or None, got {console!r}")
         self.console = console
         self.name = check.text("name", name)
         self.max_rows = _int_setting("max_rows", max_rows)
