@@ -10,8 +10,6 @@ import math
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,6 +20,7 @@ from aioconveyor import AioConveyor, Consumer, RestartBudgetExceeded, StartupErr
 from aioconveyor._errors import ContainedError
 from aioconveyor._schedule import IntervalSchedule
 from aioconveyor.testing import FakeClock, MemoryConsumer, wait_until_blocking
+from support.http import get
 
 TICKS = 20
 
@@ -493,14 +492,6 @@ def test_health_judges_failing_every_item_against_failing_now_and_then() -> None
     assert all("consumer:always" not in v for v in verdicts[:10])
     assert all("every item failed" in v["consumer:always"] for v in verdicts[13:])
     assert all(set(v) <= {"consumer:always"} for v in verdicts)  # flaky, sink: healthy
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def url(conv: AioConveyor, path: str) -> str:

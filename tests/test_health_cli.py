@@ -7,14 +7,13 @@ import socket
 import subprocess
 import textwrap
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.http import get
 from support.runner import BIN, Runner, kill_all, write
 from support.services import free_port
 
@@ -32,11 +31,7 @@ def health(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 def status_of(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return get(url)[0]
 
 
 def start_runner(tmp_path: Path, runners: list[Runner], consumer: str,

@@ -7,8 +7,6 @@ import json
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,20 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from aioconveyor import AioConveyor, Consumer
 from aioconveyor._health import assess
 from aioconveyor.testing import MemoryConsumer
+from support.http import get
 
 FAST = 0.05
 
 
 async def produce(event_time: datetime) -> dict[str, Any]:
     return {"t": event_time.isoformat()}
-
-
-def get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def wait_for_status(url: str, status: int, timeout: float = 10.0) -> bytes:

@@ -11,8 +11,6 @@ import asyncio
 import csv
 import json
 import threading
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -26,6 +24,7 @@ import pytest
 from aioconveyor import AioConveyor, Consumer, StartupError
 from aioconveyor.consumers import CsvConsumer, MqttConsumer, PostgresConsumer
 from aioconveyor.testing import wait_until, wait_until_blocking
+from support.http import get
 from support.mosquitto import Mosquitto, require_mosquitto
 from support.proxy import TcpProxy
 from support.services import free_port, host_port
@@ -47,11 +46,7 @@ class Counter:
 def readyz(conv: AioConveyor) -> int:
     assert conv.metrics_address is not None
     host, port = conv.metrics_address
-    try:
-        with urllib.request.urlopen(f"http://{host}:{port}/readyz", timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+    return get(f"http://{host}:{port}/readyz")[0]
 
 
 def csv_ns(path: Path) -> list[int]:
