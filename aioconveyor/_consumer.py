@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, Protocol, get_args, runtime_checkable
 
 from . import _validate
 from ._spool import SpoolFormat
+from ._tick import Tick
 from ._workers import is_async_callable
 
 __all__ = [
@@ -74,11 +75,31 @@ class SupportsOpenClose(Protocol):
     async def close(self) -> None: ...
 
 
-class Record(NamedTuple):
-    """One produced item inside a :class:`Batch`."""
-
+class _RecordFields(NamedTuple):
     data: Any
     event_time: datetime
+
+
+class Record(_RecordFields):
+    """One produced item inside a :class:`Batch`: ``(data, event_time)``, which unpacks as a
+    pair, plus the :class:`Tick` it came from (``tick``, ``None`` if unknown) and its
+    producer's name (``producer``)."""
+
+    tick: Tick | None
+
+    def __new__(cls, data: Any, event_time: datetime, tick: Tick | None = None) -> Record:
+        self = super().__new__(cls, data, event_time)
+        self.tick = tick
+        return self
+
+    @property
+    def producer(self) -> str:
+        """The name of the producer of this record ("" if unknown)."""
+        return "" if self.tick is None else self.tick.producer
+
+    def __repr__(self) -> str:
+        return (f"Record(data={self.data!r}, event_time={self.event_time!r}, "
+                f"producer={self.producer!r})")
 
 
 class Batch(list[Record]):

@@ -344,13 +344,16 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 def _tick(fields: Any) -> Tick:
     """A :class:`Tick` from its stored fields, checked (a bad tick would fail far away)."""
-    if not isinstance(fields, tuple | list) or len(fields) != 5:
-        raise ValueError(f"not the 5 fields of a tick: {fields!r}")
-    index, event_time, scheduled, started, missed = fields
+    # 5 fields: written before ticks named their producer (read back with producer "")
+    if not isinstance(fields, tuple | list) or len(fields) not in (5, 6):
+        raise ValueError(f"not the 5 or 6 fields of a tick: {fields!r}")
+    index, event_time, scheduled, started, missed, *rest = fields
+    producer = rest[0] if rest else ""
     if not (type(index) is int and type(event_time) is datetime and type(missed) is int
-            and isinstance(scheduled, int | float) and isinstance(started, int | float)):
+            and isinstance(scheduled, int | float) and isinstance(started, int | float)
+            and type(producer) is str):
         raise ValueError(f"not the fields of a tick: {fields!r}")
-    return Tick(index, event_time, float(scheduled), float(started), missed)
+    return Tick(index, event_time, float(scheduled), float(started), missed, producer)
 
 
 # --- the JSON codec ----------------------------------------------------------------------

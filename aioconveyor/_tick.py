@@ -15,7 +15,8 @@ class Tick:
 
     ``event_time`` is the grid time the tick is for (what producers and consumers receive);
     ``scheduled`` is when it was planned to start (grid time plus jitter, or later when a
-    missed tick was coalesced); ``started`` is when the producer was actually called.
+    missed tick was coalesced); ``started`` is when the producer was actually called;
+    ``producer`` is the name of the producer the tick belongs to (a conveyor may have many).
     """
 
     index: int
@@ -23,6 +24,7 @@ class Tick:
     scheduled: float
     started: float
     missed_before: int = 0
+    producer: str = ""
 
     @property
     def lateness(self) -> float:
@@ -30,8 +32,10 @@ class Tick:
         return self.started - self.scheduled
 
     @classmethod
-    def make(cls, index: int, grid: float, scheduled: float, started: float, missed: int) -> Tick:
-        return cls(index, datetime.fromtimestamp(grid, UTC), scheduled, started, missed)
+    def make(cls, index: int, grid: float, scheduled: float, started: float, missed: int,
+             producer: str = "") -> Tick:
+        return cls(index, datetime.fromtimestamp(grid, UTC), scheduled, started, missed,
+                   producer)
 
 
 _current: contextvars.ContextVar[Tick | None] = contextvars.ContextVar(

@@ -291,7 +291,8 @@ class Lane:
         values = [e.data for e in entries]
         if s.copy:
             values, self._copy_cost = await self._copier.copy(values, self._copy_cost)
-        return Batch(Record(v, e.tick.event_time) for v, e in zip(values, entries, strict=True))
+        return Batch(Record(v, e.tick.event_time, e.tick)
+                     for v, e in zip(values, entries, strict=True))
 
     async def _deliver(self, entries: list[Entry]) -> None:
         n = len(entries)
