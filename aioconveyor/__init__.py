@@ -31,8 +31,9 @@ from ._errors import (
 )
 from ._health import Health
 from ._leader import Leader
+from ._producer import Producer
 from ._schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
-from ._stats import ConsumerStats, ConveyorStats, LatenessStats
+from ._stats import ConsumerStats, ConveyorStats, LatenessStats, ProducerStats
 from ._tick import Tick, current_tick
 from ._ticks import ticks
 
@@ -58,6 +59,8 @@ __all__ = [
     "Misfire",
     "Overflow",
     "PostgresLeader",
+    "Producer",
+    "ProducerStats",
     "Record",
     "Rejected",
     "RestartBudgetExceeded",

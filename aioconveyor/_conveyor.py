@@ -35,6 +35,9 @@ from ._fanout import CHUNK, Fanout
 from ._health import Health, assess
 from ._lanes import Copier, Lane, LaneState, Ledger
 from ._leader import Leader
+from ._logs import LogLimiter
+from ._producer import Producer, ProducerSettings, default_timeout, period_now
+from ._producing import ProducerRun
 from ._schedule import Misfire, Planner, Schedule, resolve_schedule
 from ._scheduler import Scheduler
 from ._stats import ConveyorCounters, ConveyorStats
@@ -44,6 +47,7 @@ from ._workers import guarded
 __all__ = ["AioConveyor"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,46 @@ def _stop_all_at_exit() -> None:
 atexit.register(_stop_all_at_exit)
 
 
+def _producer_spec(argument: str, produce: Any,
+                   settings: dict[str, Any] | None = None) -> Producer:
+    """``produce`` as a :class:`Producer` (a callable with ``settings``, or one already)."""
+    if isinstance(produce, Producer):
+        if settings:
+            _validate.conflict(next(iter(settings)), next(iter(settings.values())),
+                               "a Producer(...)", "put the setting into the Producer")
+        return produce
+    _validate.callable_(argument, produce)
+    try:
+        return Producer(produce, **(settings or {}))
+    except TypeError:  # an unknown keyword
+        allowed = [f.name for f in dataclasses.fields(Producer) if f.name != "fn"]
+        unknown = [k for k in settings or () if k not in allowed]
+        if not unknown:
+            raise
+        _validate.fail(unknown[0], (settings or {})[unknown[0]],
+                       f"is not a producer setting (they are: {', '.join(allowed)})")
+
+
+#: The conveyor arguments that describe its ``produce=`` producer, with their defaults.
+_PRODUCE_ARGUMENTS: dict[str, Any] = {
+    "loop_interval": None, "loop_offset": 0.0, "cron": None, "cron_tz": None,
+    "schedule": None, "eager": False, "jitter": 0.0, "max_ticks": None,
+    "misfire": Misfire.SKIP, "misfire_grace": None, "producer_timeout": None,
+    "error_backoff": None,
+}
+
+
+def _refuse_without_produce(**given: Any) -> None:
+    """Without ``produce=`` the producer arguments would be silently ignored: refuse them."""
+    for name, default in _PRODUCE_ARGUMENTS.items():
+        value = given[name]
+        if value is not default and value != default:
+            _validate.fail(name, value,
+                           "describes the produce= producer, and none was given; give each "
+                           "producer its own settings (Producer(...), add_producer(...)); "
+                           f"got {name}={value!r}")
+
+
 class _State(enum.Enum):
     NEW = "new"
     STARTING = "starting"
@@ -71,9 +115,8 @@ class _State(enum.Enum):
 
 _METRICS_HOST = "127.0.0.1"
 
-
-def _default_timeout(period: float) -> float:
-    return min(60.0, max(1.0, 2.0 * period))
+#: The period the defaults derive from when the conveyor has no producer to go by.
+_DEFAULT_PERIOD = 5.0
 
 
 class AioConveyor:
@@ -90,11 +133,14 @@ class AioConveyor:
     * ``loop_interval`` / ``loop_offset``: tick at ``k * loop_interval + loop_offset``
       seconds of the UTC epoch (default every 5 s); or ``cron="*/5 * * * *"``; or any
       :class:`~aioconveyor.Schedule` via ``schedule=``.
+    * ``producers``: more producers (:class:`~aioconveyor.Producer`), each on its own
+      schedule, feeding all consumers or the ones it names; ``produce`` may then be left
+      out (see also :meth:`add_producer` and the :meth:`producer` decorator).
     """
 
     def __init__(
         self,
-        produce: Callable[..., Any],
+        produce: Callable[..., Any] | None = None,
         consumers: Sequence[Any] = (),
         loop_interval: float | None = None,
         loop_offset: float = 0.0,
@@ -121,8 +167,9 @@ class AioConveyor:
         metrics_port: int | None = None,
         metrics_host: str = _METRICS_HOST,
         health_bound: float | None = None,
+        producers: Sequence[Producer | Callable[..., Any]] = (),
     ) -> None:
-        self.produce = _validate.callable_("produce", produce)
+        self.produce = None if produce is None else _validate.callable_("produce", produce)
         if isinstance(consumers, str | bytes) or not isinstance(consumers, Sequence):
             _validate.fail("consumers", consumers,
                            "must be a list of callables or Consumer(...) objects, "
@@ -132,37 +179,63 @@ class AioConveyor:
                 _validate.callable_(f"consumers[{i}]", c)
         self._consumers = [Consumer.wrap(c) for c in consumers]
 
-        self.schedule: Schedule = resolve_schedule(loop_interval, loop_offset, cron, cron_tz,
-                                                   schedule)
         if clock is not None and not isinstance(clock, Clock):
             _validate.fail("clock", clock,
                            "must provide time(), monotonic(), sleep_until(), sleep(), "
                            f"call_later() and track(), got {clock!r}")
         self.clock: Clock = clock or SystemClock()
-        _validate.boolean("eager", eager)
-        now = self.clock.time()
-        period = self.schedule.next_fire(now) - self.schedule.prev_fire(now)
-        jitter = _validate.non_negative("jitter", jitter)
-        if jitter >= period:
-            _validate.fail("jitter", jitter,
-                           f"must be smaller than the tick period ({period:g} s), got {jitter!r}")
-        self.max_ticks = _validate.optional_integer("max_ticks", max_ticks, minimum=1)
-        misfire = _validate.choice("misfire", misfire, Misfire)
-        if misfire_grace is not None:
-            _validate.non_negative("misfire_grace", misfire_grace)
-        self.producer_timeout = self._timeout("producer_timeout", producer_timeout, period)
+        if produce is None:
+            _refuse_without_produce(
+                loop_interval=loop_interval, loop_offset=loop_offset, cron=cron,
+                cron_tz=cron_tz, schedule=schedule, eager=eager, jitter=jitter,
+                max_ticks=max_ticks, misfire=misfire, misfire_grace=misfire_grace,
+                producer_timeout=producer_timeout, error_backoff=error_backoff)
+        if seed is not None:
+            _validate.integer("seed", seed, minimum=None)
+        self.seed = seed
+        if isinstance(producers, str | bytes) or not isinstance(producers, Sequence):
+            _validate.fail("producers", producers,
+                           "must be a list of Producer(...) objects or callables, "
+                           f"got {producers!r} ({type(producers).__name__})")
+        more = [_producer_spec(f"producers[{i}]", p) for i, p in enumerate(producers)]
+        more_settings = [spec.settle(self.clock, seed) for spec in more]
+
+        # the classic single producer (produce= and the loop_* arguments), if given
+        self.schedule: Schedule | None = None
+        self.planner: Planner | None = None
+        self.max_ticks: int | None = None
+        self.producer_timeout: float | None = None
+        self.error_backoff: float | None = None
+        periods = [period_now(s.schedule, self.clock) for s in more_settings]
+        if produce is not None:
+            self.schedule = resolve_schedule(loop_interval, loop_offset, cron, cron_tz,
+                                             schedule)
+            _validate.boolean("eager", eager)
+            period = period_now(self.schedule, self.clock)
+            periods.insert(0, period)
+            jitter = _validate.non_negative("jitter", jitter)
+            if jitter >= period:
+                _validate.fail("jitter", jitter, f"must be smaller than the tick period "
+                                                 f"({period:g} s), got {jitter!r}")
+            self.max_ticks = _validate.optional_integer("max_ticks", max_ticks, minimum=1)
+            misfire = _validate.choice("misfire", misfire, Misfire)
+            if misfire_grace is not None:
+                _validate.non_negative("misfire_grace", misfire_grace)
+            self.producer_timeout = self._timeout("producer_timeout", producer_timeout,
+                                                  period)
+            self.error_backoff = _validate.optional_positive("error_backoff", error_backoff)
+            self.planner = Planner(self.schedule, misfire=misfire, misfire_grace=misfire_grace,
+                                   jitter=jitter, eager=eager, rng=random.Random(seed))
+        # the shortest period decides the conveyor-wide defaults
+        period = min(periods) if periods else _DEFAULT_PERIOD
         self.consumer_timeout = self._timeout("consumer_timeout", consumer_timeout, period)
-        self.error_backoff = _validate.optional_positive("error_backoff", error_backoff)
         self.restart_limit = _validate.integer("restart_limit", restart_limit, minimum=0)
         self.restart_window = _validate.positive("restart_window", restart_window)
         self.block_threshold = _validate.positive("block_threshold", block_threshold)
         self.stop_timeout = _validate.positive("stop_timeout", stop_timeout)
         if name is not None:
             _validate.text("name", name)
-        self.name = name or callable_name(produce)
-        if seed is not None:
-            _validate.integer("seed", seed, minimum=None)
-        self.seed = seed
+        self.name = name or (callable_name(produce) if produce is not None else "conveyor")
         if leader is not None and not isinstance(leader, Leader):
             _validate.fail("leader", leader,
                            f"must provide open(), close(), lead() and role, got {leader!r}")
@@ -182,10 +255,9 @@ class AioConveyor:
                     'metrics_port needs prometheus-client: pip install "aioconveyor[metrics]"'
                 ) from exc
         self.metrics_host = metrics_host
+        self._health_bound_given = health_bound is not None
         self.health_bound = (max(3 * period, 10.0) if health_bound is None
                              else _validate.positive("health_bound", health_bound))
-        self.planner = Planner(self.schedule, misfire=misfire, misfire_grace=misfire_grace,
-                               jitter=jitter, eager=eager, rng=random.Random(seed))
         # settings of every consumer are resolved (and checked) now, not in the thread
         self._lane_settings = resolve(self._consumers, self.consumer_timeout)
         self._consumer_bounds = {
@@ -194,6 +266,17 @@ class AioConveyor:
 
         self._counters = ConveyorCounters(self.name)
         self._ledgers = [self._counters.lane(s.name, self.clock) for s in self._lane_settings]
+        self._producers: list[ProducerSettings] = []
+        self._producer_bounds: dict[str, float] = {}
+        if produce is not None:
+            assert self.planner is not None and self.producer_timeout is not None
+            self._register(ProducerSettings(
+                fn=produce, name=self.name, planner=self.planner,
+                timeout=self.producer_timeout, error_backoff=self.error_backoff,
+                max_ticks=self.max_ticks, consumers=None, leader_key=None,
+            ), "produce")
+        for i, settings in enumerate(more_settings):
+            self._register(settings, f"producers[{i}]")
         self._state = _State.NEW
         self._stop_timeout_asked: float | None = None  # stop() came while starting
         self._lock = threading.Lock()
@@ -206,13 +289,139 @@ class AioConveyor:
     @staticmethod
     def _timeout(name: str, value: float | None, period: float) -> float:
         if value is None:
-            return _default_timeout(period)
+            return default_timeout(period)
         if value == math.inf:
             return math.inf
         return _validate.positive(name, value)
 
     def __repr__(self) -> str:
-        return f"<AioConveyor {self.name!r} {self._state.value} {self.schedule!r}>"
+        if self.schedule is not None and len(self._producers) == 1:
+            return f"<AioConveyor {self.name!r} {self._state.value} {self.schedule!r}>"
+        return (f"<AioConveyor {self.name!r} {self._state.value} "
+                f"{len(self._producers)} producers>")
+
+    # -- producers -------------------------------------------------------------------
+
+    def _register(self, settings: ProducerSettings, argument: str) -> None:
+        """Add a producer's settings before the start (checked: name, routes)."""
+        self._check_producer(settings, argument, [s.name for s in self._lane_settings])
+        self._producers.append(settings)
+        self._producer_bounds[settings.name] = self._producer_bound(settings)
+        self._counters.producer(settings.name, settings.consumers)
+
+    def _check_producer(self, settings: ProducerSettings, argument: str,
+                        consumers: Sequence[str]) -> None:
+        if any(p.name == settings.name for p in self._producers):
+            _validate.fail(argument, settings.fn,
+                           f"is named {settings.name!r} like another producer; give it "
+                           "another name= (producer names are unique in a conveyor)")
+        unknown = [c for c in settings.consumers or () if c not in consumers]
+        if unknown:
+            _validate.fail("consumers", list(settings.consumers or ()),
+                           f"of producer {settings.name!r} names {unknown!r}, which the "
+                           f"conveyor does not have (its consumers: {list(consumers)})")
+
+    def _producer_bound(self, settings: ProducerSettings) -> float:
+        if self._health_bound_given:
+            return self.health_bound
+        return max(3 * period_now(settings.schedule, self.clock), 10.0)
+
+    @property
+    def producer_names(self) -> tuple[str, ...]:
+        """The names of the producers, as used in logs, ``Tick.producer`` and ``stats()``."""
+        return tuple(p.name for p in self._producers)
+
+    def add_producer(self, produce: Producer | Callable[..., Any], /, *,
+                     timeout: float | None = None, **settings: Any) -> str:
+        """Add a producer: a :class:`~aioconveyor.Producer`, or a callable with the
+        keyword arguments of ``Producer`` (``every=``, ``offset=``, ``cron=``, ``name=``,
+        ``consumers=[...]``, ...). Returns its name.
+
+        Before the start it is registered; while running it starts ticking at once (from
+        any thread, like :meth:`add_consumer`; ``timeout`` bounds the wait). Raises
+        :class:`~aioconveyor.SettingError` for bad settings, a name already taken or a
+        consumer it names that the conveyor does not have.
+        """
+        spec = _producer_spec("produce", produce, settings)
+        resolved = spec.settle(self.clock, self.seed)
+        with self._lock:
+            if self._state is _State.NEW:
+                self._register(resolved, "produce")
+                return resolved.name
+        return self._call_engine(lambda e, deadline: e.add_producer(resolved), timeout)
+
+    def producer(self, fn: F | None = None, /, **settings: Any) -> Any:
+        """Decorator form of :meth:`add_producer`, before the start::
+
+            @conv.producer(every=10, offset=2)
+            async def inverter(event_time): ...
+
+        ``@conv.producer`` without arguments ticks every 5 s. Returns the function itself.
+        """
+        if fn is not None:
+            self.add_producer(fn, **settings)
+            return fn
+
+        def register(f: F) -> F:
+            self.add_producer(f, **settings)
+            return f
+
+        return register
+
+    def remove_producer(self, name: str, timeout: float | None = None) -> None:
+        """Stop ticking producer ``name``. A tick under way may finish (its result is
+        delivered) within ``timeout`` (default ``stop_timeout``), then it is cancelled.
+        Its counts stay in the conveyor's totals."""
+        with self._lock:
+            if self._state is _State.NEW:
+                self._unregister(name)
+                return
+        self._call_engine(lambda e, deadline: e.remove_producer(name, deadline), timeout)
+
+    def replace_producer(self, name: str, produce: Producer | Callable[..., Any], /, *,
+                         timeout: float | None = None, **settings: Any) -> None:
+        """Swap producer ``name`` for a new function and/or settings (same keywords as
+        :meth:`add_producer`; the name stays). It continues on the grid after the last
+        tick the old one fired (a tick under way finishes first, within ``timeout``);
+        its stats go on under the same name."""
+        spec = _producer_spec("produce", produce, settings)
+        resolved = dataclasses.replace(spec.settle(self.clock, self.seed), name=name)
+        if spec.leader_key is None:
+            resolved = dataclasses.replace(resolved, leader_key=self._leader_key_of(name))
+        with self._lock:
+            if self._state is _State.NEW:
+                index = self._index_of(name)
+                old = self._producers.pop(index)
+                try:
+                    self._check_producer(resolved, "produce",
+                                         [s.name for s in self._lane_settings])
+                except BaseException:
+                    self._producers.insert(index, old)
+                    raise
+                self._producers.insert(index, resolved)
+                self._producer_bounds[name] = self._producer_bound(resolved)
+                with self._counters.lock:
+                    self._counters.producers[name].consumers = resolved.consumers
+                return
+        self._call_engine(lambda e, deadline: e.replace_producer(name, resolved, deadline),
+                          timeout)
+
+    def _leader_key_of(self, name: str) -> str | None:
+        for p in self._producers:
+            if p.name == name:
+                return p.leader_key
+        return name
+
+    def _index_of(self, name: str) -> int:
+        for i, p in enumerate(self._producers):
+            if p.name == name:
+                return i
+        raise KeyError(f"no producer named {name!r}; have {list(self.producer_names)}")
+
+    def _unregister(self, name: str) -> None:
+        del self._producers[self._index_of(name)]
+        self._producer_bounds.pop(name, None)
+        self._counters.retire(name)
 
     # -- state -----------------------------------------------------------------------
 
@@ -464,7 +673,7 @@ class _Engine:
         self.clock = conv.clock
         counters = conv._counters
         self.counters = counters
-        self.copier = Copier(conv.name, conv.clock, lambda: counters.next_tick_time)
+        self.copier = Copier(conv.name, conv.clock, self._next_tick)
         self.lanes = [self._lane(settings, ledger)
                       for settings, ledger in zip(conv._lane_settings, conv._ledgers,
                                                   strict=True)]
@@ -474,15 +683,37 @@ class _Engine:
         self._changes: set[asyncio.Task[Any]] = set()  # add/remove/replace calls under way
         self.supervisor = Supervisor(counters, conv.clock, restarts=conv.restart_limit,
                                      window=conv.restart_window)
-        fanout = Fanout(self.lanes, conv.clock, lambda: counters.next_tick_time)
-        self.scheduler = Scheduler(
-            conv.produce, conv.planner, conv.clock, fanout, counters,
-            name=conv.name, producer_timeout=conv.producer_timeout,
-            error_backoff=conv.error_backoff, max_ticks=conv.max_ticks,
-            on_finished=self._ticks_done, leader=conv.leader,
-        )
+        self.fanout = Fanout(self.lanes, conv.clock, self._next_tick)
+        self.scheduler = Scheduler(conv.clock, self.fanout.offer, counters, name=conv.name,
+                                   on_finished=self._ticks_done)
+        self._limiter = LogLimiter(now=conv.clock.monotonic)  # shared by every producer
+        for settings in conv._producers:
+            self.scheduler.add(self._producer_run(settings))
         self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold, conv.clock)
         self.endpoint: OpsEndpoint | None = None
+
+    def _next_tick(self) -> float | None:
+        return self.scheduler.next_fire()
+
+    def _producer_run(self, settings: ProducerSettings,
+                      last_event: float | None = None) -> ProducerRun:
+        counters = self.counters.producers[settings.name]
+        return ProducerRun(settings, counters, self.counters, self.clock,
+                           conveyor=self.conv.name, lanes=self._route(settings.consumers),
+                           limiter=self._limiter, leader=self.conv.leader,
+                           last_event=last_event)
+
+    def _route(self, names: tuple[str, ...] | None) -> list[Lane]:
+        """The lanes a producer feeds: all (the engine's own list, kept up to date) or the
+        ones named."""
+        if names is None:
+            return self.lanes
+        return [lane for lane in self.lanes if lane.name in names]
+
+    def _reroute(self) -> None:
+        for run in self.scheduler.runs:
+            if run.settings.consumers is not None:
+                run.lanes = self._route(run.settings.consumers)
 
     def _lane(self, settings: LaneSettings, ledger: Ledger, generation: int = 1) -> Lane:
         conv = self.conv
@@ -512,9 +743,13 @@ class _Engine:
             self._changes.discard(task)
 
     def _ticks_done(self) -> None:
-        self.supervisor.finished(self.scheduler_name)
-        logger.info("conveyor %s: max_ticks (%d) reached, stopping", self.conv.name,
-                    self.conv.max_ticks)
+        runs = self.scheduler.runs
+        if len(runs) == 1:
+            logger.info("conveyor %s: max_ticks (%d) reached, stopping", self.conv.name,
+                        runs[0].settings.max_ticks)
+        else:
+            logger.info("conveyor %s: every producer reached its max_ticks, stopping",
+                        self.conv.name)
         self.request_stop()
 
     def _budget_exceeded(self, exc: RestartBudgetExceeded) -> None:
@@ -581,6 +816,47 @@ class _Engine:
         conv._lane_settings = [lane.settings for lane in self.lanes]
         conv._consumer_bounds = {s.name: conv.health_bound + s.batch_age
                                  for s in conv._lane_settings}
+        self._reroute()
+
+    # -- producers added, removed or replaced while running ---------------------------
+
+    def _sync_producers(self) -> None:
+        conv = self.conv
+        conv._producers = [run.settings for run in self.scheduler.runs]
+        conv._producer_bounds = {s.name: conv._producer_bound(s) for s in conv._producers}
+
+    async def add_producer(self, settings: ProducerSettings) -> str:
+        self._check_running()
+        self.conv._check_producer(settings, "produce", [lane.name for lane in self.lanes])
+        self.counters.producer(settings.name, settings.consumers)
+        self.scheduler.add(self._producer_run(settings))
+        self._sync_producers()
+        logger.info("conveyor %s: producer %s added", self.conv.name, settings.name)
+        return settings.name
+
+    async def remove_producer(self, name: str, deadline: float) -> None:
+        self._check_running()
+        await self.scheduler.remove(name, self._budget(deadline))
+        self.counters.retire(name)
+        self._sync_producers()
+        logger.info("conveyor %s: producer %s removed", self.conv.name, name)
+
+    async def replace_producer(self, name: str, settings: ProducerSettings,
+                               deadline: float) -> None:
+        self._check_running()
+        self.scheduler.run_of(name)  # KeyError if there is none
+        others = [s for s in self.conv._producers if s.name != name]
+        saved, self.conv._producers = self.conv._producers, others
+        try:
+            self.conv._check_producer(settings, "produce", [lane.name for lane in self.lanes])
+        finally:
+            self.conv._producers = saved
+        old = await self.scheduler.remove(name, self._budget(deadline))
+        with self.counters.lock:
+            self.counters.producers[name].consumers = settings.consumers
+        self.scheduler.add(self._producer_run(settings, last_event=old.last_event))
+        self._sync_producers()
+        logger.info("conveyor %s: producer %s replaced", self.conv.name, name)
 
     async def _open_new(self, lane: Lane, recover: bool = True) -> None:
         """Open a lane added or swapped in while running; raises StartupError (a caller is
@@ -615,6 +891,11 @@ class _Engine:
     async def remove_lane(self, name: str, deadline: float) -> None:
         self._check_running()
         lane = self._find(name)
+        feeding = [run.name for run in self.scheduler.runs
+                   if run.settings.consumers is not None and name in run.settings.consumers]
+        if feeding:
+            raise ValueError(f"consumer {name!r} is named by producer(s) {feeding}: "
+                             "replace or remove them first (their items would go nowhere)")
         self.lanes.remove(lane)  # from now on it gets no new items
         self._sync_settings()
         await self._drain_lane(lane, deadline, "consumer removed")
@@ -739,6 +1020,7 @@ class _Engine:
         reserve = min(1.0, (deadline - self.clock.monotonic()) / 4)  # kept for closing
         self.supervisor.pause()
         await self.supervisor.stop([self.scheduler_name], timeout=1.0)
+        await self.scheduler.stop_ticks(1.0)
         self.scheduler.close()
         drain_until = deadline - max(0.0, reserve)
         if self._changes:  # a replace under way hands its backlog over before we drain

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._clock import Clock
@@ -44,8 +44,9 @@ class Fanout:
         self._asleep: deque[Lane] = deque()  # lanes with an item that are still to be woken
         self._waking: object = None  # the callback to come (a handle or a clock timer)
 
-    async def offer(self, data: Any, tick: Tick) -> None:
-        """Queue ``data`` on every lane; returns once it is queued everywhere.
+    async def offer(self, data: Any, tick: Tick, lanes: Sequence[Lane] | None = None) -> None:
+        """Queue ``data`` on every lane (or on ``lanes``: those its producer feeds); returns
+        once it is queued everywhere.
 
         The first :data:`CHUNK` lanes are woken at once, the others :data:`CHUNK` per
         turn of the loop afterwards, by a callback: the tick loop does not wait for them.
@@ -55,7 +56,7 @@ class Fanout:
         not yet woken takes it when woken, or when it next looks at its queue.
         """
         asleep = self._asleep
-        for i, lane in enumerate(tuple(self.lanes), 1):
+        for i, lane in enumerate(tuple(self.lanes if lanes is None else lanes), 1):
             later = i > CHUNK
             waiter = lane.put(data, tick, wake=not later)
             if waiter is not None:  # overflow="block" and the lane is full

@@ -163,6 +163,8 @@ class Planner:
       the caller plans again and the tick counts as missed.
     """
 
+    __slots__ = ("_rng", "eager", "jitter", "misfire", "misfire_grace", "schedule")
+
     def __init__(
         self,
         schedule: Schedule,
@@ -178,7 +180,7 @@ class Planner:
         self.misfire_grace = misfire_grace
         self.jitter = jitter
         self.eager = eager
-        self._rng = rng or random.Random()
+        self._rng = rng
 
     def period(self, event_time: float) -> float:
         """Time from ``event_time`` to the following fire time."""
@@ -191,7 +193,11 @@ class Planner:
         return self.period(event_time) / 2
 
     def _jitter(self) -> float:
-        return self._rng.uniform(0.0, self.jitter) if self.jitter > 0 else 0.0
+        if self.jitter <= 0:
+            return 0.0
+        if self._rng is None:  # made when first needed: a Random holds 2.5 kB of state
+            self._rng = random.Random()
+        return self._rng.uniform(0.0, self.jitter)
 
     def _future(self, after: float, missed: int) -> Plan:
         t = self.schedule.next_fire(after)

@@ -1,27 +1,26 @@
-"""The tick loop: plan, sleep, run the producer, hand the result to the fan-out.
+"""The tick loop of a conveyor: every producer's next tick in one heap, one sleeping task.
 
-It never does time arithmetic itself: :class:`~aioconveyor._schedule.Planner` says when,
-the :class:`~aioconveyor.Clock` sleeps, the producer runs, :class:`Fanout` delivers.
-Its state (the last grid time fired) lives on the object, so a restarted scheduler task
-continues on the same grid and never fires a grid time twice.
+It never does time arithmetic itself: each :class:`~aioconveyor._producing.ProducerRun`
+(through its :class:`~aioconveyor._schedule.Planner`) says when, the
+:class:`~aioconveyor.Clock` sleeps until the earliest, and each due tick runs in a task
+of its own, so a producer that is slow, hangs or fails never delays another. Ten thousand
+producers cost one heap entry each, not a task and a timer each. A run's state (the last
+grid time fired) lives on the run, so a restarted loop continues on the same grid.
 """
 
 from __future__ import annotations
 
+import asyncio
+import heapq
+import itertools
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+import math
+from collections.abc import Callable, Sequence
 
-from ._clock import Clock, timeout
-from ._errors import ContainedError
-from ._fanout import Fanout
-from ._leader import Leader
-from ._logs import LogLimiter
-from ._schedule import Plan, Planner
+from ._clock import Clock, wait_done
+from ._producing import Offer, ProducerRun
+from ._schedule import Plan
 from ._stats import ConveyorCounters
-from ._tick import Tick
-from ._workers import Caller, CallerBusy, guarded
 
 __all__ = ["Scheduler"]
 
@@ -30,77 +29,168 @@ logger = logging.getLogger(__name__)
 #: A change of (wall - monotonic) bigger than this between two looks is a clock step.
 JUMP_THRESHOLD = 0.5
 
+_Entry = tuple[float, int, ProducerRun, Plan]
+
 
 class Scheduler:
-    """Calls the producer on the schedule, one call at a time, and fans out the results."""
+    """Fires every producer's ticks on time and fans out what they produce."""
 
-    def __init__(
-        self,
-        produce: Callable[..., Any],
-        planner: Planner,
-        clock: Clock,
-        fanout: Fanout,
-        counters: ConveyorCounters,
-        *,
-        name: str,
-        producer_timeout: float,
-        error_backoff: float | None,
-        max_ticks: int | None,
-        on_finished: Callable[[], None],
-        leader: Leader | None = None,
-    ) -> None:
-        self.produce = produce
-        self.planner = planner
+    def __init__(self, clock: Clock, offer: Offer, counters: ConveyorCounters, *,
+                 name: str, on_finished: Callable[[], None]) -> None:
         self.clock = clock
-        self.fanout = fanout
         self.counters = counters
         self.name = name
-        self.producer_timeout = producer_timeout
-        self.error_backoff = error_backoff
-        self.max_ticks = max_ticks
         self.on_finished = on_finished
-        self.leader = leader
-        self.last_event: float | None = None
-        self._caller = Caller(produce, f"aioconveyor[{name}].producer", clock)
-        self._consecutive_errors = 0
-        self._not_before: float | None = None
+        self._offer = offer
+        self._runs: dict[str, ProducerRun] = {}
+        self._heap: list[_Entry] = []
+        self._seq = itertools.count()
+        self._ticks: dict[ProducerRun, asyncio.Task[None]] = {}  # ticks under way
+        self._sleep: asyncio.Timeout | None = None  # the loop's sleep, while it sleeps
+        self._sleeping_until: float | None = None
+        self._idle: asyncio.Future[None] | None = None  # the loop's wait, with nothing to do
         self._clock_offset: float | None = None
-        self._limiter = LogLimiter(now=clock.monotonic)
-        self._missing_burst = 0
+        self._unplanned: dict[ProducerRun, None] = {}  # runs to plan when the loop (re)starts
+        self._failure: BaseException | None = None  # planning failed outside the loop
+        self._started = False
+        self._ended = False
+
+    # -- producers -------------------------------------------------------------------
+
+    @property
+    def runs(self) -> Sequence[ProducerRun]:
+        return tuple(self._runs.values())
+
+    def run_of(self, name: str) -> ProducerRun:
+        try:
+            return self._runs[name]
+        except KeyError:
+            raise KeyError(f"no producer named {name!r}; have {list(self._runs)}") from None
+
+    def add(self, run: ProducerRun) -> None:
+        """Start ticking ``run`` (planned at once when the loop runs, else when it starts)."""
+        if run.name in self._runs:
+            raise ValueError(f"a producer named {run.name!r} exists already")
+        self._runs[run.name] = run
+        self._unplanned[run] = None
+        if self._started:
+            self._plan(run)
+
+    async def remove(self, name: str, seconds: float) -> ProducerRun:
+        """Stop ticking ``name``; a tick under way may finish within ``seconds`` (then it
+        is cancelled). Returns the removed run (closed)."""
+        run = self.run_of(name)
+        run.removed = True  # its heap entry is skipped from now on
+        del self._runs[name]
+        task = self._ticks.get(run)
+        if task is not None and not await wait_done(self.clock, task, seconds):
+            task.cancel()
+            await wait_done(self.clock, task, 1.0)
+        run.close()
+        return run
+
+    def next_fire(self) -> float | None:
+        """When the next tick of any producer is due (``clock.time()``), if one is."""
+        heap = self._heap
+        while heap and heap[0][2].removed:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     # -- the loop --------------------------------------------------------------------
 
     async def run(self) -> None:
-        while self.max_ticks is None or self.counters.ticks < self.max_ticks:
-            plan = self.planner.plan(self.last_event, self.clock.time(), self._not_before)
-            self._not_before = None
-            self._note_missed(plan)
-            with self.counters.lock:
-                self.counters.next_tick_time = plan.event_time
-            await self.clock.sleep_until(plan.fire_at)
-            woke = self.clock.time()
+        """Sleep until the earliest tick, start every tick due, again; until cancelled."""
+        self._started = True
+        for run in list(self._unplanned):  # at the start, and after a failure of planning
+            if not run.removed:
+                self._plan(run)
+        clock, heap = self.clock, self._heap
+        while True:
+            if self._failure is not None:  # planning failed in a tick: this loop fails
+                failure, self._failure = self._failure, None
+                raise failure
+            due = self.next_fire()
+            if due is None:
+                self._idle = asyncio.get_running_loop().create_future()
+                try:
+                    await self._idle
+                finally:
+                    self._idle = None
+                continue
+            if due > clock.time() and not await self._sleep_until(due):
+                continue  # woken early: a producer with an earlier tick came
+            woke = clock.time()
             self._check_clock_step()
-            if self.planner.too_late(plan, woke):
-                continue  # slept through it (blocked loop, suspend, clock step): plan again
-            self.last_event = plan.event_time
-            await self._tick(plan, woke)
-        self.on_finished()
+            while heap and heap[0][0] <= woke:
+                _, _, run, plan = heapq.heappop(heap)
+                if run.removed:
+                    continue
+                self._unplanned[run] = None  # until its tick has started
+                if run.too_late(plan, woke):  # slept through it (blocked loop, suspend,
+                    self._plan(run, woke)     # clock step): plan again, counted as missed
+                    continue
+                self._ticks[run] = asyncio.get_running_loop().create_task(
+                    self._tick(run, plan, woke), name=f"aioconveyor[{self.name}].tick")
+                del self._unplanned[run]
 
-    def _note_missed(self, plan: Plan) -> None:
-        if plan.missed:
-            with self.counters.lock:
-                self.counters.missed_ticks += plan.missed
-            self._missing_burst += plan.missed
-            if self._missing_burst == plan.missed:  # first miss of a burst
-                logger.warning(
-                    "conveyor %s: missed %d tick(s) before %s (producer overran, loop blocked "
-                    "or clock stepped)", self.name, plan.missed,
-                    datetime.fromtimestamp(plan.event_time, UTC).isoformat(),
-                )
-        elif self._missing_burst:
-            logger.info("conveyor %s: back on schedule after %d missed tick(s)",
-                        self.name, self._missing_burst)
-            self._missing_burst = 0
+    async def _sleep_until(self, due: float) -> bool:
+        """Sleep until ``due``; False if woken early by :meth:`_wake`."""
+        try:
+            async with asyncio.timeout(None) as scope:
+                self._sleep, self._sleeping_until = scope, due
+                await self.clock.sleep_until(due)
+        except TimeoutError:
+            if scope.expired():
+                return False
+            raise
+        finally:
+            self._sleep = self._sleeping_until = None
+        return True
+
+    def _wake(self, fire_at: float = -math.inf) -> None:
+        """A tick at ``fire_at`` was planned: wake the loop if it sleeps past it."""
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        elif (self._sleep is not None and self._sleeping_until is not None
+              and fire_at < self._sleeping_until and not self._sleep.expired()):
+            self._sleep.reschedule(asyncio.get_running_loop().time())
+
+    def _plan(self, run: ProducerRun, now: float | None = None) -> None:
+        """Plan ``run``'s next tick. If that raises (a schedule's maths), the run stays
+        unplanned until the loop restarts, and the error ends the loop (the watchdog
+        restarts it, within its budget)."""
+        self._unplanned[run] = None
+        plan = run.next_plan(self.clock.time() if now is None else now)
+        del self._unplanned[run]
+        if plan is None:
+            self._finished_one()
+            return
+        heapq.heappush(self._heap, (plan.fire_at, next(self._seq), run, plan))
+        if self._sleep is not None or self._idle is not None:
+            self._wake(plan.fire_at)
+
+    def _finished_one(self) -> None:
+        if not self._ended and self._runs and all(r.finished for r in self._runs.values()):
+            self._ended = True
+            self.on_finished()
+
+    async def _tick(self, run: ProducerRun, plan: Plan, woke: float) -> None:
+        try:
+            await run.tick(plan, woke, self._offer)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:  # the producer's own failures are handled in tick(): this is
+            # ours, or a Schedule's (its maths for a backoff); the producer goes on
+            logger.exception("conveyor %s: tick of producer %s failed", self.name, run.name)
+        finally:
+            if self._ticks.get(run) is asyncio.current_task():
+                del self._ticks[run]
+        if not run.removed:
+            try:
+                self._plan(run)
+            except BaseException as exc:  # handed to the loop, which the watchdog watches
+                self._failure = exc
+                self._wake()
 
     def _check_clock_step(self) -> None:
         offset = self.clock.time() - self.clock.monotonic()
@@ -111,89 +201,16 @@ class Scheduler:
             logger.warning("conveyor %s: wall clock stepped by %+.3f s; staying on the grid",
                            self.name, offset - previous)
 
-    # -- one tick --------------------------------------------------------------------
+    # -- the end ---------------------------------------------------------------------
 
-    async def _tick(self, plan: Plan, woke: float) -> None:
-        with self.counters.lock:
-            index = self.counters.ticks
-            self.counters.ticks += 1
-            self.counters.last_tick_time = plan.event_time
-            self.counters.record_lateness(max(0.0, woke - plan.fire_at))
-        tick = Tick.make(index, plan.event_time, plan.fire_at, woke, plan.missed)
-        if self.leader is not None and not await self._lead(tick):
-            with self.counters.lock:
-                self.counters.standby_ticks += 1
-            return
-        try:
-            result = await self._call_producer(tick)
-        except CallerBusy as busy:
-            with self.counters.lock:
-                self.counters.producer_skipped += 1
-            self._limiter.log(
-                logger, logging.ERROR, "busy",
-                "conveyor %s: producer still running since its timeout %.0f s ago; tick %s "
-                "skipped (no second call is started while one hangs)", self.name,
-                self.clock.monotonic() - busy.since, tick.event_time.isoformat(),
-            )
-            return
-        except Exception as exc:
-            self._producer_failed(exc, tick)
-            return
-        self._consecutive_errors = 0
-        if result is None:
-            with self.counters.lock:
-                self.counters.empty += 1
-            return
-        with self.counters.lock:
-            self.counters.produced += 1
-        await self.fanout.offer(result, tick)
-
-    async def _lead(self, tick: Tick) -> bool:
-        """Ask the leader backend whether to produce this tick; doubt means no."""
-        assert self.leader is not None
-        leader = self.leader
-        try:
-            async with timeout(self.clock, self.planner.grace(tick.event_time.timestamp())):
-                leading = await guarded(leader.lead(tick.event_time))
-        except Exception as exc:
-            self._limiter.log(
-                logger, logging.WARNING, "leader",
-                "conveyor %s: leader check failed on tick %s (standing by): %s: %s",
-                self.name, tick.event_time.isoformat(), type(exc).__name__, exc, exc=exc,
-            )
-            leading = False
-        with self.counters.lock:
-            self.counters.leader_role = leader.role
-            self.counters.leader_since = leader.since
-            self.counters.takeovers = leader.takeovers
-        return bool(leading)
-
-    async def _call_producer(self, tick: Tick) -> Any:
-        future = await self._caller.call(tick, tick.event_time, timeout=self.producer_timeout)
-        if future is None:
-            with self.counters.lock:
-                self.counters.producer_timeouts += 1
-            hung = " (still running: no new call until it returns)" if self._caller.hung else ""
-            raise TimeoutError(
-                f"producer did not return within {self.producer_timeout:g} s{hung}"
-            )
-        return await self._caller.result(future, self.producer_timeout)
-
-    def _producer_failed(self, exc: Exception, tick: Tick) -> None:
-        with self.counters.lock:
-            self.counters.producer_errors += 1
-        self._consecutive_errors += 1
-        original = exc.original if isinstance(exc, ContainedError) else exc
-        self._limiter.log(
-            logger, logging.ERROR, type(original).__qualname__,
-            "conveyor %s: producer failed on tick %s: %s: %s",
-            self.name, tick.event_time.isoformat(), type(original).__name__, exc, exc=exc,
-        )
-        if self.error_backoff is not None:
-            period = self.planner.period(tick.event_time.timestamp())
-            delay = min(self.error_backoff, period * 2 ** (self._consecutive_errors - 1))
-            if delay > period:
-                self._not_before = tick.event_time.timestamp() + delay
+    async def stop_ticks(self, seconds: float) -> None:
+        """Cancel the ticks under way and wait for them (at most ``seconds`` each)."""
+        for task in list(self._ticks.values()):
+            task.cancel()
+        for task in list(self._ticks.values()):
+            await wait_done(self.clock, task, seconds)
 
     def close(self) -> None:
-        self._caller.close()
+        for run in self._runs.values():
+            run.close()
+

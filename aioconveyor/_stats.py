@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from ._clock import Clock
     from ._lanes.ledger import Ledger
 
-__all__ = ["ConsumerStats", "ConveyorStats", "LatenessStats"]
+__all__ = ["ConsumerStats", "ConveyorStats", "LatenessStats", "ProducerStats"]
 
 LATENESS_WINDOW = 1000
 #: Upper bounds (seconds) of the tick lateness histogram buckets (Prometheus style).
@@ -82,8 +82,46 @@ class ConsumerStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ProducerStats:
+    """One producer of the conveyor (a conveyor may have many; see ``add_producer``).
+
+    ``lateness`` percentiles are estimated from the producer's histogram (the upper bound
+    of the bucket they fall in); the conveyor-wide ``ConveyorStats.lateness`` is exact over
+    the last ticks of all producers.
+    """
+
+    name: str
+    ticks: int
+    produced: int
+    empty: int
+    errors: int
+    timeouts: int
+    missed_ticks: int
+    skipped: int
+    standby_ticks: int
+    lateness: LatenessStats
+    last_tick_time: datetime | None
+    next_tick_time: datetime | None
+    state: str
+    """``"waiting"`` (for its next tick), ``"running"`` (a call in progress), ``"hung"``
+    (a call past its timeout that did not stop: ticks are skipped until it returns),
+    ``"finished"`` (``max_ticks`` reached) or ``"removed"``."""
+    consumers: tuple[str, ...] | None
+    """The consumers it feeds (``None``: all of them)."""
+    leader_role: str | None
+    """``"leader"``, ``"standby"`` or ``"unknown"`` with a leader backend, else ``None``."""
+    last_error: str | None
+    last_error_time: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class ConveyorStats:
-    """A consistent snapshot of the whole conveyor."""
+    """A consistent snapshot of the whole conveyor.
+
+    The tick counts (``ticks``, ``produced``, ``empty``, ``producer_errors``,
+    ``producer_timeouts``, ``missed_ticks``, ``standby_ticks``, ``producer_skipped``) are
+    sums over all its producers, removed ones included; ``producers`` has each one's own.
+    """
 
     name: str
     running: bool
@@ -105,6 +143,7 @@ class ConveyorStats:
     last_tick_time: datetime | None
     next_tick_time: datetime | None
     consumers: tuple[ConsumerStats, ...]
+    producers: tuple[ProducerStats, ...] = ()
 
     def consumer(self, name: str) -> ConsumerStats:
         """The stats of the consumer called ``name``."""
@@ -113,44 +152,97 @@ class ConveyorStats:
                 return c
         raise KeyError(f"no consumer named {name!r}; have {[c.name for c in self.consumers]}")
 
+    def producer(self, name: str) -> ProducerStats:
+        """The stats of the producer called ``name``."""
+        for p in self.producers:
+            if p.name == name:
+                return p
+        raise KeyError(f"no producer named {name!r}; have {[p.name for p in self.producers]}")
+
 
 def _utc(t: float | None) -> datetime | None:
     return None if t is None else datetime.fromtimestamp(t, UTC)
 
 
+#: The tick counts kept per producer and summed for the conveyor (stats name -> own name).
+TOTALS = (("ticks", "ticks"), ("produced", "produced"), ("empty", "empty"),
+          ("producer_errors", "errors"), ("producer_timeouts", "timeouts"),
+          ("missed_ticks", "missed_ticks"), ("standby_ticks", "standby_ticks"),
+          ("producer_skipped", "skipped"))
+
+
+class ProducerCounters:
+    """Mutable counters of one producer (updated with the conveyor's lock held).
+
+    Slotted and small: a conveyor may hold ten thousand of them.
+    """
+
+    __slots__ = ("consumers", "empty", "errors", "last_error", "last_error_time",
+                 "last_tick_time", "lateness_counts", "lateness_max", "lateness_sum",
+                 "leader_role", "missed_ticks", "name", "next_tick_time", "produced",
+                 "skipped", "standby_ticks", "state", "ticks", "timeouts")
+
+    def __init__(self, name: str, consumers: tuple[str, ...] | None = None) -> None:
+        self.name = name
+        self.consumers = consumers
+        self.ticks = self.produced = self.empty = self.errors = self.timeouts = 0
+        self.missed_ticks = self.skipped = self.standby_ticks = 0
+        self.last_tick_time: float | None = None
+        self.next_tick_time: float | None = None
+        self.state = "waiting"
+        self.leader_role: str | None = None
+        self.last_error: str | None = None
+        self.last_error_time: float | None = None
+        self.lateness_counts: list[int] | None = None  # made on the first tick
+        self.lateness_sum = 0.0
+        self.lateness_max = 0.0
+
+    def snapshot(self) -> ProducerStats:
+        counts = self.lateness_counts or [0] * (len(LATENESS_BUCKETS) + 1)
+        return ProducerStats(
+            name=self.name, ticks=self.ticks, produced=self.produced, empty=self.empty,
+            errors=self.errors, timeouts=self.timeouts, missed_ticks=self.missed_ticks,
+            skipped=self.skipped, standby_ticks=self.standby_ticks,
+            lateness=_estimated(counts, self.lateness_sum, self.lateness_max),
+            last_tick_time=_utc(self.last_tick_time), next_tick_time=_utc(self.next_tick_time),
+            state=self.state, consumers=self.consumers, leader_role=self.leader_role,
+            last_error=self.last_error, last_error_time=_utc(self.last_error_time),
+        )
+
+
 @dataclass(slots=True)
 class ConveyorCounters:
-    """Mutable counters of the conveyor and its lanes."""
+    """Mutable counters of the conveyor, its producers and its lanes."""
 
     name: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     running: bool = False
-    ticks: int = 0
-    produced: int = 0
-    empty: int = 0
-    producer_errors: int = 0
-    producer_timeouts: int = 0
-    missed_ticks: int = 0
     clock_jumps: int = 0
     loop_blocked: int = 0
     restarts: int = 0
-    standby_ticks: int = 0
-    producer_skipped: int = 0
     leader_role: str | None = None
     leader_since: datetime | None = None
     takeovers: int = 0
-    last_tick_time: float | None = None
-    next_tick_time: float | None = None
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=LATENESS_WINDOW))
     lateness_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENESS_BUCKETS) + 1))
     lateness_sum: float = 0.0
     lanes: list[Ledger] = field(default_factory=list)
+    producers: dict[str, ProducerCounters] = field(default_factory=dict)
+    retired: dict[str, int] = field(default_factory=dict)  # totals of removed producers
 
-    def record_lateness(self, seconds: float) -> None:
+    def record_lateness(self, producer: ProducerCounters, seconds: float) -> None:
         """Add one tick's lateness (call with ``lock`` held)."""
         self.lateness.append(seconds)
-        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, seconds)] += 1
+        bucket = bisect.bisect_left(LATENESS_BUCKETS, seconds)
+        self.lateness_counts[bucket] += 1
         self.lateness_sum += seconds
+        counts = producer.lateness_counts
+        if counts is None:
+            counts = producer.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
+        counts[bucket] += 1
+        producer.lateness_sum += seconds
+        if seconds > producer.lateness_max:
+            producer.lateness_max = seconds
 
     def lane(self, name: str, clock: Clock) -> Ledger:
         """A new lane's ledger, listed in the snapshots from now on."""
@@ -161,31 +253,66 @@ class ConveyorCounters:
             self.lanes.append(ledger)
         return ledger
 
+    def producer(self, name: str, consumers: tuple[str, ...] | None = None) -> ProducerCounters:
+        """A producer's counters, listed from now on (its name must be new)."""
+        counters = ProducerCounters(name, consumers)
+        with self.lock:
+            self.producers[name] = counters
+        return counters
+
+    def retire(self, name: str) -> None:
+        """Forget producer ``name``; its counts stay in the conveyor's totals."""
+        with self.lock:
+            gone = self.producers.pop(name, None)
+            if gone is not None:
+                for _, own in TOTALS:
+                    self.retired[own] = self.retired.get(own, 0) + getattr(gone, own)
+
     def snapshot(self) -> ConveyorStats:
         with self.lock:
             late = sorted(self.lateness)
+            producers = tuple(p.snapshot() for p in self.producers.values())
+            totals = {total: self.retired.get(own, 0)
+                      + sum(getattr(p, own) for p in self.producers.values())
+                      for total, own in TOTALS}
+            last = [p.last_tick_time for p in self.producers.values()
+                    if p.last_tick_time is not None]
+            upcoming = [p.next_tick_time for p in self.producers.values()
+                        if p.next_tick_time is not None and p.state != "finished"]
             return ConveyorStats(
                 name=self.name,
                 running=self.running,
-                ticks=self.ticks,
-                produced=self.produced,
-                empty=self.empty,
-                producer_errors=self.producer_errors,
-                producer_timeouts=self.producer_timeouts,
-                missed_ticks=self.missed_ticks,
                 clock_jumps=self.clock_jumps,
                 loop_blocked=self.loop_blocked,
                 restarts=self.restarts,
-                standby_ticks=self.standby_ticks,
-                producer_skipped=self.producer_skipped,
                 leader_role=self.leader_role,
                 leader_since=self.leader_since,
                 takeovers=self.takeovers,
                 lateness=_lateness(late, self.lateness_counts, self.lateness_sum),
-                last_tick_time=_utc(self.last_tick_time),
-                next_tick_time=_utc(self.next_tick_time),
+                last_tick_time=_utc(max(last)) if last else None,
+                next_tick_time=_utc(min(upcoming)) if upcoming else None,
                 consumers=tuple(lane.snapshot() for lane in self.lanes),
+                producers=producers,
+                **totals,
             )
+
+
+def _estimated(counts: list[int], total: float, largest: float) -> LatenessStats:
+    """Percentiles from a histogram: the upper bound of the bucket each falls in (capped
+    at the largest value seen)."""
+    cumulative = list(itertools.accumulate(counts))
+    n = cumulative[-1]
+    buckets = tuple(zip((*LATENESS_BUCKETS, math.inf), cumulative, strict=True))
+    if n == 0:
+        return LatenessStats(0.0, 0.0, 0.0, 0, buckets, total, 0)
+
+    def pct(p: float) -> float:
+        rank = max(1, math.ceil(p * n))
+        i = bisect.bisect_left(cumulative, rank)
+        bound = (*LATENESS_BUCKETS, math.inf)[i]
+        return min(bound, largest) * 1000.0
+
+    return LatenessStats(pct(0.50), pct(0.99), largest * 1000.0, n, buckets, total, n)
 
 
 def _lateness(ordered: list[float], counts: list[int], total: float) -> LatenessStats:
