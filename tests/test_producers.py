@@ -248,7 +248,7 @@ async def test_records_of_a_batch_carry_their_producer() -> None:
     await conv.run()
     records = [r for b in batches for r in b]
     assert sorted(r.producer for r in records) == ["x", "x", "y", "y"]
-    data, when = records[0]  # still unpacks as a pair
+    _, when = records[0]  # still unpacks as a pair
     assert isinstance(when, datetime)
 
 
