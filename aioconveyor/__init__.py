@@ -1,7 +1,8 @@
 """aioconveyor: call a producer on the wall-clock grid, fan copies out to many consumers.
 
 ``import aioconveyor`` is light: the built-in consumers (and their optional
-dependencies) load only when you touch ``aioconveyor.consumers``.
+dependencies) load only when you touch ``aioconveyor.consumers``, and ``ticks`` (the pull
+face) and ``PostgresLeader`` when first used.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from ._producer import Producer
 from ._schedule import CronSchedule, IntervalSchedule, Misfire, Schedule
 from ._stats import ConsumerStats, ConveyorStats, LatenessStats, ProducerStats
 from ._tick import Tick, current_tick
-from ._ticks import ticks
 
 if TYPE_CHECKING:
     from ._leader_postgres import PostgresLeader
+    from ._ticks import ticks
 
 __all__ = [
     "AioConveyor",
@@ -89,4 +90,9 @@ def __getattr__(name: str) -> Any:
         from ._leader_postgres import PostgresLeader
 
         return PostgresLeader
+    if name == "ticks":  # the pull face (and the fake clock it knows) loads when asked for
+        from ._ticks import ticks
+
+        globals()["ticks"] = ticks
+        return ticks
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -70,31 +70,43 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clocks, with a punctual sleep.
+    """The real clocks, with a punctual sleep whose CPU cost is bounded.
 
     asyncio timers wake up to about a millisecond late (epoll has millisecond timeouts).
     On Linux the sleep therefore waits on a ``timerfd`` armed for the wall-clock deadline
     (``CLOCK_REALTIME``, absolute), which the kernel fires within microseconds; the thread
     itself still needs a moment to be scheduled again (a sleeping virtual CPU takes 0.1 to
     0.3 ms), so the timer is armed ``margin`` seconds early and the rest is spent yielding
-    to the loop (``sleep(0)``), re-reading the wall clock each time. With ``margin=None``
-    (the default) the margin follows the wake-up delays actually seen: their 95th
-    percentile plus 0.1 ms, between 0.1 and 1 ms, and never more than a quarter of the
-    sleep; a sleep shorter than ``spin`` seconds (a tick rate of hundreds of Hz) is yielded
-    through entirely. Elsewhere (or with ``precise=False``) the sleep uses asyncio timers
-    and yields for the last ``spin`` seconds. Either way long sleeps are cut into pieces of at most
+    to the loop (``sleep(0)``), re-reading the wall clock each time: punctual, but that
+    stretch keeps a core busy.
+
+    ``busy`` bounds that trade: the margin is at most ``busy`` times the sleep (0.1, the
+    default: at most a tenth of a core spent waiting actively, at any tick rate). With
+    ``margin=None`` (the default) the margin follows the wake-up delays actually seen:
+    their 95th percentile plus 0.1 ms, between 0.1 and 1 ms, within that bound. So a slow
+    tick rate gets the whole margin (at 10 Hz about 1 % of a core) and a fast one as much
+    as the bound allows (at 1 kHz 0.1 ms per tick). ``busy=0`` never spins (the least CPU:
+    a tick is as late as the machine wakes, like a thread in ``time.sleep``); ``busy=1``
+    lets the margin be the whole sleep (the most punctual: at 1 kHz a whole core).
+
+    Elsewhere (or with ``precise=False``) the sleep uses asyncio timers and yields for the
+    last ``spin`` seconds. Either way long sleeps are cut into pieces of at most
     ``max_chunk`` seconds, so a wall-clock step or a suspend is noticed within a chunk.
     """
 
     def __init__(self, *, spin: float = 0.002, max_chunk: float = 1.0,
-                 precise: bool = True, margin: float | None = None) -> None:
+                 precise: bool = True, margin: float | None = None,
+                 busy: float = 0.1) -> None:
+        if not 0.0 <= busy <= 1.0:  # also refuses nan
+            raise ValueError(f"busy must be a share between 0 and 1, got {busy!r}")
         self.spin = spin
         self.max_chunk = max_chunk
         self.margin = margin
+        self.busy = busy
         self.precise = precise and _timerfd_available()
         self._late: deque[float] = deque(maxlen=64)  # recent timer wake-up delays
         self._auto_margin = _DEFAULT_MARGIN
-        self._timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_TimerFd]] = (
+        self._timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Waker]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -129,7 +141,7 @@ class SystemClock:
 
     def _margin(self, remaining: float) -> float:
         margin = self._auto_margin if self.margin is None else self.margin
-        return min(margin, remaining / 4)
+        return min(margin, remaining * self.busy)
 
     def _note_wake(self, late: float) -> None:
         self._late.append(late)
@@ -140,34 +152,25 @@ class SystemClock:
 
     async def _sleep_timerfd(self, deadline: float) -> None:
         now = time.time()
-        # a sleep shorter than `spin` (ticks at hundreds of Hz) is yielded through entirely:
-        # waking a sleeping virtual CPU costs more than such a tick can spare
-        wake_at = deadline - self._margin(deadline - now) if deadline - now > self.spin else now
+        wake_at = deadline - self._margin(deadline - now)
         if wake_at > now:
             loop = asyncio.get_running_loop()
-            timers = self._timers.get(loop)
-            if timers is None:
-                timers = self._timers[loop] = []
-                weakref.finalize(loop, _close_all, timers)
-            timer = timers.pop() if timers else _TimerFd()
+            wakers = self._timers.get(loop)
+            if wakers is None:
+                wakers = self._timers[loop] = []
+                weakref.finalize(loop, _close_all, wakers)
+            waker = wakers.pop() if wakers else _Waker(loop)
             try:
                 while now < wake_at:
-                    waiter: asyncio.Future[None] = loop.create_future()
-                    loop.add_reader(timer.fd, _wake, waiter)
-                    try:
-                        target = min(wake_at, now + self.max_chunk)
-                        timer.arm(target)
-                        await waiter
-                    finally:
-                        loop.remove_reader(timer.fd)
-                    timer.clear()
+                    target = min(wake_at, now + self.max_chunk)
+                    await waker.wait(target)
                     now = time.time()
                     if target == wake_at:
                         self._note_wake(max(0.0, now - wake_at))
             except BaseException:
-                timer.close()
+                waker.close()
                 raise
-            timers.append(timer)
+            wakers.append(waker)
         while time.time() < deadline:  # noqa: ASYNC110 - the deliberate last short stretch
             await asyncio.sleep(0)
 
@@ -242,14 +245,51 @@ _MIN_MARGIN = 0.0001
 _MAX_MARGIN = 0.001
 
 
-def _close_all(timers: list[_TimerFd]) -> None:
-    while timers:
-        timers.pop().close()
+def _close_all(wakers: list[_Waker]) -> None:
+    while wakers:
+        wakers.pop().timer.close()  # the loop is gone, and its selector with it
 
 
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+class _Waker:
+    """A timerfd that stays registered with its loop's selector between sleeps.
+
+    Adding and removing the reader around every sleep cost two ``epoll_ctl`` calls and
+    the selector's bookkeeping on each tick; registered once, a sleep is an arm, a future
+    and the fd's read when it fires."""
+
+    __slots__ = ("loop", "timer", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.timer = _TimerFd()
+        self.waiter: asyncio.Future[None] | None = None
+        try:
+            loop.add_reader(self.timer.fd, self._fired)
+        except BaseException:
+            self.timer.close()
+            raise
+
+    def _fired(self) -> None:
+        self.timer.clear()
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, at: float) -> None:
+        """Return once the wall clock reached ``at`` (or soon after)."""
+        waiter = self.waiter = self.loop.create_future()
+        self.timer.arm(at)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    def close(self) -> None:
+        """Unregister and close the fd (a sleep that ended with an exception)."""
+        try:
+            self.loop.remove_reader(self.timer.fd)
+        finally:
+            self.timer.close()
 
 
 # -- timerfd (Linux): os.timerfd_* on Python >= 3.13, else libc through ctypes --------------

@@ -25,7 +25,7 @@ import math
 import queue
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from functools import partial
 from typing import Any
 
@@ -35,7 +35,7 @@ from ._errors import ContainedError
 from ._tick import Tick
 
 __all__ = ["CallTimeout", "Caller", "CallerBusy", "SyncWorker", "call_in_loop", "guarded",
-           "is_async_callable"]
+           "is_async_callable", "is_awaitable"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -44,6 +44,16 @@ def is_async_callable(fn: object) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method itself
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+#: Types of results that are never awaitable: checked first, as ``inspect.isawaitable``
+#: asks an ABC (about a microsecond) for every producer result and consumer return.
+_PLAIN = frozenset({type(None), dict, list, tuple, str, bytes, int, float, bool})
+
+
+def is_awaitable(value: object) -> bool:
+    """``inspect.isawaitable(value)``, quick for the usual plain results."""
+    return type(value) not in _PLAIN and inspect.isawaitable(value)
 
 
 def contain(exc: BaseException) -> Exception:
@@ -400,16 +410,31 @@ class Caller:
         token = tick_module._set(tick)
         watch: _CallTimeout | None = None
         try:
+            try:
+                call = self.fn(*args)
+            except BaseException as exc:  # raised before its first await
+                raise contain(exc) from None
+            # The call's first step runs at once, in this task as `await` would run it. A
+            # call that returns without suspending (most do: a counter, a buffer append)
+            # cannot have run past a timeout, which only acts at a suspension: it costs no
+            # timeout scope and no timer slot. Only one that suspends gets them.
+            send = getattr(call, "send", None)
+            if send is None:  # an awaitable that is no coroutine: awaited as it is
+                first: Any = _NOT_STARTED
+            else:
+                try:
+                    first = send(None)
+                except StopIteration as done:
+                    return done.value
+                except BaseException as exc:
+                    _raise_contained(exc)
             async with asyncio.timeout(None) as scope:
                 if 0 < timeout < math.inf:
                     watch = _CallTimeout(clock, scope, started, on_hung)
                     key = _slot_add(clock, timeout, watch)
                 try:
-                    try:
-                        call = self.fn(*args)
-                    except BaseException as exc:  # raised before its first await
-                        raise contain(exc) from None
-                    result = await guarded(call)
+                    result = await guarded(call if first is _NOT_STARTED
+                                           else _Resumed(call, first))
                 finally:
                     if watch is not None:
                         _slot_discard(key, watch)
@@ -442,7 +467,7 @@ class Caller:
 
     async def resolve(self, result: Any, seconds: float = math.inf) -> Any:
         """``result``, awaited within ``seconds`` if it is an awaitable."""
-        if inspect.isawaitable(result):
+        if is_awaitable(result):
             async with timeout(self.clock, seconds):
                 result = await guarded(result)
         return result
@@ -451,6 +476,53 @@ class Caller:
         if self._worker is not None:
             self._worker.close()
             self._worker = None
+
+
+_NOT_STARTED: Any = object()
+
+
+def _raise_contained(exc: BaseException) -> None:
+    """Raise ``exc`` (from a call's first step) as :func:`guarded` would have."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise exc
+        raise ContainedError(exc) from exc
+    if isinstance(exc, Exception):
+        raise exc
+    raise ContainedError(exc) from exc
+
+
+class _Resumed:
+    """The rest of a coroutine whose first step already ran (it yielded ``first``):
+    awaiting this goes on exactly as awaiting the coroutine would have (``yield from``:
+    every value, send, throw and close passes through)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, value = self.coro, self.first
+        self.first = None
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -59,6 +59,45 @@ def test_a_clock_serves_concurrent_sleepers_in_one_loop() -> None:
     asyncio.run(main())
 
 
-def test_fixed_margin_is_kept() -> None:
+def test_fixed_margin_is_kept_within_the_busy_share() -> None:
     assert SystemClock(margin=0.0005)._margin(1.0) == 0.0005
-    assert SystemClock(margin=0.0005)._margin(0.001) == 0.00025  # at most a quarter
+    assert SystemClock(margin=0.0005)._margin(0.001) == pytest.approx(0.0001)  # a tenth
+    assert SystemClock(margin=0.0005, busy=0.25)._margin(0.001) == 0.00025
+    assert SystemClock(margin=0.0005, busy=0)._margin(1.0) == 0
+
+
+@pytest.mark.parametrize("busy", [-0.1, 1.5, float("nan")])
+def test_busy_must_be_a_share(busy: float) -> None:
+    with pytest.raises(ValueError, match="busy"):
+        SystemClock(busy=busy)
+
+
+@pytest.mark.parametrize("busy", [0.0, 1.0])
+def test_sleep_until_is_punctual_at_both_ends_of_busy(busy: float) -> None:
+    clock = SystemClock(busy=busy)
+
+    async def main() -> list[float]:
+        late = []
+        for _ in range(20):
+            deadline = time.time() + 0.002
+            await clock.sleep_until(deadline)
+            late.append(time.time() - deadline)
+        return late
+
+    late = asyncio.run(main())
+    assert min(late) >= 0
+    assert sorted(late)[len(late) // 2] < 0.002
+
+
+def test_a_cancelled_sleep_leaves_the_loop_clean() -> None:
+    clock = SystemClock()
+
+    async def main() -> None:
+        task = asyncio.create_task(clock.sleep_until(time.time() + 0.05))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await clock.sleep_until(time.time() + 0.01)  # a fresh timer, as punctual
+
+    asyncio.run(main())

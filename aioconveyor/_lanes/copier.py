@@ -147,6 +147,19 @@ class Copier:
         # callbacks alive for a whole tick, and the collector's full runs paid for them
         self._last: float | None = None
 
+    def copy_here(self, data: Any, last: float | None) -> tuple[Any, float] | None:
+        """The copy made at once, in the loop, when it is known to be cheap (the lane's
+        last copy, or before its first the last copy of any lane, took less than
+        :data:`INLINE_LIMIT`); None when it is for the thread (:meth:`copy`). A plain
+        call: no coroutine for the common, cheap case."""
+        if last is None:
+            last = self._last
+        if last is None or last >= INLINE_LIMIT:
+            return None
+        result = _timed_copy(data)
+        self._last = result[1]
+        return result
+
     async def copy(self, data: Any, last: float | None) -> tuple[Any, float]:
         """A deep copy of ``data`` and what it cost (seconds), given what the lane's last
         copy cost (None before its first: then the last copy of any lane counts); raises

@@ -21,7 +21,7 @@ from .._consumer import LaneSettings
 from .._errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
 from .._logs import LogLimiter
 from .._tick import Tick
-from .._workers import Caller, CallTimeout
+from .._workers import Caller, CallTimeout, is_awaitable
 from .ledger import Ledger
 
 __all__ = ["Attempt", "Delivery", "Outcome"]
@@ -49,6 +49,10 @@ class Attempt:
     rejected: int = 0  # items of the call counted as rejected
     delay: float = 0.0  # with RETRY: seconds to wait first
     error: Exception | None = None
+
+
+#: The outcome of almost every call (immutable, so one for all).
+_DELIVERED = Attempt(Outcome.DELIVERED)
 
 
 class Delivery:
@@ -86,8 +90,24 @@ class Delivery:
         event_time = tick.event_time
         rejected_before = self._rejected_so_far()
         try:
-            if self.caller.is_async:
-                await self._call_here(payload, tick)
+            if self.caller.is_async:  # awaited in the lane's own task: no task per call
+                self._hung_for = None
+                self._calling = event_time
+                started = self.clock.monotonic()
+                try:
+                    result = await self.caller.run_here(tick, payload, event_time,
+                                                        timeout=s.timeout, on_hung=self._hung)
+                except CallTimeout:
+                    if self._hung_for is None:  # cancelled in time (a hung one was counted)
+                        self.ledger.bump("timeouts")
+                    raise ConsumerTimeout(s.name, event_time, s.timeout) from None
+                finally:
+                    if self._hung_for is not None:
+                        logger.info("consumer %s: the hung call for tick %s returned after "
+                                    "about %.0f s", s.name, event_time.isoformat(),
+                                    self.clock.monotonic() - started)
+                if is_awaitable(result):  # an async __call__ that returned an awaitable
+                    await self.caller.resolve(result, s.timeout)
             else:
                 future = await self.caller.call(tick, payload, event_time, timeout=s.timeout)
                 if future is None:
@@ -97,31 +117,10 @@ class Delivery:
             raise
         except Exception as exc:
             return self._failed(exc, n, tick, retries_done)
-        counted = 0
-        if rejected_before is not None:
-            counted = max(0, (self._rejected_so_far() or 0) - rejected_before)
-        return Attempt(Outcome.DELIVERED, rejected=min(n, counted))
-
-    async def _call_here(self, payload: Any, tick: Tick) -> None:
-        """An async consumer's call, awaited in the lane's own task (see
-        :meth:`Caller.run_here`): no task per call."""
-        s = self.settings
-        self._hung_for = None
-        self._calling = tick.event_time
-        started = self.clock.monotonic()
-        try:
-            result = await self.caller.run_here(tick, payload, tick.event_time,
-                                                timeout=s.timeout, on_hung=self._hung)
-        except CallTimeout:
-            if self._hung_for is None:  # cancelled in time (a hung one was counted already)
-                self.ledger.bump("timeouts")
-            raise ConsumerTimeout(s.name, tick.event_time, s.timeout) from None
-        finally:
-            if self._hung_for is not None:
-                logger.info("consumer %s: the hung call for tick %s returned after about "
-                            "%.0f s", s.name, tick.event_time.isoformat(),
-                            self.clock.monotonic() - started)
-        await self.caller.resolve(result, s.timeout)
+        if rejected_before is None:
+            return _DELIVERED
+        counted = max(0, (self._rejected_so_far() or 0) - rejected_before)
+        return Attempt(Outcome.DELIVERED, rejected=min(n, counted)) if counted else _DELIVERED
 
     def _hung(self, waited: float) -> float | None:
         """A call run here ignored its cancellation (from a timer, while it runs on):

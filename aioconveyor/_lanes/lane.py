@@ -14,13 +14,12 @@ import enum
 import logging
 import math
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._clock import Clock, wait_done
 from .._consumer import Batch, LaneSettings, Record
 from .._errors import RetryAfter
 from .._logs import LogLimiter
-from .._spool import Spool
 from .._tick import Tick
 from .._workers import Caller, call_in_loop
 from .copier import Copier
@@ -29,9 +28,15 @@ from .hooks import Hooks
 from .ledger import Ledger, Place
 from .queue import Entry, LaneQueue
 
+if TYPE_CHECKING:
+    from .._spool import Spool
+
 __all__ = ["Lane", "LaneState"]
 
 logger = logging.getLogger("aioconveyor._lanes")
+
+#: What :meth:`Lane._payload_here` returns when the payload takes an await.
+_LATER: Any = object()
 
 #: An ``open()`` gets at least this long (seconds) before it counts as failed.
 MIN_OPEN_TIMEOUT = 30.0
@@ -60,8 +65,11 @@ class Lane:
         self.task_name = f"aioconveyor[{conveyor}].lane[{settings.name}]{suffix}"
         self.state = LaneState.CONNECTING
         self._limiter = LogLimiter(now=clock.monotonic)
-        spool = (Spool(settings.spool, settings.name, format=settings.spool_format)
-                 if settings.spool is not None else None)
+        spool: Spool | None = None
+        if settings.spool is not None:  # sqlite3 and the codecs load only for a spool
+            from .._spool import Spool
+
+            spool = Spool(settings.spool, settings.name, format=settings.spool_format)
         self.queue = LaneQueue(settings.name, settings.queue_size, settings.overflow, ledger,
                                clock, self._limiter, spool)
         self._caller = Caller(settings.fn, self.task_name, clock)
@@ -250,14 +258,20 @@ class Lane:
         if self.state is LaneState.CONNECTING and not await self._connect():
             return
         q = self.queue
+        items = q.entries  # tested directly: this loop runs once per item per consumer
+        one = not self.settings.batching  # one item per call: taken without _take()
         while True:
             # an idle lane waits here, on the queue's future itself (see LaneQueue.arrival):
             # the interval long, and nothing of the last delivery is kept meanwhile
-            while not len(q) and not self._closing:
+            while not items and not self._closing:
                 await q.arrival()
-            entries = await self._take()
-            if entries is None:
-                return
+            if one and items:
+                entries = q.take(1)
+            else:
+                taken = await self._take()
+                if taken is None:
+                    return
+                entries = taken
             await self._deliver(entries)
             del entries
 
@@ -280,6 +294,22 @@ class Lane:
             if len(q):  # a hand-over may have taken it all while the batch was collecting
                 return q.take(s.batch_size)
 
+    def _payload_here(self, entries: list[Entry]) -> Any:
+        """The payload of a single item made without awaiting (no copy, or a cheap one
+        made here); :data:`_LATER` when it takes :meth:`_payload` (a batch, a copy for
+        the copier's thread)."""
+        s = self.settings
+        if s.batch_size > 1:
+            return _LATER
+        data = entries[0].data
+        if not s.copy:
+            return data
+        made = self._copier.copy_here(data, self._copy_cost)
+        if made is None:
+            return _LATER
+        data, self._copy_cost = made
+        return data
+
     async def _payload(self, entries: list[Entry]) -> Any:
         s = self.settings
         if not s.batching:
@@ -300,7 +330,9 @@ class Lane:
         self._flight = entries
         try:
             try:
-                payload = await self._payload(entries)
+                payload = self._payload_here(entries)
+                if payload is _LATER:
+                    payload = await self._payload(entries)
             except Exception as exc:  # an uncopyable object must not stop the lane
                 self._limiter.log(
                     logger, logging.ERROR, "copy",
@@ -341,7 +373,8 @@ class Lane:
             if self._ours(entries):  # the lane itself failed: its supervisor restarts it
                 self.queue.push_front(entries)
             raise
-        await self._after(result, payload, last.tick)
+        if self.hooks is not None:
+            await self._after(result, payload, last.tick)
 
     def _ours(self, entries: list[Entry]) -> bool:
         """True (once) while ``entries`` are still this lane's to settle.
@@ -356,15 +389,13 @@ class Lane:
 
     def _settle(self, entries: list[Entry], result: Attempt) -> None:
         n = len(entries)
-        self.queue.forget(entries)
+        if self.queue.spool is not None:
+            self.queue.forget(entries)
         if result.outcome is Outcome.FAILED:
             self.ledger.move(n, Place.IN_FLIGHT, Place.FAILED)
             self.ledger.outcome(False)
             return
-        rejected = result.rejected
-        self.ledger.move(rejected, Place.IN_FLIGHT, Place.REJECTED)
-        self.ledger.move(n - rejected, Place.IN_FLIGHT, Place.DELIVERED)
-        self.ledger.outcome(n > rejected)
+        self.ledger.settled(n, result.rejected)
 
     def _give_up(self, entries: list[Entry], why: str) -> None:
         """A batch not delivered because the lane is replaced or stopping."""

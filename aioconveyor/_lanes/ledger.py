@@ -35,6 +35,7 @@ class Place(enum.IntEnum):
 
 
 _PLACES = tuple(Place)
+_IN_FLIGHT, _DELIVERED, _REJECTED = int(Place.IN_FLIGHT), int(Place.DELIVERED), int(Place.REJECTED)
 
 
 class Live(Protocol):
@@ -103,6 +104,21 @@ class Ledger:
         with self.lock:
             self._places[src] -= n
             self._places[dst] += n
+
+    def settled(self, n: int, rejected: int = 0) -> None:
+        """A batch of ``n`` in-flight items was delivered, ``rejected`` of them refused:
+        :meth:`move` and :meth:`outcome` in one go (once per item per consumer)."""
+        now = self._clock.time()
+        with self.lock:
+            p = self._places
+            p[_IN_FLIGHT] -= n
+            p[_DELIVERED] += n - rejected
+            p[_REJECTED] += rejected
+            if n > rejected:
+                self.last_success_time = now
+                self.failing_since = None
+            elif self.failing_since is None:
+                self.failing_since = now
 
     def count(self, place: Place) -> int:
         return self._places[place]

@@ -13,14 +13,16 @@ import math
 import os
 from collections import deque
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._clock import Clock
 from .._consumer import Overflow
 from .._logs import LogLimiter
-from .._spool import Spool
 from .._tick import Tick
 from .ledger import Ledger, Place
+
+if TYPE_CHECKING:
+    from .._spool import Spool
 
 __all__ = ["Entry", "LaneQueue"]
 
@@ -62,6 +64,12 @@ class LaneQueue:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def entries(self) -> deque[Entry]:
+        """The queued entries themselves, for the lane's loop to test cheaply (read-only
+        by convention: only this queue changes them)."""
+        return self._items
 
     @property
     def spooled(self) -> int:
@@ -198,11 +206,15 @@ class LaneQueue:
 
     def take(self, n: int) -> list[Entry]:
         """Take up to ``n`` entries, oldest first: they are now in flight."""
-        n = min(n, len(self._items))
-        entries = [self._items.popleft() for _ in range(n)]
+        items = self._items
+        if n == 1 and items:
+            entries = [items.popleft()]
+        else:
+            n = min(n, len(items))
+            entries = [items.popleft() for _ in range(n)]
         self.ledger.move(n, Place.QUEUED, Place.IN_FLIGHT)
-        if len(self._items) < self.size:
-            self._room()
+        if self._has_room is not None and len(items) < self.size:
+            self._has_room.set()
         return entries
 
     def push_front(self, entries: list[Entry], src: Place = Place.IN_FLIGHT) -> None:
