@@ -291,7 +291,9 @@ class PostgresLeader:
             conn.terminate()
             raise
         finally:
-            if held:
+            if len(held) == 1:
+                self._log.info("leader %s: released leadership of %r", self.name, held[0].name)
+            elif held:
                 self._log_keys(logging.INFO, "released leadership of", held)
 
     # -- per key ---------------------------------------------------------------------
@@ -436,7 +438,9 @@ class PostgresLeader:
             await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(0)  # the producers of the same grid time join this round
-            batch, self._pending = self._pending, {}
+            batch = {state: answers for state, answers in self._pending.items()
+                     if not all(answer.done() for answer in answers)}  # callers still there
+            self._pending = {}
             try:
                 if self._sweep_due:
                     self._sweep(batch)
