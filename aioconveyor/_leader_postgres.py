@@ -13,9 +13,11 @@ All keys share the one connection. The questions of one moment (the producers ti
 the same grid time) go out together in one round trip, ordered by a single task: one
 ``SELECT`` that tries the locks of the keys not held, or ``SELECT 1`` when every key asking
 is already held, since one answer proves the whole session and with it every lock it
-holds. A leader proves its session before it produces; any doubt (an error, no answer in
-time) drops the connection and makes every key a standby at once. asyncpg is imported
-when the first :class:`PostgresLeader` is created, so ``import aioconveyor`` stays light.
+holds. A leader proves its session before it produces; any doubt (an error, no answer
+within ``connect_timeout``) drops the connection and makes every key a standby at once,
+while a check cancelled by its tick's grace gives up (unlocks) that key alone. asyncpg is
+imported when the first :class:`PostgresLeader` is created, so ``import aioconveyor``
+stays light.
 """
 
 from __future__ import annotations
@@ -504,7 +506,7 @@ class PostgresLeader:
             break
         self._proven_at, self._proven_session = sent, self._session
         for state in held:
-            self._answer(batch[state], True)
+            self._answer(batch[state], not state.gone)  # released meanwhile: not any more
         gained, standing = [], []
         for state in tries:
             if state.lock_id in got:
