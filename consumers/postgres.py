@@ -269,7 +269,8 @@ class PostgresConsumer:
             check.conflict("per_producer", per_producer, "producer_column",
                            f"per_producer=True fills {self.producer_column!r} from each "
                            "record's producer, but columns, time_column or payload_column "
-                           "name it already")
+                           "name it already: leave it out of columns or pick another "
+                           "producer_column")
         self._base_columns: tuple[str, ...] = tuple(written)
 
         if key is None:
