@@ -28,9 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from aioconveyor.kit import Batch, LogLimiter, SyncWorker, check, current_tick
+from aioconveyor.kit import Batch, LogLimiter, SyncWorker, check
 
-from ._records import as_mapping, json_dumps, to_jsonable
+from ._records import as_mapping, json_dumps, producer_now, to_jsonable
 
 __all__ = ["CsvConsumer"]
 
@@ -298,8 +298,7 @@ class CsvConsumer:
             return ""
         if isinstance(data, Batch):
             return _file_part(record.producer)
-        tick = current_tick()  # the writer thread runs in the caller's context
-        return _file_part("" if tick is None else tick.producer)
+        return _file_part(producer_now())  # the writer thread runs in the caller's context
 
     # -- the writer thread ------------------------------------------------------------
 

@@ -48,14 +48,13 @@ from aioconveyor.kit import (
     LogLimiter,
     check,
     check_pg_ssl,
-    current_tick,
     encode_userinfo,
     mask_dsn,
     scrub,
     secrets_of,
 )
 
-from ._records import as_mapping, json_dumps
+from ._records import as_mapping, json_dumps, producer_now
 
 __all__ = ["PostgresConsumer", "SharedTableError", "mask_dsn", "quote_ident"]
 
@@ -538,7 +537,7 @@ class PostgresConsumer:
         if isinstance(data, Batch):
             names = {record.producer for record in data}
         else:
-            names = {_producer_now()}
+            names = {producer_now()}
         names.discard("")
         owner = self._owner
         others = sorted(names - {owner}) if owner is not None else sorted(names)
@@ -556,7 +555,7 @@ class PostgresConsumer:
     def _note_owner(self, data: Any) -> None:
         if self._owner is None:
             name = (next((r.producer for r in data if r.producer), "")
-                    if isinstance(data, Batch) else _producer_now())
+                    if isinstance(data, Batch) else producer_now())
             self._owner = name or None
 
     async def close(self) -> None:
@@ -630,7 +629,7 @@ class PostgresConsumer:
         refused: list[_Refused] = []
         row = self._row
         records: Any = (((r.data, r.event_time, r.producer) for r in data)
-                        if isinstance(data, Batch) else ((data, event_time, _producer_now()),))
+                        if isinstance(data, Batch) else ((data, event_time, producer_now()),))
         for item, when, producer in records:
             try:
                 rows.append(row(when if type(when) is datetime and when.tzinfo is UTC
@@ -771,12 +770,6 @@ class PostgresConsumer:
             self.name, when.isoformat() if isinstance(when, datetime) else "?",
             self.rejected, self._target, type(exc).__name__, self._scrub(str(exc)),
         )
-
-
-def _producer_now() -> str:
-    """The producer of the item being consumed in this context ("" outside a conveyor)."""
-    tick = current_tick()
-    return "" if tick is None else tick.producer
 
 
 async def _in_transaction(conn: Any, work: Callable[[], Awaitable[T]]) -> T:
