@@ -625,6 +625,9 @@ class MqttConsumer:
         and a topic that tells the producers apart."""
         if not discovery:
             check.fail("discovery", discovery, "must not be an empty mapping")
+        if not all(isinstance(d, HaDiscovery) for d in discovery.values()):
+            check.fail("discovery", discovery, "must be a HaDiscovery, a mapping of producer "
+                       f"names to HaDiscovery, or None, got {discovery!r}")
         if _template_fields(topic) != {PRODUCER_FIELD}:
             check.conflict("topic", topic, "discovery",
                            "a device per producer needs a state topic with {producer} as "
@@ -640,8 +643,6 @@ class MqttConsumer:
                 _one_level("the producer name", producer, topic)
             except MqttRecordError as exc:
                 check.fail(what, producer, str(exc))
-            if not isinstance(device, HaDiscovery):
-                check.fail(what, device, f"must be a HaDiscovery, got {device!r}")
             if device.node_id in node_ids:
                 check.fail(f"{what}.node_id", device.node_id,
                            f"repeats the node_id of discovery[{node_ids[device.node_id]!r}]: "
