@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import aioconveyor
 from aioconveyor import AioConveyor, Batch, Consumer, Record, StartupError
 from aioconveyor.consumers import CsvConsumer
 from aioconveyor.kit import Tick
@@ -553,3 +554,40 @@ async def test_more_producers_than_open_files_keep_one_header_per_file(
     for i, name in enumerate(names):
         assert [(r["n"], r["round"]) for r in read_rows(tmp_path / f"{name}.csv")] == [
             (str(i), "0"), (str(i), "1")]
+
+
+needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
+                                reason="needs the multi-producer core (issue 14)")
+
+
+@needs_core
+def test_three_producers_write_a_file_each_through_a_conveyor(tmp_path: Path) -> None:
+    makers: dict[str, Callable[[int], dict[str, Any]]] = {
+        "inverter": lambda n: {"power_w": 1000 + n},
+        "meter": lambda n: {"energy_kwh": n / 2, "phase": "L1"},
+        "weather": lambda n: {"temp": 20 + n},
+    }
+    produced: dict[str, list[tuple[datetime, dict[str, Any]]]] = {n: [] for n in makers}
+
+    def producer_of(name: str) -> Callable[[datetime], Any]:
+        def produce(event_time: datetime) -> Any:
+            item = makers[name](len(produced[name]))
+            produced[name].append((event_time, item))
+            return item
+        return produce
+
+    sink = CsvConsumer(tmp_path / "{producer}.csv")
+    conv = AioConveyor(consumers=[sink], producers=[
+        aioconveyor.Producer(producer_of(name), name=name, every=0.05, max_ticks=4)
+        for name in makers])
+    conv.start()
+    assert conv.join(timeout=10), "conveyor did not finish in time"
+    assert conv.exception is None
+
+    assert listing(tmp_path) == ["inverter.csv", "meter.csv", "weather.csv"]
+    for name, rows in produced.items():
+        lines = read_lines(tmp_path / f"{name}.csv")
+        assert lines[0] == ["event_time", *rows[0][1]]
+        assert lines[1:] == [[t.isoformat(), *(str(v) for v in item.values())]
+                             for t, item in rows]
+    assert sink.written == 12 and sink.rejected == 0

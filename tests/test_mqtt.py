@@ -23,6 +23,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
+import aioconveyor
 from aioconveyor import (
     AioConveyor,
     Batch,
@@ -837,3 +838,45 @@ def test_bad_per_producer_settings_name_the_argument(kwargs: dict[str, Any], nam
     with pytest.raises(SettingError) as info:
         MqttConsumer(**kwargs)
     assert info.value.name == name and message in str(info.value), info.value
+
+
+needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
+                                reason="needs the multi-producer core (issue 14)")
+
+
+@needs_core
+async def test_three_producers_one_connection_three_discovered_devices(
+    mqtt_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aioconveyor.consumers.mqtt")
+    makers = {"inverter": lambda n, t: {"power_w": 1000 + n},
+              "meter": lambda n, t: {"energy_kwh": n / 2},
+              "weather": lambda n, t: {"temp": 20 + n, "wind": n}}
+    recorders = {name: recorder(make) for name, make in makers.items()}
+    consumer = MqttConsumer(mqtt_url, topic=f"{prefix}/{{producer}}/state",
+                            discovery=three_devices(prefix))
+    devices = {p: f"{prefix}/{p}/availability" for p in makers}
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        conv = AioConveyor(consumers=[consumer], producers=[
+            aioconveyor.Producer(recorders[name], name=name, every=0.05, max_ticks=5)
+            for name in makers])
+        async with conv:
+            await sub.wait_for(lambda: all(
+                any(str(m.topic) == topic and payload(m) == b"online" for m in sub.messages)
+                for topic in devices.values()), "every device online")
+            assert await asyncio.to_thread(conv.join, 20)
+        await sub.wait_for(lambda: payload(sub.messages[-1]) == b"offline", "the close")
+
+    for name, rec in recorders.items():
+        got = [json.loads(payload(m)) for m in sub.messages
+               if str(m.topic) == f"{prefix}/{name}/state"]
+        assert [g.pop("event_time") for g in got] == [t.isoformat() for t, _ in rec.produced]
+        assert got == [data for _, data in rec.produced]
+    for topic in devices.values():  # offline at connect, online with the first record, then off
+        states = [payload(m) for m in sub.messages if str(m.topic) == topic]
+        assert states == [b"offline", b"online", b"offline"], (topic, states)
+    configs = [m for m in sub.messages if str(m.topic).endswith("/config")]
+    assert {json.loads(payload(m))["device"]["name"] for m in configs} == {
+        "Inverter", "Meter", "Weather"}
+    assert caplog.text.count("connected to") == 1
+    assert lane(conv).delivered == 15 and lane(conv).errors == 0

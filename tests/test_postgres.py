@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+import aioconveyor
 from aioconveyor import AioConveyor, Batch, Consumer, Record, SettingError, StartupError
 from aioconveyor.consumers import PostgresConsumer
 from aioconveyor.consumers.postgres import SharedTableError, mask_dsn
@@ -702,3 +703,66 @@ def test_a_key_naming_the_producer_column_implies_per_producer() -> None:
     sink = PostgresConsumer(None, "t", ["v"], key=["producer", "event_time"])
     assert sink.per_producer is True
     assert sink.written_columns == ("event_time", "producer", "v")
+
+
+needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
+                                reason="needs the multi-producer core (issue 14)")
+
+
+@needs_core
+async def test_three_producers_into_one_table_exactly_once_per_producer(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    table = new_table()
+    counters = {name: Counter() for name in ("inverter", "meter", "weather")}
+    sink = PostgresConsumer(postgres_dsn, table, create_table=True, per_producer=True,
+                            batch_age=0.1)
+    conv = AioConveyor(consumers=[sink], stop_timeout=20, producers=[
+        aioconveyor.Producer(counters["inverter"], name="inverter", every=0.05, max_ticks=8),
+        aioconveyor.Producer(counters["meter"], name="meter", every=0.1, max_ticks=5),
+        aioconveyor.Producer(counters["weather"], name="weather", every=0.1, offset=0.05,
+                             max_ticks=4),
+    ])
+    await run(conv)
+
+    rows = await db.fetch(f"SELECT producer, event_time, payload FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [(r["producer"], r["event_time"], json.loads(r["payload"])) for r in rows] == [
+        (name, t, item) for name in sorted(counters) for t, item in counters[name].produced]
+    assert sink.written == 8 + 5 + 4 and sink.duplicates == 0
+    assert_lane_clean(conv, sink.name)
+
+
+@needs_core
+async def test_a_second_producer_added_to_an_old_table_waits_for_the_migration(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    """The one-producer table of a running conveyor meets a second producer: the lane
+    fails and retries (nothing skipped as a duplicate), the table is migrated while it
+    runs, and every row of both producers arrives exactly once."""
+    table = new_table()
+    solar, meter = Counter(), Counter()
+    sink = PostgresConsumer(postgres_dsn, table, create_table=True, batch_age=0.05,
+                            max_backoff=0.2)
+    conv = AioConveyor(solar, [sink], loop_interval=0.05, name="solar", max_ticks=40,
+                       stop_timeout=20)
+
+    async def add_meter_then_migrate() -> None:
+        await eventually(lambda: _at_least(db, table, 3), "the first rows of solar")
+        conv.add_producer(meter, name="meter", every=0.05, max_ticks=10)
+        assert await wait_until(lambda: conv.stats().consumer(sink.name).errors >= 1,
+                                timeout=20), "the shared table was never refused"
+        last = conv.stats().consumer(sink.name).last_error or ""
+        assert "SharedTableError" in last and "ALTER TABLE" in last, last
+        await db.execute(f"ALTER TABLE {q(table)} ADD COLUMN producer text NOT NULL "
+                         "DEFAULT 'solar'")
+        await db.execute(f"ALTER TABLE {q(table)} DROP CONSTRAINT {q(table + '_pkey')}, "
+                         "ADD PRIMARY KEY (producer, event_time)")
+
+    await run(conv, add_meter_then_migrate)
+    rows = await db.fetch(f"SELECT producer, event_time, payload FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [(r["producer"], r["event_time"], json.loads(r["payload"])) for r in rows] == [
+        *(("meter", t, item) for t, item in meter.produced),
+        *(("solar", t, item) for t, item in solar.produced)]
+    assert sink.per_producer is True
