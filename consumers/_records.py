@@ -19,9 +19,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePath
 from typing import Any
 
-from aioconveyor.kit import Batch
+from aioconveyor.kit import Batch, current_tick
 
-__all__ = ["as_mapping", "iter_records", "json_dumps", "to_jsonable"]
+__all__ = ["as_mapping", "iter_produced", "iter_records", "json_dumps", "producer_now",
+           "to_jsonable"]
 
 
 def as_mapping(data: Any) -> Mapping[str, Any]:
@@ -48,6 +49,23 @@ def iter_records(data: Any, event_time: dt.datetime) -> Iterator[tuple[dt.dateti
             yield record.event_time, record.data
     else:
         yield event_time, data
+
+
+def producer_now() -> str:
+    """The producer of the item being handled in this context ("" outside a conveyor, or
+    when the conveyor does not name it)."""
+    tick = current_tick()
+    return "" if tick is None else tick.producer
+
+
+def iter_produced(data: Any, event_time: dt.datetime) -> Iterator[tuple[dt.datetime, Any, str]]:
+    """Yield ``(event_time, item, producer)`` for one item (its producer from the current
+    tick), or for every record of a batch (each record's own producer)."""
+    if isinstance(data, Batch):
+        for record in data:
+            yield record.event_time, record.data, record.producer
+    else:
+        yield event_time, data, producer_now()
 
 
 def to_jsonable(value: Any) -> Any:

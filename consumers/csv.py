@@ -3,7 +3,9 @@
 Rows are formatted and written on a dedicated thread (the event loop only awaits), flushed
 row by row and, if asked, ``fsync``-ed after every call. Files can rotate daily (a ``{date}``
 placeholder in the path) and by size (``max_bytes``: ``readings.csv``, ``readings.1.csv``,
-...). Appending to an existing file reuses its header, so restarts never write a second one.
+...), and a ``{producer}`` placeholder writes one file per producer (each with its own
+header and columns). Appending to an existing file reuses its header, so restarts never
+write a second one.
 
 A record that can never be written (not a mapping, extra keys under ``extra="error"``, a
 value with no text form) is *rejected*: counted in :attr:`CsvConsumer.rejected`, logged once
@@ -26,9 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
-from aioconveyor.kit import LogLimiter, SyncWorker, check
+from aioconveyor.kit import Batch, LogLimiter, SyncWorker, check
 
-from ._records import as_mapping, iter_records, json_dumps, to_jsonable
+from ._records import as_mapping, json_dumps, producer_now, to_jsonable
 
 __all__ = ["CsvConsumer"]
 
@@ -40,6 +42,9 @@ TIME_COLUMN = "event_time"
 _EXTRA_POLICIES = ("ignore", "error")
 _ROTATIONS = ("daily",)
 _DATE = "{date}"
+_PRODUCER = "{producer}"
+_MAX_OPEN = 64
+"""Files kept open at most (one per producer); the least recently written is closed."""
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 """What a spreadsheet takes as the start of a formula (OWASP "CSV injection")."""
 
@@ -61,6 +66,27 @@ class _OpenFile:
     handle: BinaryIO
     size: int
     has_rows: bool
+
+
+@dataclasses.dataclass(slots=True)
+class _Stream:
+    """The rows of one producer (or of all, without ``{producer}`` in the path): its
+    columns and the file it is appending to."""
+
+    columns: list[str] | None
+    file: _OpenFile | None = None
+    base: Path | None = None
+
+
+def _file_part(producer: str) -> str:
+    """``producer`` as it fills ``{producer}`` in a path: one path segment, or _Rejected."""
+    if not producer:
+        raise _Rejected("producer", "the path has {producer}, but the record has no "
+                                    "producer (it did not come from a conveyor's producer)")
+    if producer in (".", "..") or any(c in producer for c in ("/", "\\", "\0")):
+        raise _Rejected("producer", f"producer {producer!r} cannot fill {{producer}} in a "
+                                    "path: no '/', '\\', NUL, '.' or '..'")
+    return producer
 
 
 def _utc(event_time: Any) -> datetime:
@@ -113,9 +139,12 @@ class CsvConsumer:
     """Append each record as a row of a CSV file (UTF-8, RFC 4180 quoting, ``\\r\\n``).
 
     * ``path``: the file; with ``rotate="daily"`` it must contain ``{date}``, replaced by
-      the UTC date of each record's ``event_time`` (``"readings-{date}.csv"``).
+      the UTC date of each record's ``event_time`` (``"readings-{date}.csv"``). A
+      ``{producer}`` in it is replaced by the name of the record's producer: one file
+      (and header) per producer (``"data/{producer}.csv"``).
     * ``fields``: the columns after ``event_time``. ``None``: the header of an existing
-      file, else the keys of the first record written to the file (later files keep them).
+      file, else the keys of the first record written to the file (later files keep them;
+      with ``{producer}``, each producer's files have their own).
     * ``extra``: keys that are not columns are dropped (``"ignore"``, logged once in a
       while) or reject the whole record (``"error"``). Missing keys and ``None`` values
       are written as empty cells.
@@ -163,6 +192,8 @@ class CsvConsumer:
             check.fail("path", path, f"{template!r} contains {_DATE}: pass rotate='daily' "
                                          "to rotate daily", subject="path")
         self.path = template
+        self.per_producer = _PRODUCER in template
+        """Whether the path has ``{producer}``: one file per producer."""
         self.fields = self._check_fields(fields)
         if extra not in _EXTRA_POLICIES:
             check.fail("extra", extra, f"must be 'ignore' or 'error', got {extra!r}")
@@ -186,9 +217,9 @@ class CsvConsumer:
         """Rows written (and flushed) so far."""
         self.rejected = 0
         """Records that could not be written and were skipped."""
-        self._columns: list[str] | None = None if self.fields is None else list(self.fields)
-        self._file: _OpenFile | None = None
-        self._base: Path | None = None
+        self._streams: dict[str, _Stream] = {}  # by producer ("" without {producer}),
+        # the most recently written last
+        self._synced: set[str] = set()  # the streams a call wrote to (fsync)
         self._worker: SyncWorker | None = None
         self._last: tuple[Any, datetime, int] | None = None  # (data, event_time, records done)
         self._limiter = LogLimiter()
@@ -231,9 +262,9 @@ class CsvConsumer:
     async def open(self) -> None:
         """Start the writer thread; a fixed path is opened (and its header checked) now."""
         worker = self._thread()
-        if self.rotate is None:
+        if self.rotate is None and not self.per_producer:
             try:
-                await worker.call(self._switch, Path(self.path))
+                await worker.call(self._switch, self._stream(""), Path(self.path))
             except BaseException:
                 self._worker = None  # the lane does not call close() after a failed open()
                 worker.close()
@@ -245,7 +276,7 @@ class CsvConsumer:
         if worker is None:
             return
         try:
-            await worker.call(self._close_file)
+            await worker.call(self._close_files)
         finally:
             worker.close()
             self._last = None
@@ -261,10 +292,18 @@ class CsvConsumer:
         """Write one record, or every record of a batch, then flush."""
         await self._thread().call(self._write, data, event_time)
 
+    def _producer(self, data: Any, record: Any) -> str:
+        """Which producer's stream a record goes to ("" without ``{producer}``)."""
+        if not self.per_producer:
+            return ""
+        if isinstance(data, Batch):
+            return _file_part(record.producer)
+        return _file_part(producer_now())  # the writer thread runs in the caller's context
+
     # -- the writer thread ------------------------------------------------------------
 
     def _write(self, data: Any, event_time: datetime) -> None:
-        records = list(iter_records(data, event_time))
+        records: list[Any] = list(data) if isinstance(data, Batch) else [(data, event_time)]
         done = 0
         last = self._last
         if last is not None and last[0] is data and last[1] == event_time:
@@ -272,9 +311,10 @@ class CsvConsumer:
             # attempt went on running here) or an I/O error. Skip what is already written.
             done = last[2]
         try:
-            for when, item in records[done:]:
+            for record in records[done:]:
+                item, when = record
                 try:
-                    self._write_one(when, item)
+                    self._write_one(when, item, self._producer(data, record))
                 except _Rejected as rejected:
                     self._reject(rejected, when)
                 else:
@@ -282,28 +322,30 @@ class CsvConsumer:
                 done += 1
             self._sync()
         except BaseException:
-            self._close_file(quiet=True)  # start again from a clean file state next call
+            self._close_files(quiet=True)  # start again from a clean file state next call
             raise
         finally:
             self._last = (data, event_time, done)
 
-    def _write_one(self, event_time: Any, item: Any) -> None:
+    def _write_one(self, event_time: Any, item: Any, producer: str = "") -> None:
         try:
             when = _utc(event_time)
         except TypeError as exc:
             raise _Rejected("event_time", str(exc)) from None
-        base = self._base_path(when)
-        if self._file is None or base != self._base:
-            self._switch(base)
+        base = self._base_path(when, producer)
+        stream = self._stream(producer)
+        if stream.file is None or base != stream.base:
+            self._switch(stream, base)
         mapping = self._mapping(item)
         # a new file without fields: the first record written decides the columns
-        columns = list(mapping) if self._columns is None else self._columns
-        line = self._encode([when.isoformat(), *self._cells(mapping, columns)])
-        self._columns = columns
-        f = self._file
+        columns = list(mapping) if stream.columns is None else stream.columns
+        f = stream.file
         assert f is not None
+        line = self._encode([when.isoformat(), *self._cells(mapping, columns, f.path)])
+        stream.columns = columns
+        self._synced.add(producer)
         if f.has_rows and self.max_bytes is not None and f.size + len(line) > self.max_bytes:
-            f = self._roll(f)
+            f = self._roll(stream, f)
         if f.size == 0:
             self._append(f, self._encode([TIME_COLUMN, *columns]))
         self._append(f, line)
@@ -323,7 +365,7 @@ class CsvConsumer:
             raise _Rejected("key", f"keys must be str, got {odd[:5]!r}")
         return mapping
 
-    def _cells(self, mapping: Mapping[str, Any], columns: list[str]) -> list[Any]:
+    def _cells(self, mapping: Mapping[str, Any], columns: list[str], path: Path) -> list[Any]:
         known = set(columns)
         extras = [k for k in mapping if k not in known]
         if extras:
@@ -332,7 +374,7 @@ class CsvConsumer:
             self._limiter.log(
                 logger, logging.WARNING, "ignored",
                 "consumer %s: ignored keys %r that are not columns of %s",
-                self.name, extras, self._file.path if self._file else self.path,
+                self.name, extras, path,
             )
         cells: list[Any] = []
         for column in columns:
@@ -362,42 +404,58 @@ class CsvConsumer:
 
     # -- files ------------------------------------------------------------------------
 
-    def _base_path(self, when: datetime) -> Path:
+    def _base_path(self, when: datetime, producer: str = "") -> Path:
+        path = self.path
         if self.rotate == "daily":
-            return Path(self.path.replace(_DATE, when.date().isoformat()))
-        return Path(self.path)
+            path = path.replace(_DATE, when.date().isoformat())
+        if self.per_producer:
+            path = path.replace(_PRODUCER, producer)
+        return Path(path)
 
-    def _switch(self, base: Path) -> None:
+    def _stream(self, producer: str) -> _Stream:
+        """The stream of ``producer``, now the most recently used; a file beyond the
+        :data:`_MAX_OPEN` most recent ones is closed (its columns are remembered)."""
+        stream = self._streams.pop(producer, None)
+        if stream is None:
+            stream = _Stream(None if self.fields is None else list(self.fields))
+        self._streams[producer] = stream
+        if len(self._streams) > _MAX_OPEN:
+            others = [v for k, v in self._streams.items() if v.file is not None and k != producer]
+            for old in others[:len(others) - (_MAX_OPEN - 1)]:  # oldest first
+                self._close(old)
+        return stream
+
+    def _switch(self, stream: _Stream, base: Path) -> None:
         """Append to ``base`` from now on: to its last existing part with size rotation."""
-        self._close_file()
+        self._close(stream)
         part = 0
         if self.max_bytes is not None:
             while _part_path(base, part + 1).exists():
                 part += 1
-        self._file = self._open(base, part)
-        self._base = base
+        stream.file = self._open(stream, base, part)
+        stream.base = base
 
-    def _roll(self, full: _OpenFile) -> _OpenFile:
+    def _roll(self, stream: _Stream, full: _OpenFile) -> _OpenFile:
         """``full`` reached max_bytes: continue in the next empty part."""
-        base = self._base
+        base = stream.base
         assert base is not None
         part = full.part + 1
         while (p := _part_path(base, part)).exists() and p.stat().st_size > 0:
             part += 1
-        self._close_file()
-        self._file = self._open(base, part)
-        self._base = base
-        return self._file
+        self._close(stream)
+        stream.file = self._open(stream, base, part)
+        stream.base = base
+        return stream.file
 
-    def _open(self, base: Path, part: int) -> _OpenFile:
+    def _open(self, stream: _Stream, base: Path, part: int) -> _OpenFile:
         path = _part_path(base, part)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = self._read_header(path)
         if header is not None:
-            self._columns = header
+            stream.columns = header
         elif self.fields is not None:
-            self._columns = list(self.fields)
-        handle = open(path, "ab")  # stays open across calls; closed by _close_file()
+            stream.columns = list(self.fields)
+        handle = open(path, "ab")  # stays open across calls; closed by _close()
         try:
             size = os.fstat(handle.fileno()).st_size
             if size and not self._ends_with_newline(path):
@@ -444,13 +502,30 @@ class CsvConsumer:
         f.size += len(data)
 
     def _sync(self) -> None:
-        f = self._file
-        if f is not None and self.fsync:
-            os.fsync(f.handle.fileno())
+        synced, self._synced = self._synced, set()
+        if not self.fsync:
+            return
+        for producer in synced:
+            stream = self._streams.get(producer)
+            if stream is not None and stream.file is not None:
+                os.fsync(stream.file.handle.fileno())
 
-    def _close_file(self, quiet: bool = False) -> None:
-        f, self._file = self._file, None
-        self._base = None
+    def _close_files(self, quiet: bool = False) -> None:
+        """Close every open file (all of them, even if one fails; the first error is
+        raised unless ``quiet``)."""
+        self._synced = set()
+        error: OSError | None = None
+        for stream in self._streams.values():
+            try:
+                self._close(stream, quiet)
+            except OSError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+    def _close(self, stream: _Stream, quiet: bool = False) -> None:
+        f, stream.file = stream.file, None
+        stream.base = None
         if f is None:
             return
         try:

@@ -2,9 +2,15 @@
 
 One record becomes one message: JSON by default (a mapping gains an ``event_time`` key),
 ``bytes`` / ``str`` data passes through untouched, or an ``encoder`` of your own decides.
-The topic may be a template filled from the record (``home/{device}/state``); each value
-fills exactly one topic level, so a record whose value holds ``/``, ``+``, ``#`` or NUL is
-rejected rather than published to a topic nobody subscribed to.
+The topic may be a template filled from the record (``home/{device}/state``) and from its
+producer's name (``home/{producer}/state``); each value fills exactly one topic level, so a
+record whose value holds ``/``, ``+``, ``#`` or NUL is rejected rather than published to a
+topic nobody subscribed to.
+
+Several producers, one connection: with ``{producer}`` in the topic and ``discovery`` a
+mapping of producer names to :class:`HaDiscovery`, every producer is its own Home Assistant
+device with its own availability topic, and every entity's ``availability`` lists both the
+bridge's topic (this consumer's connection, with its Last Will) and its device's.
 
 Delivery: with QoS 1 (the default) a call returns only once the broker has acknowledged
 every message (PUBACK). When the broker is unreachable or the connection drops, the call
@@ -43,7 +49,7 @@ from typing import Any, NamedTuple
 from aioconveyor import __version__
 from aioconveyor.kit import ConveyorError, LogLimiter, Rejected, check, mask_url, split_url
 
-from ._records import as_mapping, iter_records, json_dumps
+from ._records import as_mapping, iter_produced, json_dumps
 
 try:
     import aiomqtt
@@ -202,9 +208,12 @@ class HaDiscovery:
         return f"{self.prefix}/sensor/{self.node_id}/{sensor.object_id}/config"
 
     def config(
-        self, sensor: HaSensor, *, state_topic: str, availability_topic: str | None, qos: int
+        self, sensor: HaSensor, *, state_topic: str, availability_topic: str | None, qos: int,
+        device_availability_topic: str | None = None,
     ) -> dict[str, Any]:
-        """The discovery config of ``sensor`` (a JSON object)."""
+        """The discovery config of ``sensor`` (a JSON object). With
+        ``device_availability_topic`` the entity is available while both that topic and
+        ``availability_topic`` (the bridge's) say ``"online"``."""
         device: dict[str, Any] = {"identifiers": [self.node_id], "name": self.device_name}
         for attr in ("manufacturer", "model", "sw_version"):
             if (value := getattr(self, attr)) is not None:
@@ -218,7 +227,14 @@ class HaDiscovery:
             "origin": {"name": "aioconveyor", "sw_version": __version__},
             "qos": qos,
         }
-        if availability_topic is not None:
+        if device_availability_topic is not None:
+            config["availability"] = [
+                {"topic": topic, "payload_available": ONLINE, "payload_not_available": OFFLINE}
+                for topic in (availability_topic, device_availability_topic)
+                if topic is not None
+            ]
+            config["availability_mode"] = "all"
+        elif availability_topic is not None:
             config["availability_topic"] = availability_topic
             config["payload_available"] = ONLINE
             config["payload_not_available"] = OFFLINE
@@ -230,6 +246,42 @@ class HaDiscovery:
 
 
 # -- topics and URLs -------------------------------------------------------------------
+
+PRODUCER_FIELD = "producer"
+"""The topic template field the record's producer fills (``home/{producer}/state``)."""
+
+
+def _one_level(what: str, value: str, topic: str) -> str:
+    """``value`` if it can fill one level of ``topic``, else :class:`MqttRecordError`."""
+    bad = [c for c in ("/", "+", "#", "\0") if c in value]
+    if not value or bad:
+        raise MqttRecordError(
+            f"topic {topic!r}: {what} is {value!r}, which "
+            + (f"holds {bad[0]!r}" if bad else "is empty")
+            + "; a value fills exactly one topic level (no '/', '+', '#' or NUL)")
+    return value
+
+
+def _fill_producer(topic: str, producer: str) -> str:
+    """A template whose only field is ``{producer}``, filled."""
+    return _FORMATTER.vformat(topic, (), {PRODUCER_FIELD: producer})
+
+
+def _matches(template: str, topic: str) -> bool:
+    """Whether some producer name would fill ``template`` (``{producer}`` only) as ``topic``."""
+    pattern = "".join(re.escape(literal) + ("" if field is None else "[^/]+")
+                      for literal, field, _spec, _conversion in _FORMATTER.parse(template))
+    return re.fullmatch(pattern, topic) is not None
+
+
+def _fixed_prefix(topic: str) -> str:
+    """The levels of ``topic`` before the first one holding a template field."""
+    levels: list[str] = []
+    for level in topic.split("/"):
+        if "{" in level:
+            break
+        levels.append(level)
+    return "/".join(levels)
 
 
 def _check_topic(what: str, topic: str, *, subject: str | None = None) -> None:
@@ -246,7 +298,7 @@ def _check_topic(what: str, topic: str, *, subject: str | None = None) -> None:
         check.fail(what, topic, f"is longer than {_MAX_TOPIC_BYTES} bytes", subject=subject)
 
 
-def _template_fields(topic: str) -> frozenset[str]:
+def _template_fields(topic: str, what: str = "topic") -> frozenset[str]:
     """The top-level field names a topic template uses (``{device}``, ``{event_time:%Y}``)."""
     try:
         parsed = list(_FORMATTER.parse(topic))
@@ -255,21 +307,21 @@ def _template_fields(topic: str) -> frozenset[str]:
     else:
         problem = ""
     if problem:
-        check.fail("topic", topic, f"is not a valid template ({problem}): {topic!r}")
+        check.fail(what, topic, f"is not a valid template ({problem}): {topic!r}")
     names: set[str] = set()
     for _literal, field, spec, _conversion in parsed:
         if field is None:
             continue
         root = re.split(r"[.\[]", field, maxsplit=1)[0]
         if not root or root.isdigit():
-            check.fail("topic", topic, "template fields must be named, like {device}, "
-                                           f"got {topic!r}")
+            check.fail(what, topic, "template fields must be named, like {device}, "
+                                    f"got {topic!r}")
         if spec and "{" in spec:
-            check.fail("topic", topic, "template format specs cannot hold fields, "
-                                           f"got {topic!r}")
+            check.fail(what, topic, "template format specs cannot hold fields, "
+                                    f"got {topic!r}")
         names.add(root)
     # the fixed parts must be valid too (a field stands for at least one character)
-    _check_topic("topic", "x".join(literal for literal, *_ in parsed) or "x")
+    _check_topic(what, "x".join(literal for literal, *_ in parsed) or "x")
     return frozenset(names)
 
 
@@ -383,8 +435,15 @@ class MqttConsumer:
       to leave it out), or the data itself when it is ``bytes`` / ``str``.
     * ``availability_topic``: retained ``"online"`` on every connect, ``"offline"`` on a clean
       close and as the Last Will. With ``discovery`` it defaults to the topic's parent +
-      ``/availability``.
-    * ``discovery``: a :class:`HaDiscovery` announcing Home Assistant sensors on connect.
+      ``/availability`` (per producer: the topic's fixed levels + ``/availability``).
+    * ``discovery``: a :class:`HaDiscovery` announcing Home Assistant sensors on connect, as
+      one device; or a mapping ``{producer name: HaDiscovery}``, one device per producer
+      (the topic then holds ``{producer}`` and no other field).
+    * ``device_availability_topic``: a template with ``{producer}``: retained
+      ``"offline"`` on connect for each device of ``discovery`` until its producer's first
+      record, ``"online"`` from then on (also after a reconnect), ``"offline"`` on a clean
+      close. With a ``discovery`` mapping it defaults to the topic's parent (or the topic)
+      + ``/availability``.
     * ``keepalive`` (s): how fast a silent broker is noticed (about 1.5x). ``timeout`` (s):
       the longest wait for a connect or a PUBACK before the connection is given up.
     * ``client_id``: stable for the consumer's life (generated when ``None``), so a
@@ -411,7 +470,8 @@ class MqttConsumer:
         encoder: Callable[[Any, datetime], bytes | str] | None = None,
         event_time_key: str | None = "event_time",
         availability_topic: str | None = None,
-        discovery: HaDiscovery | None = None,
+        discovery: HaDiscovery | Mapping[str, HaDiscovery] | None = None,
+        device_availability_topic: str | None = None,
         name: str | None = None,
         retries: int = 1_000_000,
         max_backoff: float = 5.0,
@@ -469,12 +529,25 @@ class MqttConsumer:
         _check_text("MqttConsumer", "event_time_key", event_time_key, optional=True)
         self.event_time_key = event_time_key
 
-        if discovery is not None:
+        self.devices: dict[str, HaDiscovery] = {}
+        """The Home Assistant device of each producer (a ``discovery`` mapping)."""
+        if isinstance(discovery, Mapping):
+            self.devices = self._check_devices(discovery, topic)
+            if availability_topic is None:
+                availability_topic = f"{_fixed_prefix(topic) or 'aioconveyor'}/availability"
+            if device_availability_topic is None:
+                parent = topic.rsplit("/", 1)[0] if "/" in topic else ""
+                device_availability_topic = (
+                    f"{parent if PRODUCER_FIELD in _template_fields(parent) else topic}"
+                    "/availability")
+        elif discovery is not None:
             if not isinstance(discovery, HaDiscovery):
-                check.fail("discovery", discovery, f"must be a HaDiscovery, got {discovery!r}")
+                check.fail("discovery", discovery, "must be a HaDiscovery, a mapping of "
+                           f"producer names to HaDiscovery, or None, got {discovery!r}")
             if self._topic_fields:
                 check.conflict("topic", topic, "discovery",
-                               "discovery needs a fixed state topic, not a template")
+                               "discovery needs a fixed state topic, not a template; for a "
+                               "device per producer pass discovery={producer: HaDiscovery}")
             if availability_topic is None:
                 parent = topic.rsplit("/", 1)[0] if "/" in topic else topic
                 availability_topic = f"{parent}/availability"
@@ -482,7 +555,22 @@ class MqttConsumer:
             _check_text("MqttConsumer", "availability_topic", availability_topic)
             _check_topic("availability_topic", availability_topic)
         self.availability_topic = availability_topic
+        """The bridge's availability: this consumer's connection (its Last Will)."""
+        if device_availability_topic is not None:
+            _check_text("MqttConsumer", "device_availability_topic", device_availability_topic)
+            fields = _template_fields(device_availability_topic, "device_availability_topic")
+            if fields != {PRODUCER_FIELD}:
+                check.fail("device_availability_topic", device_availability_topic,
+                           "must be a template with {producer} as its only field, got "
+                           f"{device_availability_topic!r}")
+            if availability_topic is not None and _matches(device_availability_topic,
+                                                           availability_topic):
+                check.conflict("device_availability_topic", device_availability_topic,
+                               "availability_topic", "the bridge and a device would share "
+                               "one topic")
+        self.device_availability_topic = device_availability_topic
         self.discovery = discovery
+        self._seen: set[str] = set()  # producers whose records were published (online)
 
         if client_id is None:
             client_id = f"aioconveyor-{secrets.token_hex(6)}"
@@ -530,6 +618,38 @@ class MqttConsumer:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._limiter = LogLimiter()
         self._failed_connects = 0
+
+    @staticmethod
+    def _check_devices(discovery: Mapping[Any, Any], topic: str) -> dict[str, HaDiscovery]:
+        """A ``discovery`` mapping: producer names to devices, each with its own node id,
+        and a topic that tells the producers apart."""
+        if not discovery:
+            check.fail("discovery", discovery, "must not be an empty mapping")
+        if not all(isinstance(d, HaDiscovery) for d in discovery.values()):
+            check.fail("discovery", discovery, "must be a HaDiscovery, a mapping of producer "
+                       f"names to HaDiscovery, or None, got {discovery!r}")
+        if _template_fields(topic) != {PRODUCER_FIELD}:
+            check.conflict("topic", topic, "discovery",
+                           "a device per producer needs a state topic with {producer} as "
+                           "its only field, like 'home/{producer}/state'")
+        devices: dict[str, HaDiscovery] = {}
+        node_ids: dict[str, str] = {}
+        for producer, device in discovery.items():
+            what = f"discovery[{producer!r}]"
+            if not isinstance(producer, str) or not producer:
+                check.fail("discovery", f"<a key {producer!r}>",
+                           f"keys must be producer names (non-empty str), got {producer!r}")
+            try:
+                _one_level("the producer name", producer, topic)
+            except MqttRecordError as exc:
+                check.fail(what, producer, str(exc))
+            if device.node_id in node_ids:
+                check.fail(f"{what}.node_id", device.node_id,
+                           f"repeats the node_id of discovery[{node_ids[device.node_id]!r}]: "
+                           "each device needs its own")
+            node_ids[device.node_id] = producer
+            devices[producer] = device
+        return devices
 
     def __repr__(self) -> str:
         return (f"<MqttConsumer {self.name!r} {self.url} topic={self.topic!r} qos={self.qos} "
@@ -585,13 +705,21 @@ class MqttConsumer:
                                "call open() first (the conveyor does)")
         messages: list[_Message] = []
         problems: list[MqttRecordError] = []
-        for when, item in iter_records(data, event_time):
+        coming_online: set[str] = set()
+        for when, item, producer in iter_produced(data, event_time):
             try:
-                messages.append(self._message(item, when))
+                message = self._message(item, when, producer)
+                if (self.device_availability_topic is not None and producer
+                        and producer not in self._seen and producer not in coming_online):
+                    messages.append(self._device_state(producer, ONLINE))
+                    coming_online.add(producer)
             except MqttRecordError as exc:
                 problems.append(exc)
+            else:
+                messages.append(message)
         if messages:
             await self._publish(messages)
+            self._seen |= coming_online
         if problems:
             self.rejected += len(problems)
             if len(problems) == 1:
@@ -599,19 +727,34 @@ class MqttConsumer:
             raise MqttRecordError(f"{len(problems)} records could not be published; the first: "
                                   f"{problems[0]}", count=len(problems)) from problems[0]
 
-    def _message(self, data: Any, event_time: datetime) -> _Message:
-        topic = self._topic_for(data, event_time) if self._topic_fields else self.topic
+    def _message(self, data: Any, event_time: datetime, producer: str = "") -> _Message:
+        topic = (self._topic_for(data, event_time, producer) if self._topic_fields
+                 else self.topic)
         return _Message(topic, self._payload(data, event_time), self.qos, self.retain)
 
-    def _topic_for(self, data: Any, event_time: datetime) -> str:
+    def _device_state(self, producer: str, state: str) -> _Message:
+        """The retained availability of ``producer``'s device."""
+        template = self.device_availability_topic
+        assert template is not None
+        topic = _fill_producer(template, _one_level("the producer name", producer, template))
+        return _Message(topic, state.encode(), 1, True)
+
+    def _topic_for(self, data: Any, event_time: datetime, producer: str = "") -> str:
         values: dict[str, Any] = {"event_time": event_time}
         values.update(_fields(data, event_time) or {})
+        if producer:  # the record's producer; a field of that name only stands in for none
+            values[PRODUCER_FIELD] = producer
         when = event_time.isoformat()
         try:
             topic = self._fill(values, event_time, when)
         except MqttRecordError:
             raise
         except KeyError as exc:
+            if exc.args[0] == PRODUCER_FIELD:
+                raise MqttRecordError(
+                    f"topic {self.topic!r} needs the record's producer, and the record of "
+                    f"{when} has none (it did not come from a conveyor's producer) and no "
+                    f"{PRODUCER_FIELD!r} field") from None
             have = ", ".join(sorted(str(k) for k in values if k != "event_time")) or "none"
             raise MqttRecordError(
                 f"topic {self.topic!r} needs field {exc.args[0]!r}, which the record of "
@@ -822,7 +965,21 @@ class MqttConsumer:
     def _announcements(self) -> list[_Message]:
         """Discovery configs, then ``"online"``: published (retained) on every connect."""
         out: list[_Message] = []
-        if self.discovery is not None:
+        device_topic = self.device_availability_topic
+        for producer, device in self.devices.items():
+            state_topic = _fill_producer(self.topic, producer)
+            own = None if device_topic is None else _fill_producer(device_topic, producer)
+            for sensor in device.sensors:
+                config = device.config(sensor, state_topic=state_topic, qos=self.qos,
+                                       availability_topic=self.availability_topic,
+                                       device_availability_topic=own)
+                out.append(_Message(device.config_topic(sensor), json_dumps(config).encode(),
+                                    1, True))
+        if device_topic is not None:
+            for producer in sorted(set(self.devices) | self._seen):
+                out.append(self._device_state(producer,
+                                              ONLINE if producer in self._seen else OFFLINE))
+        if isinstance(self.discovery, HaDiscovery):
             for sensor in self.discovery.sensors:
                 config = self.discovery.config(
                     sensor, state_topic=self.topic, availability_topic=self.availability_topic,
@@ -857,9 +1014,14 @@ class MqttConsumer:
     async def _shutdown(self, conn: _Connection) -> None:
         """Clean close: ``"offline"``, then DISCONNECT (so the broker drops the Last Will)."""
         try:
-            if conn.alive and self.availability_topic is not None:
-                await self._publish_on(conn, [_Message(self.availability_topic,
-                                                       OFFLINE.encode(), 1, True)])
+            goodbye: list[_Message] = []
+            if self.device_availability_topic is not None:
+                goodbye += [self._device_state(p, OFFLINE)
+                            for p in sorted(set(self.devices) | self._seen)]
+            if self.availability_topic is not None:
+                goodbye.append(_Message(self.availability_topic, OFFLINE.encode(), 1, True))
+            if conn.alive and goodbye:
+                await self._publish_on(conn, goodbye)
             conn.finished = True
             await conn.client.__aexit__(None, None, None)
         except Exception as exc:

@@ -54,9 +54,9 @@ from aioconveyor.kit import (
     secrets_of,
 )
 
-from ._records import as_mapping, json_dumps
+from ._records import as_mapping, json_dumps, producer_now
 
-__all__ = ["PostgresConsumer", "mask_dsn", "quote_ident"]
+__all__ = ["PostgresConsumer", "SharedTableError", "mask_dsn", "quote_ident"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ TIME_COLUMN = "event_time"
 
 PAYLOAD_COLUMN = "payload"
 """Default name of the ``jsonb`` column in JSONB mode."""
+
+PRODUCER_COLUMN = "producer"
+"""Default name of the ``text`` column that receives each record's producer."""
 
 _STAGE = "aioconveyor_stage"
 """The per-transaction temporary table rows are COPY-ed into (``ON COMMIT DROP``)."""
@@ -97,6 +100,13 @@ OFFLOAD_ROWS = 1000
 #: With JSON to encode, a call builds its rows on a worker thread unless the last build
 #: took less than this (seconds): the first call, whose cost is unknown, goes to the thread.
 OFFLOAD_SECONDS = 0.002
+
+
+class SharedTableError(ConveyorError, ValueError):
+    """Records of several producers reached a table that holds one producer's rows (it has
+    no producer column, and the key is the default one): their rows would collide on the
+    time column. The lane retries the call; add the column (the message says how) or give
+    the producers tables of their own."""
 
 
 def quote_ident(name: str) -> str:
@@ -149,8 +159,17 @@ class PostgresConsumer:
     * ``key``: the columns of a unique index or primary key that make a row unique
       (default: ``(time_column,)``); rows whose key is already present are skipped, which
       is what makes retries safe. ``()``: skip rows that conflict with any unique index.
+    * ``per_producer``: whether rows carry the name of their producer in
+      ``producer_column`` (``text``), which then is part of the default key
+      ``(producer_column, time_column)``: one table for several producers, exactly once
+      per producer and grid time. ``None`` (default): yes if the table has that column
+      (looked at by :meth:`open`), else no. A table without it holds one producer's rows:
+      with the default key, records of a second producer make the call fail with
+      :class:`SharedTableError` (retried, so nothing is lost while the queue has room, and
+      the table is looked at again: add the column and the writes go on), never skipped
+      as duplicates.
     * ``create_table``: JSONB mode only; ``CREATE TABLE IF NOT EXISTS`` with the key as
-      primary key.
+      primary key (and the producer's column with ``per_producer=True``).
     * ``batch_size``, ``batch_age``, ``retries``, ``max_backoff``, ``queue_size``,
       ``timeout``: the lane settings this consumer asks for (see :class:`aioconveyor.Consumer`).
     * ``ssl``, ``server_settings``, ``min_size``, ``max_size``, ``connect_timeout`` and
@@ -169,6 +188,8 @@ class PostgresConsumer:
         key: Sequence[str] | None = None,
         time_column: str | None = TIME_COLUMN,
         payload_column: str = PAYLOAD_COLUMN,
+        per_producer: bool | None = None,
+        producer_column: str = PRODUCER_COLUMN,
         batch_size: int = 500,
         batch_age: float = 0.5,
         retries: int = 1_000_000,
@@ -210,6 +231,11 @@ class PostgresConsumer:
         self.create_table = check.boolean("create_table", create_table)
         self.create_table = create_table
 
+        self.producer_column = self._identifier("producer_column", producer_column)
+        if per_producer is not None and not isinstance(per_producer, bool):
+            check.fail("per_producer", per_producer, "must be True, False or None (None: "
+                       f"decided by the table's columns at open), got {per_producer!r}")
+
         self.columns: tuple[str, ...] | None
         if columns is None:
             if self.time_column is None:
@@ -234,36 +260,46 @@ class PostgresConsumer:
             written = list(self.columns)
             if self.time_column is not None and self.time_column not in written:
                 written.insert(0, self.time_column)
-        self.written_columns: tuple[str, ...] = tuple(written)
-        self._time_index = (self.written_columns.index(self.time_column)
-                            if self.time_column in self.written_columns else None)
-        self._value_columns = tuple(c for i, c in enumerate(self.written_columns)
-                                    if i != self._time_index)
-        pick = operator.itemgetter(*self._value_columns) if self._value_columns else None
-        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
-            (lambda m: ()) if pick is None
-            else (lambda m: (pick(m),)) if len(self._value_columns) == 1
-            else pick
-        )
-        self._json_values: frozenset[int] = frozenset()  # positions among _value_columns
-        self._build_cost: float | None = None  # seconds the last call's rows took to build
-        """Every column a row writes, in order."""
+        # a column that is something else already (listed in columns, filled from the
+        # records as before; the time or payload column) never receives the producer
+        self._producer_taken = self.producer_column in (
+            *written, self.time_column, None if self.columns is not None else self.payload_column)
+        if self._producer_taken and per_producer:
+            check.conflict("per_producer", per_producer, "producer_column",
+                           f"per_producer=True fills {self.producer_column!r} from each "
+                           "record's producer, but columns, time_column or payload_column "
+                           "name it already: leave it out of columns or pick another "
+                           "producer_column")
+        self._base_columns: tuple[str, ...] = tuple(written)
 
         if key is None:
             if self.time_column is None:
                 check.fail("key", None, "is required when time_column=None: name the "
                                             "columns of the unique index that identifies a row")
-            key = (self.time_column,)
-        if isinstance(key, str | bytes) or not isinstance(key, Sequence):
+        elif isinstance(key, str | bytes) or not isinstance(key, Sequence):
             check.fail("key", key, f"must be a sequence of column names, got {key!r}")
-        self.key: tuple[str, ...] = tuple(self._identifier("key", k) for k in key)
-        missing = [k for k in self.key if k not in self.written_columns]
-        if missing:
-            check.fail("key", key, f"columns {missing} are not written by this consumer "
-                                       f"(it writes {list(self.written_columns)})")
-        if create_table and not self.key:
-            check.fail("key", key, "is needed by create_table=True (the primary key), "
-                                       "got ()")
+        self._key_given: tuple[str, ...] | None = (
+            None if key is None else tuple(self._identifier("key", k) for k in key))
+        if self._key_given is not None:
+            if self.producer_column in self._key_given and not self._producer_taken:
+                if per_producer is False:
+                    check.fail("key", key, f"names {self.producer_column!r}, which "
+                               "per_producer=False does not write")
+                per_producer = True  # the key needs the producer's column
+            could_write = [*written, self.producer_column] if per_producer else written
+            missing = [k for k in self._key_given if k not in could_write]
+            if missing:
+                check.fail("key", key, f"columns {missing} are not written by this consumer "
+                                           f"(it writes {could_write})")
+            if create_table and not self._key_given:
+                check.fail("key", key, "is needed by create_table=True (the primary key), "
+                                           "got ()")
+        self._per_producer_setting = per_producer
+        self.per_producer: bool | None = per_producer
+        """Whether rows carry their producer (``producer_column``, part of the default
+        key); ``None`` until :meth:`open` has looked at the table (``per_producer=None``)."""
+        self._recheck = False  # look at the table's columns again before the next write
+        self._owner: str | None = None  # the one producer a table without the column holds
 
         if name is not None:
             check.text("name", name)
@@ -299,10 +335,55 @@ class PostgresConsumer:
         self._pool: Any = None
         self._held: Any = None  # the own pool's connection kept between calls
         self._json_positions: frozenset[int] = frozenset()
+        self._json_values: frozenset[int] = frozenset()  # positions among _value_columns
+        self._build_cost: float | None = None  # seconds the last call's rows took to build
         self._naive_time = False
         self._limiter = LogLimiter()
         self._target = (f"{quote_ident(self.schema)}.{quote_ident(self.table)}"
                         if self.schema else quote_ident(self.table))
+        self._layout(per_producer is True)
+        if self.columns is None:
+            pk = ", ".join(quote_ident(k) for k in self.key)
+            producer = (f"{quote_ident(self.producer_column)} text NOT NULL, "
+                        if self.per_producer else "")
+            self._sql_create = (
+                f"CREATE TABLE IF NOT EXISTS {self._target} ("
+                f"{quote_ident(self.written_columns[0])} timestamptz NOT NULL, {producer}"
+                f"{quote_ident(self.payload_column)} jsonb, PRIMARY KEY ({pk}))"
+            )
+
+    def _layout(self, with_producer: bool) -> None:
+        """The columns a row writes, the key and the statements, with or without the
+        producer's column (known in __init__, or once open() has seen the table)."""
+        written = list(self._base_columns)
+        self._producer_index: int | None = None
+        if with_producer:
+            at = (written.index(self.time_column) + 1 if self.time_column in written else 0)
+            written.insert(at, self.producer_column)
+            self._producer_index = at
+        self.written_columns: tuple[str, ...] = tuple(written)
+        """Every column a row writes, in order."""
+        self._time_index = (self.written_columns.index(self.time_column)
+                            if self.time_column in self.written_columns else None)
+        self._value_columns = tuple(c for i, c in enumerate(self.written_columns)
+                                    if i not in (self._time_index, self._producer_index))
+        pick = operator.itemgetter(*self._value_columns) if self._value_columns else None
+        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            (lambda m: ()) if pick is None
+            else (lambda m: (pick(m),)) if len(self._value_columns) == 1
+            else pick
+        )
+        if self._key_given is not None:
+            self.key: tuple[str, ...] = self._key_given
+        elif with_producer:
+            assert self.time_column is not None
+            self.key = (self.producer_column, self.time_column)
+        else:
+            assert self.time_column is not None
+            self.key = (self.time_column,)
+        # a table without the producer's column holds one producer's rows: with the
+        # default key, a second producer's rows would be skipped as duplicates
+        self._guarded = not with_producer and self._key_given is None
         cols = ", ".join(quote_ident(c) for c in self.written_columns)
         conflict = (f"ON CONFLICT ({', '.join(quote_ident(k) for k in self.key)}) DO NOTHING"
                     if self.key else "ON CONFLICT DO NOTHING")
@@ -316,13 +397,6 @@ class PostgresConsumer:
         self._sql_check = (f"EXPLAIN INSERT INTO {self._target} ({cols}) SELECT {cols} "
                            f"FROM {self._target} WHERE false {conflict}")
         self._sql_types = f"SELECT {cols} FROM {self._target} LIMIT 0"
-        if self.columns is None:
-            pk = ", ".join(quote_ident(k) for k in self.key)
-            self._sql_create = (
-                f"CREATE TABLE IF NOT EXISTS {self._target} ("
-                f"{quote_ident(self.written_columns[0])} timestamptz NOT NULL, "
-                f"{quote_ident(self.written_columns[1])} jsonb, PRIMARY KEY ({pk}))"
-            )
 
     # -- argument checks -------------------------------------------------------------
 
@@ -413,6 +487,15 @@ class PostgresConsumer:
     async def _prepare(self, conn: Any) -> None:
         if self.columns is None and self.create_table:
             await conn.execute(self._sql_create)
+        if self._per_producer_setting is not False and not self._producer_taken:
+            has = self.producer_column in await self._table_columns(conn)
+            if self._per_producer_setting is None:
+                self._layout(has)
+            elif not has:
+                raise ValueError(
+                    f"table {self._target} has no column {self.producer_column!r} for "
+                    f"per_producer=True: {self._migration()}")
+        self.per_producer = self._producer_index is not None
         statement = await conn.prepare(self._sql_types)
         types = [attr.type.name for attr in statement.get_attributes()]
         self._json_positions = frozenset(i for i, t in enumerate(types) if t in _JSON_TYPES)
@@ -433,6 +516,47 @@ class PostgresConsumer:
                 f"{list(self.key)}: add one (it is what makes retries safe) or pass key= "
                 f"({exc})"
             ) from exc
+
+    async def _table_columns(self, conn: Any) -> set[str]:
+        statement = await conn.prepare(f"SELECT * FROM {self._target} LIMIT 0")
+        return {attr.name for attr in statement.get_attributes()}
+
+    def _migration(self, first: str | None = None) -> str:
+        """How to give the table a producer column (the rows already there get ``first``)."""
+        column, time_column = quote_ident(self.producer_column), self.time_column or "?"
+        default = "'" + (first or "<the producer of the existing rows>").replace("'", "''") + "'"
+        return (f"ALTER TABLE {self._target} ADD COLUMN {column} text NOT NULL DEFAULT "
+                f"{default}, then replace the unique key on ({time_column}) with one on "
+                f"({self.producer_column}, {time_column}) (for a table made by "
+                f"create_table=True: ALTER TABLE {self._target} DROP CONSTRAINT "
+                f"{quote_ident(self.table + '_pkey')}, ADD PRIMARY KEY ({column}, "
+                f"{quote_ident(time_column)}))")
+
+    def _check_one_producer(self, data: Any) -> None:
+        """A table without the producer's column (default key) takes one producer's rows."""
+        if isinstance(data, Batch):
+            names = {record.producer for record in data}
+        else:
+            names = {producer_now()}
+        names.discard("")
+        owner = self._owner
+        others = sorted(names - {owner}) if owner is not None else sorted(names)
+        if not others or (owner is None and len(others) == 1):
+            return
+        self._recheck = self._per_producer_setting is None
+        producers = ", ".join(repr(n) for n in ([owner] if owner else []) + others)
+        raise SharedTableError(
+            f"consumer {self.name!r}: records of producers {producers} reached "
+            f"{self._target}, which has no {self.producer_column!r} column: their rows "
+            f"would collide on {self.time_column!r} and all but one be skipped. Give each "
+            f"producer its own table, or add the column: {self._migration(owner or others[0])}"
+            "; the next retry looks at the table again")
+
+    def _note_owner(self, data: Any) -> None:
+        if self._owner is None:
+            name = (next((r.producer for r in data if r.producer), "")
+                    if isinstance(data, Batch) else producer_now())
+            self._owner = name or None
 
     async def close(self) -> None:
         """Close the pool this consumer created (a given pool is left open). Idempotent."""
@@ -460,6 +584,12 @@ class PostgresConsumer:
         if self._pool is None:
             raise RuntimeError(f"consumer {self.name!r} is not open: use it in a conveyor, "
                                "in `async with`, or call open() first")
+        if self._recheck:  # the table lacked the producer's column: is it there now?
+            async with self._pool.acquire(timeout=self.connect_timeout) as conn:
+                await self._prepare(conn)
+            self._recheck = False
+        if self._guarded:
+            self._check_one_producer(data)
         n = len(data) if isinstance(data, Batch) else 1
         # Building the rows runs json.dumps over every JSON value: for a big batch (or one
         # big JSON payload) that is tens to hundreds of milliseconds of pure Python during
@@ -481,6 +611,8 @@ class PostgresConsumer:
                 raise scrubbed from None
             # counted only once the write committed: a retried batch never counts twice
             self.written += inserted
+            if self._guarded:
+                self._note_owner(data)
             self.duplicates += len(rows) - inserted - len(refused_by_db)
             refused += refused_by_db
         for moment, error in refused:
@@ -496,21 +628,25 @@ class PostgresConsumer:
         rows: list[_Row] = []
         refused: list[_Refused] = []
         row = self._row
-        for item, when in (data if isinstance(data, Batch) else ((data, event_time),)):
+        records: Any = (((r.data, r.event_time, r.producer) for r in data)
+                        if isinstance(data, Batch) else ((data, event_time, producer_now()),))
+        for item, when, producer in records:
             try:
                 rows.append(row(when if type(when) is datetime and when.tzinfo is UTC
-                                else _utc(when), item))
+                                else _utc(when), item, producer))
             except (TypeError, ValueError) as exc:
                 refused.append((when, exc))
         self._build_cost = time.perf_counter() - start
         return rows, refused
 
-    def _row(self, event_time: datetime, item: Any) -> _Row:
+    def _row(self, event_time: datetime, item: Any, producer: str = "") -> _Row:
         if self.columns is None:
             try:
                 value: Any = dict(as_mapping(item))
             except TypeError:
                 value = item  # JSONB mode takes any JSON value, not only objects
+            if self._producer_index is not None:
+                return (self._time_value(event_time), producer, json_dumps(value))
             return (self._time_value(event_time), json_dumps(value))
         mapping = item if type(item) is dict else as_mapping(item)  # a dict: the fast path
         try:
@@ -520,7 +656,14 @@ class PostgresConsumer:
         if self._json_values:
             values = tuple(json_dumps(v) if v is not None and i in self._json_values else v
                            for i, v in enumerate(values))
-        t = self._time_index
+        t, p = self._time_index, self._producer_index
+        if p is not None:
+            if t is None:  # p == 0
+                return (producer, *values)
+            when = self._time_value(event_time) if self._naive_time else event_time
+            if t == 0:  # p == 1
+                return (when, producer, *values)
+            return (*values[:t], when, producer, *values[t:])
         if t is None:
             return values
         when = self._time_value(event_time) if self._naive_time else event_time

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+import aioconveyor
 from aioconveyor import AioConveyor, Batch, Consumer, Record, StartupError
 from aioconveyor.consumers import CsvConsumer
+from aioconveyor.kit import Tick
 from aioconveyor.testing import FakeClock, MemoryConsumer
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -479,3 +481,113 @@ async def test_escape_formulas_false_writes_text_as_given(tmp_path: Path) -> Non
 def test_escape_formulas_must_be_a_bool(tmp_path: Path, value: Any) -> None:
     with pytest.raises(TypeError, match=r"escape_formulas must be a bool, got"):
         CsvConsumer(tmp_path / "x.csv", escape_formulas=value)
+
+
+# -- one file per producer (issue 14) --------------------------------------------------
+
+
+def by_producer(*items: tuple[str, dict[str, Any]], start: int = 0) -> Batch:
+    """A batch whose records carry their producer's tick, as a lane hands them over."""
+    records = []
+    for i, (producer, data) in enumerate(items, start):
+        when = T0 + timedelta(seconds=i)
+        tick = Tick(i, when, when.timestamp(), when.timestamp(), 0, producer)
+        records.append(Record(data, when, tick))
+    return Batch(records)
+
+
+async def test_producer_in_the_path_writes_one_file_per_producer_with_its_own_header(
+    tmp_path: Path,
+) -> None:
+    batch = by_producer(("inverter", {"power_w": 1}), ("meter", {"energy_kwh": 2.5}),
+                        ("inverter", {"power_w": 3}), ("weather", {"temp": -1, "wind": 4}))
+    async with CsvConsumer(tmp_path / "data" / "{producer}.csv") as sink:
+        assert sink.per_producer
+        await sink(batch, batch[-1].event_time)
+        await sink(by_producer(("meter", {"energy_kwh": 3.0}), start=4), T0)
+    assert listing(tmp_path / "data") == ["inverter.csv", "meter.csv", "weather.csv"]
+    assert read_lines(tmp_path / "data" / "inverter.csv") == [
+        ["event_time", "power_w"], [batch[0].event_time.isoformat(), "1"],
+        [batch[2].event_time.isoformat(), "3"]]
+    assert [r["energy_kwh"] for r in read_rows(tmp_path / "data" / "meter.csv")] == [
+        "2.5", "3.0"]
+    assert read_rows(tmp_path / "data" / "weather.csv") == [
+        {"event_time": batch[3].event_time.isoformat(), "temp": "-1", "wind": "4"}]
+    assert (sink.written, sink.rejected) == (5, 0)
+
+
+async def test_producer_and_date_make_a_folder_per_producer_and_a_file_per_day(
+    tmp_path: Path,
+) -> None:
+    day = by_producer(("a", {"v": 1}), ("b", {"v": 2}))
+    next_day = Batch(Record(r.data, r.event_time + timedelta(days=1), r.tick) for r in day)
+    async with CsvConsumer(tmp_path / "{producer}" / "{date}.csv", rotate="daily",
+                           fields=["v"]) as sink:
+        await sink(day, T0)
+        await sink(next_day, T0)
+    for producer in ("a", "b"):
+        assert listing(tmp_path / producer) == ["2024-05-01.csv", "2024-05-02.csv"]
+    assert read_lines(tmp_path / "b" / "2024-05-02.csv")[1][1] == "2"
+
+
+async def test_a_record_without_a_usable_producer_name_is_rejected_alone(
+    tmp_path: Path,
+) -> None:
+    batch = by_producer(("ok", {"v": 1}), ("../escape", {"v": 2}), ("a/b", {"v": 3}),
+                        ("", {"v": 4}))
+    async with CsvConsumer(tmp_path / "{producer}.csv") as sink:
+        await sink(batch, T0)
+        await sink({"v": 5}, T0)  # called outside a conveyor: no producer at all
+    assert listing(tmp_path) == ["ok.csv"]
+    assert (sink.written, sink.rejected) == (1, 4)
+
+
+async def test_more_producers_than_open_files_keep_one_header_per_file(
+    tmp_path: Path,
+) -> None:
+    names = [f"device{n:03}" for n in range(150)]  # more than the files kept open
+    async with CsvConsumer(tmp_path / "{producer}.csv") as sink:
+        for round_ in range(2):
+            batch = by_producer(*((n, {"n": i, "round": round_}) for i, n in enumerate(names)))
+            await sink(batch, T0)
+    assert len(listing(tmp_path)) == 150
+    for i, name in enumerate(names):
+        assert [(r["n"], r["round"]) for r in read_rows(tmp_path / f"{name}.csv")] == [
+            (str(i), "0"), (str(i), "1")]
+
+
+needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
+                                reason="needs the multi-producer core (issue 14)")
+
+
+@needs_core
+def test_three_producers_write_a_file_each_through_a_conveyor(tmp_path: Path) -> None:
+    makers: dict[str, Callable[[int], dict[str, Any]]] = {
+        "inverter": lambda n: {"power_w": 1000 + n},
+        "meter": lambda n: {"energy_kwh": n / 2, "phase": "L1"},
+        "weather": lambda n: {"temp": 20 + n},
+    }
+    produced: dict[str, list[tuple[datetime, dict[str, Any]]]] = {n: [] for n in makers}
+
+    def producer_of(name: str) -> Callable[[datetime], Any]:
+        def produce(event_time: datetime) -> Any:
+            item = makers[name](len(produced[name]))
+            produced[name].append((event_time, item))
+            return item
+        return produce
+
+    sink = CsvConsumer(tmp_path / "{producer}.csv")
+    conv = AioConveyor(consumers=[sink], producers=[
+        aioconveyor.Producer(producer_of(name), name=name, every=0.05, max_ticks=4)
+        for name in makers])
+    conv.start()
+    assert conv.join(timeout=10), "conveyor did not finish in time"
+    assert conv.exception is None
+
+    assert listing(tmp_path) == ["inverter.csv", "meter.csv", "weather.csv"]
+    for name, rows in produced.items():
+        lines = read_lines(tmp_path / f"{name}.csv")
+        assert lines[0] == ["event_time", *rows[0][1]]
+        assert lines[1:] == [[t.isoformat(), *(str(v) for v in item.values())]
+                             for t, item in rows]
+    assert sink.written == 12 and sink.rejected == 0

@@ -14,7 +14,7 @@ import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -23,7 +23,16 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from aioconveyor import AioConveyor, Batch, Consumer, ConsumerStats, Record, StartupError
+import aioconveyor
+from aioconveyor import (
+    AioConveyor,
+    Batch,
+    Consumer,
+    ConsumerStats,
+    Record,
+    SettingError,
+    StartupError,
+)
 from aioconveyor.consumers import MqttConsumer
 from aioconveyor.consumers.mqtt import (
     HaDiscovery,
@@ -31,6 +40,7 @@ from aioconveyor.consumers.mqtt import (
     MqttConnectionError,
     MqttRecordError,
 )
+from aioconveyor.kit import Tick
 from aioconveyor.testing import wait_until
 from support.mosquitto import Mosquitto, require_mosquitto
 from support.proxy import TcpProxy
@@ -693,3 +703,180 @@ async def test_event_time_formats_may_add_levels_but_record_fields_may_not(
                 await c({"n": "7/8"}, T0)
         await sub.wait_for(lambda: len(sub) == 1, "1 message")
     assert [str(m.topic) for m in sub.messages] == [f"{prefix}/{T0:%Y/%m}/7"]
+
+
+# -- several producers over one connection (issue 14) ----------------------------------
+
+
+def by_producer(*items: tuple[str, Any]) -> Batch:
+    """A batch whose records carry their producer's tick, as a lane hands them over."""
+    records = []
+    for i, (producer, data) in enumerate(items):
+        when = T0 + timedelta(seconds=i)
+        tick = None if producer is None else Tick(i, when, when.timestamp(),
+                                                  when.timestamp(), 0, producer)
+        records.append(Record(data, when, tick))
+    return Batch(records)
+
+
+async def test_the_producer_fills_its_topic_level_and_a_bad_or_missing_one_is_rejected(
+    mqtt_url: str, prefix: str
+) -> None:
+    consumer = MqttConsumer(mqtt_url, topic=f"{prefix}/{{producer}}/state")
+    batch = by_producer(("inverter", {"v": 1}), ("meter", {"v": 2}), ("a/b", {"v": 3}),
+                        (None, {"v": 4}), (None, {"v": 5, "producer": "legacy"}))
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        async with consumer:
+            with pytest.raises(MqttRecordError) as info:
+                await consumer(batch, T0)
+        await sub.wait_for(lambda: len(sub) == 3, "three state messages")
+    assert [str(m.topic) for m in sub.messages] == [
+        f"{prefix}/inverter/state", f"{prefix}/meter/state", f"{prefix}/legacy/state"]
+    assert consumer.rejected == 2
+    assert "2 records could not be published" in str(info.value)
+    first = info.value.__cause__
+    assert first is not None and "holds '/'" in str(first)
+
+
+def three_devices(prefix: str) -> dict[str, HaDiscovery]:
+    ha = f"{prefix}/ha"
+    return {
+        "inverter": HaDiscovery("inverter_1", "Inverter", prefix=ha, sensors=[
+            HaSensor("power_w", "Power", unit="W", device_class="power")]),
+        "meter": HaDiscovery("meter_1", "Meter", prefix=ha, sensors=[
+            HaSensor("energy_kwh", "Energy", unit="kWh", device_class="energy",
+                     state_class="total_increasing")]),
+        "weather": HaDiscovery("weather_1", "Weather", prefix=ha, sensors=[
+            HaSensor("temp", "Temperature", unit="\u00b0C"), HaSensor("wind", "Wind")]),
+    }
+
+
+async def test_a_home_assistant_device_per_producer_with_its_own_availability(
+    mqtt_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aioconveyor.consumers.mqtt")
+    consumer = MqttConsumer(mqtt_url, topic=f"{prefix}/{{producer}}/state",
+                            discovery=three_devices(prefix))
+    bridge = f"{prefix}/availability"
+    assert consumer.availability_topic == bridge
+    assert consumer.device_availability_topic == f"{prefix}/{{producer}}/availability"
+    sentinel = f"{prefix}/.sentinel"
+    async with consumer:
+        before = await retained(mqtt_url, f"{prefix}/#", sentinel)
+        await consumer(by_producer(("inverter", {"power_w": 1200}),
+                                   ("meter", {"energy_kwh": 7.5})), T0)
+        during = await retained(mqtt_url, f"{prefix}/#", sentinel)
+    after = await retained(mqtt_url, f"{prefix}/#", sentinel)
+
+    ha = f"{prefix}/ha/sensor"
+    configs = {f"{ha}/inverter_1/power_w/config", f"{ha}/meter_1/energy_kwh/config",
+               f"{ha}/weather_1/temp/config", f"{ha}/weather_1/wind/config"}
+    devices = {p: f"{prefix}/{p}/availability" for p in ("inverter", "meter", "weather")}
+    assert set(before) == configs | set(devices.values()) | {bridge}
+    assert before[bridge] == b"online"
+    assert {before[t] for t in devices.values()} == {b"offline"}  # no record yet
+    assert during[devices["inverter"]] == during[devices["meter"]] == b"online"
+    assert during[devices["weather"]] == b"offline"
+    assert {after[t] for t in [bridge, *devices.values()]} == {b"offline"}  # clean close
+
+    wind = json.loads(before[f"{ha}/weather_1/wind/config"])
+    assert wind["state_topic"] == f"{prefix}/weather/state"
+    assert wind["device"] == {"identifiers": ["weather_1"], "name": "Weather"}
+    assert wind["unique_id"] == "weather_1_wind"
+    assert wind["availability_mode"] == "all"
+    assert wind["availability"] == [
+        {"topic": bridge, "payload_available": "online", "payload_not_available": "offline"},
+        {"topic": devices["weather"], "payload_available": "online",
+         "payload_not_available": "offline"}]
+    assert "availability_topic" not in wind
+    assert caplog.text.count("connected to") == 1  # one connection for the three devices
+
+
+async def test_a_seen_device_is_online_again_after_a_reconnect(tmp_path: Path) -> None:
+    """A broker without persistence forgets every retained message when restarted: the
+    reconnect announces everything again, a device that has produced as online."""
+    require_mosquitto()
+    with Mosquitto(tmp_path) as broker:
+        consumer = MqttConsumer(broker.url, topic="home/{producer}/state",
+                                discovery=three_devices("home"))
+        async with consumer:
+            await consumer(by_producer(("meter", {"energy_kwh": 1})), T0)
+            broker.stop()
+            broker.start()
+            assert await retained(broker.url, "home/#", "home/.sentinel") == {}
+            with contextlib.suppress(MqttConnectionError):  # this call may meet the drop
+                await consumer(by_producer(("inverter", {"power_w": 2})), T0)
+            await consumer(by_producer(("inverter", {"power_w": 3})), T0)
+            now = await retained(broker.url, "home/+/availability", "home/.sentinel")
+    assert now == {"home/meter/availability": b"online",
+                   "home/inverter/availability": b"online",
+                   "home/weather/availability": b"offline"}
+
+
+@pytest.mark.parametrize(("kwargs", "name", "message"), [
+    ({"topic": "home/state", "discovery": {"a": HaDiscovery("a", "A", [HaSensor("k", "K")])}},
+     "topic", "{producer} as its only field"),
+    ({"topic": "home/{producer}/{room}",
+      "discovery": {"a": HaDiscovery("a", "A", [HaSensor("k", "K")])}},
+     "topic", "{producer} as its only field"),
+    ({"topic": "h/{producer}", "discovery": {}}, "discovery", "must not be an empty mapping"),
+    ({"topic": "h/{producer}", "discovery": {"a/b": HaDiscovery("a", "A", [HaSensor("k", "K")])}},
+     "discovery['a/b']", "holds '/'"),
+    ({"topic": "h/{producer}", "discovery": {"a": HaDiscovery("n", "A", [HaSensor("k", "K")]),
+                                              "b": HaDiscovery("n", "B", [HaSensor("k", "K")])}},
+     "discovery['b'].node_id", "repeats the node_id of discovery['a']"),
+    ({"topic": "h/{producer}", "discovery": {"a": "not a device"}}, "discovery",
+     "a mapping of producer names to HaDiscovery"),
+    ({"topic": "h/{producer}", "device_availability_topic": "h/avail"},
+     "device_availability_topic", "{producer} as its only field"),
+    ({"topic": "h/{producer}", "availability_topic": "h/bridge/availability",
+      "device_availability_topic": "h/{producer}/availability"},
+     "device_availability_topic", "share one topic"),
+])
+def test_bad_per_producer_settings_name_the_argument(kwargs: dict[str, Any], name: str,
+                                                     message: str) -> None:
+    with pytest.raises(SettingError) as info:
+        MqttConsumer(**kwargs)
+    assert info.value.name == name and message in str(info.value), info.value
+
+
+needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
+                                reason="needs the multi-producer core (issue 14)")
+
+
+@needs_core
+async def test_three_producers_one_connection_three_discovered_devices(
+    mqtt_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aioconveyor.consumers.mqtt")
+    makers = {"inverter": lambda n, t: {"power_w": 1000 + n},
+              "meter": lambda n, t: {"energy_kwh": n / 2},
+              "weather": lambda n, t: {"temp": 20 + n, "wind": n}}
+    recorders = {name: recorder(make) for name, make in makers.items()}
+    consumer = MqttConsumer(mqtt_url, topic=f"{prefix}/{{producer}}/state",
+                            discovery=three_devices(prefix))
+    devices = {p: f"{prefix}/{p}/availability" for p in makers}
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        conv = AioConveyor(consumers=[consumer], producers=[
+            aioconveyor.Producer(recorders[name], name=name, every=0.05, max_ticks=5)
+            for name in makers])
+        async with conv:
+            await sub.wait_for(lambda: all(
+                any(str(m.topic) == topic and payload(m) == b"online" for m in sub.messages)
+                for topic in devices.values()), "every device online")
+            assert await asyncio.to_thread(conv.join, 20)
+        await sub.wait_for(lambda: payload(sub.messages[-1]) == b"offline", "the close")
+
+    for name, rec in recorders.items():
+        got = [json.loads(payload(m)) for m in sub.messages
+               if str(m.topic) == f"{prefix}/{name}/state"]
+        assert [g.pop("event_time") for g in got] == [t.isoformat() for t, _ in rec.produced]
+        assert got == [data for _, data in rec.produced]
+    for topic in devices.values():  # offline at connect, online with the first record, then off
+        states = [payload(m) for m in sub.messages if str(m.topic) == topic]
+        assert states == [b"offline", b"online", b"offline"], (topic, states)
+    configs = [m for m in sub.messages if str(m.topic).endswith("/config")]
+    assert {json.loads(payload(m))["device"]["name"] for m in configs} == {
+        "Inverter", "Meter", "Weather"}
+    assert caplog.text.count("connected to") == 1
+    assert lane(conv).delivered == 15 and lane(conv).errors == 0

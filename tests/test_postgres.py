@@ -24,9 +24,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from aioconveyor import AioConveyor, Batch, Consumer, Record, StartupError
+import aioconveyor
+from aioconveyor import AioConveyor, Batch, Consumer, Record, SettingError, StartupError
 from aioconveyor.consumers import PostgresConsumer
-from aioconveyor.consumers.postgres import mask_dsn
+from aioconveyor.consumers.postgres import SharedTableError, mask_dsn
+from aioconveyor.kit import Tick
 from aioconveyor.testing import wait_until
 from support.proxy import TcpProxy
 from support.services import free_port, host_port
@@ -559,3 +561,208 @@ def test_import_error_names_the_extra_to_install() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=30, check=True)
     assert 'pip install "aioconveyor[postgres]"' in out.stdout, out
+
+
+# -- several producers in one table (issue 14) -----------------------------------------
+
+
+def produced_by(producer: str, n: int, start: int = 0) -> Batch:
+    """A batch of ``n`` readings of ``producer`` at the grid times T0 + start.. seconds,
+    each record carrying its tick as the conveyor's lanes hand them over."""
+    records = []
+    for i in range(start, start + n):
+        when = T0 + timedelta(seconds=i)
+        tick = Tick(i, when, when.timestamp(), when.timestamp(), 0, producer)
+        records.append(Record({"producer_seq": i, "by": producer}, when, tick))
+    return Batch(records)
+
+
+async def test_per_producer_rows_are_keyed_by_producer_and_grid_time_exactly_once(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    table = new_table()
+    batches = [produced_by(p, 4) for p in ("inverter", "meter", "weather")]
+    async with PostgresConsumer(postgres_dsn, table, create_table=True,
+                                per_producer=True) as sink:
+        assert sink.key == ("producer", "event_time") and sink.per_producer is True
+        for _ in range(2):  # the second round is a retry of acknowledged commits
+            for batch in batches:
+                await sink(batch, batch[-1].event_time)
+
+    rows = await db.fetch(f"SELECT producer, event_time, payload FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [(r["producer"], r["event_time"], json.loads(r["payload"])) for r in rows] == [
+        (rec.producer, rec.event_time, rec.data) for batch in batches for rec in batch]
+    assert (sink.written, sink.duplicates, sink.rejected) == (12, 12, 0)
+    key = await db.fetchval(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = $1::regclass AND contype = 'p'", q(table))
+    assert key == "PRIMARY KEY (producer, event_time)"
+
+
+async def test_a_table_with_a_producer_column_is_written_per_producer_by_default(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    table = new_table()
+    await db.execute(f"CREATE TABLE {q(table)} (producer_seq int, event_time timestamptz, "
+                     "by text, producer text NOT NULL, UNIQUE (event_time, producer))")
+    sink = PostgresConsumer(postgres_dsn, table, ["producer_seq", "by"])
+    assert sink.per_producer is None  # decided by the table
+    async with sink:
+        assert sink.per_producer is True and sink.key == ("producer", "event_time")
+        assert sink.written_columns == ("event_time", "producer", "producer_seq", "by")
+        for p in ("a", "b"):
+            batch = produced_by(p, 3)
+            await sink(batch, batch[-1].event_time)
+    rows = await db.fetch(f"SELECT producer, by, producer_seq FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [tuple(r) for r in rows] == [(p, p, i) for p in ("a", "b") for i in range(3)]
+
+
+async def test_a_second_producer_into_a_table_without_the_column_fails_until_migrated(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    """Never skipped as duplicates: the call fails (the lane retries it) and says how to
+    add the column; once added, the very next call writes, nothing lost or doubled."""
+    table = new_table()
+    first, second = produced_by("inverter", 3), produced_by("meter", 3)
+    async with PostgresConsumer(postgres_dsn, table, create_table=True) as sink:
+        assert sink.per_producer is False and sink.key == ("event_time",)
+        await sink(first, first[-1].event_time)
+        with pytest.raises(SharedTableError) as info:
+            await sink(second, second[-1].event_time)
+        message = str(info.value)
+        assert "'inverter', 'meter'" in message and "ALTER TABLE" in message
+        assert "DEFAULT 'inverter'" in message
+        assert await count(db, table) == 3  # nothing of the failed call was written
+
+        await db.execute(f"ALTER TABLE {q(table)} ADD COLUMN producer text NOT NULL "
+                         f"DEFAULT 'inverter'")
+        await db.execute(f"ALTER TABLE {q(table)} DROP CONSTRAINT {q(table + '_pkey')}, "
+                         "ADD PRIMARY KEY (producer, event_time)")
+        await sink(second, second[-1].event_time)  # the lane's retry
+        assert sink.per_producer is True
+        await sink(first, first[-1].event_time)  # already there: skipped
+    rows = await db.fetch(f"SELECT producer, event_time FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [tuple(r) for r in rows] == [(rec.producer, rec.event_time)
+                                        for rec in [*first, *second]]
+    assert (sink.written, sink.duplicates) == (6, 3)
+
+
+async def test_one_producer_keeps_writing_an_old_table_and_an_own_key_is_trusted(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    old, own = new_table(), new_table()
+    await db.execute(f"CREATE TABLE {q(own)} (event_time timestamptz, by text, "
+                     "PRIMARY KEY (by, event_time))")
+    async with PostgresConsumer(postgres_dsn, old, create_table=True) as single:
+        for start in (0, 3):
+            batch = produced_by("inverter", 3, start)
+            await single(batch, batch[-1].event_time)
+    assert await count(db, old) == 6
+    async with PostgresConsumer(postgres_dsn, own, ["by"], key=["by", "event_time"]) as keyed:
+        for p in ("a", "b"):  # the key tells the producers apart: no guard needed
+            batch = produced_by(p, 2)
+            await keyed(batch, batch[-1].event_time)
+    assert await count(db, own) == 4 and keyed.per_producer is False
+
+
+async def test_per_producer_true_needs_the_column(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    table = new_table()
+    await db.execute(f"CREATE TABLE {q(table)} (event_time timestamptz PRIMARY KEY, v int)")
+    sink = PostgresConsumer(postgres_dsn, table, ["v"], per_producer=True)
+    with pytest.raises(ValueError, match=r"has no column 'producer' for per_producer=True: "
+                                         r"ALTER TABLE"):
+        await sink.open()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name", "error"),
+    [
+        ({"per_producer": "yes"}, "per_producer", "must be True, False or None"),
+        ({"producer_column": ""}, "producer_column", "non-empty str"),
+        ({"columns": ["producer", "v"], "per_producer": True}, "per_producer",
+         "leave it out of columns"),
+        ({"per_producer": True, "producer_column": "event_time"}, "per_producer",
+         "name it already"),
+        ({"columns": ["v"], "key": ["producer", "event_time"], "per_producer": False},
+         "key", "per_producer=False does not write"),
+    ],
+)
+def test_bad_per_producer_arguments_are_named(kwargs: dict[str, Any], name: str,
+                                              error: str) -> None:
+    with pytest.raises(SettingError, match=error) as info:
+        PostgresConsumer(**kwargs)
+    assert info.value.name == name
+
+
+def test_a_key_naming_the_producer_column_implies_per_producer() -> None:
+    sink = PostgresConsumer(None, "t", ["v"], key=["producer", "event_time"])
+    assert sink.per_producer is True
+    assert sink.written_columns == ("event_time", "producer", "v")
+
+
+needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
+                                reason="needs the multi-producer core (issue 14)")
+
+
+@needs_core
+async def test_three_producers_into_one_table_exactly_once_per_producer(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    table = new_table()
+    counters = {name: Counter() for name in ("inverter", "meter", "weather")}
+    sink = PostgresConsumer(postgres_dsn, table, create_table=True, per_producer=True,
+                            batch_age=0.1)
+    conv = AioConveyor(consumers=[sink], stop_timeout=20, producers=[
+        aioconveyor.Producer(counters["inverter"], name="inverter", every=0.05, max_ticks=8),
+        aioconveyor.Producer(counters["meter"], name="meter", every=0.1, max_ticks=5),
+        aioconveyor.Producer(counters["weather"], name="weather", every=0.1, offset=0.05,
+                             max_ticks=4),
+    ])
+    await run(conv)
+
+    rows = await db.fetch(f"SELECT producer, event_time, payload FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [(r["producer"], r["event_time"], json.loads(r["payload"])) for r in rows] == [
+        (name, t, item) for name in sorted(counters) for t, item in counters[name].produced]
+    assert sink.written == 8 + 5 + 4 and sink.duplicates == 0
+    assert_lane_clean(conv, sink.name)
+
+
+@needs_core
+async def test_a_second_producer_added_to_an_old_table_waits_for_the_migration(
+    postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
+) -> None:
+    """The one-producer table of a running conveyor meets a second producer: the lane
+    fails and retries (nothing skipped as a duplicate), the table is migrated while it
+    runs, and every row of both producers arrives exactly once."""
+    table = new_table()
+    solar, meter = Counter(), Counter()
+    sink = PostgresConsumer(postgres_dsn, table, create_table=True, batch_age=0.05,
+                            max_backoff=0.2)
+    conv = AioConveyor(solar, [sink], loop_interval=0.05, name="solar", max_ticks=40,
+                       stop_timeout=20)
+
+    async def add_meter_then_migrate() -> None:
+        await eventually(lambda: _at_least(db, table, 3), "the first rows of solar")
+        conv.add_producer(meter, name="meter", every=0.05, max_ticks=10)
+        assert await wait_until(lambda: conv.stats().consumer(sink.name).errors >= 1,
+                                timeout=20), "the shared table was never refused"
+        last = conv.stats().consumer(sink.name).last_error or ""
+        assert "SharedTableError" in last and "ALTER TABLE" in last, last
+        await db.execute(f"ALTER TABLE {q(table)} ADD COLUMN producer text NOT NULL "
+                         "DEFAULT 'solar'")
+        await db.execute(f"ALTER TABLE {q(table)} DROP CONSTRAINT {q(table + '_pkey')}, "
+                         "ADD PRIMARY KEY (producer, event_time)")
+
+    await run(conv, add_meter_then_migrate)
+    rows = await db.fetch(f"SELECT producer, event_time, payload FROM {q(table)} "
+                          "ORDER BY producer, event_time")
+    assert [(r["producer"], r["event_time"], json.loads(r["payload"])) for r in rows] == [
+        *(("meter", t, item) for t, item in meter.produced),
+        *(("solar", t, item) for t, item in solar.produced)]
+    assert sink.per_producer is True
