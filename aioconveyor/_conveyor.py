@@ -34,7 +34,7 @@ from ._errors import ConveyorError, RestartBudgetExceeded, StartupError
 from ._fanout import CHUNK, Fanout
 from ._health import Health, assess
 from ._lanes import Copier, Lane, LaneState, Ledger
-from ._leader import Leader
+from ._leader import KeyedLeader, Leader, accepts_key
 from ._logs import LogLimiter
 from ._producer import Producer, ProducerSettings, default_timeout, period_now
 from ._producing import ProducerRun
@@ -687,6 +687,7 @@ class _Engine:
         self.scheduler = Scheduler(conv.clock, self.fanout.offer, counters, name=conv.name,
                                    on_finished=self._ticks_done)
         self._limiter = LogLimiter(now=conv.clock.monotonic)  # shared by every producer
+        self._warned_keys = False
         for settings in conv._producers:
             self.scheduler.add(self._producer_run(settings))
         self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold, conv.clock)
@@ -698,6 +699,15 @@ class _Engine:
     def _producer_run(self, settings: ProducerSettings,
                       last_event: float | None = None) -> ProducerRun:
         counters = self.counters.producers[settings.name]
+        leader = self.conv.leader
+        if settings.leader_key is not None and leader is not None and not accepts_key(leader):
+            # a Leader whose lead() takes no key= answers for the whole instance
+            if not self._warned_keys:
+                self._warned_keys = True
+                logger.warning("conveyor %s: the leader backend %r elects no per-producer "
+                               "keys (its lead() takes no key=); every producer follows "
+                               "its one election", self.conv.name, leader)
+            settings = dataclasses.replace(settings, leader_key=None)
         return ProducerRun(settings, counters, self.counters, self.clock,
                            conveyor=self.conv.name, lanes=self._route(settings.consumers),
                            limiter=self._limiter, leader=self.conv.leader,
@@ -836,10 +846,23 @@ class _Engine:
 
     async def remove_producer(self, name: str, deadline: float) -> None:
         self._check_running()
-        await self.scheduler.remove(name, self._budget(deadline))
+        run = await self.scheduler.remove(name, self._budget(deadline))
         self.counters.retire(name)
+        await self._release(run)
         self._sync_producers()
         logger.info("conveyor %s: producer %s removed", self.conv.name, name)
+
+    async def _release(self, run: ProducerRun) -> None:
+        """Give up a removed producer's leader key at once (else it times out)."""
+        leader, key = self.conv.leader, run.settings.leader_key
+        if key is None or not isinstance(leader, KeyedLeader):
+            return
+        try:
+            async with timeout(self.clock, self._close_budget()):
+                await guarded(leader.release(key))
+        except Exception:
+            logger.exception("conveyor %s: releasing the leader key %r failed (it expires "
+                             "on its own)", self.conv.name, key)
 
     async def replace_producer(self, name: str, settings: ProducerSettings,
                                deadline: float) -> None:

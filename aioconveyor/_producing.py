@@ -167,7 +167,7 @@ class ProducerRun:
             grace = self.settings.planner.grace(tick.event_time.timestamp())
             async with timeout(self.clock, grace):
                 asked = (leader.lead(tick.event_time) if key is None
-                         else leader.lead(tick.event_time, key=key))  # type: ignore[call-arg]
+                         else leader.lead(tick.event_time, key=key))
                 leading = bool(await guarded(asked))
         except Exception as exc:
             self.limiter.log(

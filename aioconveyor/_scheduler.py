@@ -170,7 +170,9 @@ class Scheduler:
             self._wake(plan.fire_at)
 
     def _finished_one(self) -> None:
-        if not self._ended and self._runs and all(r.finished for r in self._runs.values()):
+        # (a run counts its tick when it starts: wait until no tick is under way)
+        if (not self._ended and self._runs and not self._ticks
+                and all(r.finished for r in self._runs.values())):
             self._ended = True
             self.on_finished()
 

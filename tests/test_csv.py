@@ -556,11 +556,8 @@ async def test_more_producers_than_open_files_keep_one_header_per_file(
             (str(i), "0"), (str(i), "1")]
 
 
-needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
-                                reason="needs the multi-producer core (issue 14)")
 
 
-@needs_core
 def test_three_producers_write_a_file_each_through_a_conveyor(tmp_path: Path) -> None:
     makers: dict[str, Callable[[int], dict[str, Any]]] = {
         "inverter": lambda n: {"power_w": 1000 + n},

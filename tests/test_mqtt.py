@@ -840,11 +840,8 @@ def test_bad_per_producer_settings_name_the_argument(kwargs: dict[str, Any], nam
     assert info.value.name == name and message in str(info.value), info.value
 
 
-needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
-                                reason="needs the multi-producer core (issue 14)")
 
 
-@needs_core
 async def test_three_producers_one_connection_three_discovered_devices(
     mqtt_url: str, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -705,11 +705,8 @@ def test_a_key_naming_the_producer_column_implies_per_producer() -> None:
     assert sink.written_columns == ("event_time", "producer", "v")
 
 
-needs_core = pytest.mark.skipif(not hasattr(aioconveyor, "Producer"),
-                                reason="needs the multi-producer core (issue 14)")
 
 
-@needs_core
 async def test_three_producers_into_one_table_exactly_once_per_producer(
     postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
 ) -> None:
@@ -733,7 +730,6 @@ async def test_three_producers_into_one_table_exactly_once_per_producer(
     assert_lane_clean(conv, sink.name)
 
 
-@needs_core
 async def test_a_second_producer_added_to_an_old_table_waits_for_the_migration(
     postgres_dsn: str, db: asyncpg.Connection, new_table: Callable[..., str]
 ) -> None:
