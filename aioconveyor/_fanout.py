@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from ._clock import Clock
@@ -68,13 +69,17 @@ class Fanout:
         if asleep and self._waking is None:
             self._waking = asyncio.get_running_loop().call_soon(self._wake_some)
 
-    def _wake_some(self) -> None:
+    def _wake_some(self, held: bool = False) -> None:
+        """Wake the next :data:`CHUNK` lanes, after letting a tick that is about due go
+        first; ``held``: this call comes after such a wait, and wakes its chunk whatever
+        (with many producers a tick is always about due: holding again would starve)."""
         self._waking = None
         clock, due = self._clock, self._next_tick() if self._next_tick is not None else None
-        if clock is not None and due is not None:
+        if not held and clock is not None and due is not None:
             until = due - clock.time()
             if 0 < until < HOLD_BEFORE:  # the next tick goes first
-                self._waking = clock.call_later(until + RESUME_AFTER, self._wake_some)
+                self._waking = clock.call_later(until + RESUME_AFTER,
+                                                partial(self._wake_some, True))
                 return
         asleep = self._asleep
         for _ in range(min(CHUNK, len(asleep))):

@@ -90,7 +90,18 @@ class Scheduler:
         return run
 
     def next_fire(self) -> float | None:
-        """When the next tick of any producer is due (``clock.time()``), if one is."""
+        """When the next tick of any producer is due (``clock.time()``), if one is.
+
+        A hint, safe to read from any thread (the copier's): it never changes the heap, so
+        the entry of a producer removed a moment ago may still answer."""
+        heap = self._heap
+        try:
+            return heap[0][0]
+        except IndexError:
+            return None
+
+    def _head(self) -> float | None:
+        """:meth:`next_fire` for the loop itself, dropping removed producers' entries."""
         heap = self._heap
         while heap and heap[0][2].removed:
             heapq.heappop(heap)
@@ -109,7 +120,7 @@ class Scheduler:
             if self._failure is not None:  # planning failed in a tick: this loop fails
                 failure, self._failure = self._failure, None
                 raise failure
-            due = self.next_fire()
+            due = self._head()
             if due is None:
                 self._idle = asyncio.get_running_loop().create_future()
                 try:

@@ -104,8 +104,9 @@ class ProducerStats:
     next_tick_time: datetime | None
     state: str
     """``"waiting"`` (for its next tick), ``"running"`` (a call in progress), ``"hung"``
-    (a call past its timeout that did not stop: ticks are skipped until it returns),
-    ``"finished"`` (``max_ticks`` reached) or ``"removed"``."""
+    (a call past its timeout that did not stop: ticks are skipped until it returns) or
+    ``"finished"`` (``max_ticks`` reached). A removed producer leaves the list; its counts
+    stay in the conveyor's totals."""
     consumers: tuple[str, ...] | None
     """The consumers it feeds (``None``: all of them)."""
     leader_role: str | None
