@@ -336,3 +336,50 @@ async def test_bad_keys_and_arguments_are_named(make: Callable[..., PostgresLead
         PostgresLeader(None, "k", proof_age=-1)
     with pytest.raises(TypeError, match="clock must be a Clock"):
         PostgresLeader(None, "k", clock="fake")  # type: ignore[arg-type]
+
+
+# -- two conveyors, several producers each: every producer elected on its own -------------
+
+
+def test_two_conveyors_elect_each_producer_separately_and_hand_over_a_removed_one(
+    postgres_dsn: str, key: str,
+) -> None:
+    from aioconveyor import AioConveyor, Producer
+    from aioconveyor.testing import MemoryConsumer, wait_until_blocking
+
+    made: dict[str, list[tuple[str, datetime]]] = {"a": [], "b": []}
+
+    def device(instance: str, producer: str) -> Callable[[datetime], str]:
+        def produce(event_time: datetime) -> str:
+            made[instance].append((producer, event_time))
+            return producer
+        return produce
+
+    names = [f"dev{i}" for i in range(4)]
+
+    def conveyor(instance: str) -> AioConveyor:
+        leader = PostgresLeader(postgres_dsn, key, name=f"{instance}-{key[-8:]}")
+        return AioConveyor(consumers=[MemoryConsumer()], leader=leader, name=instance,
+                           producers=[Producer(device(instance, n), name=n, every=0.05)
+                                      for n in names])
+
+    a, b = conveyor("a"), conveyor("b")
+    with a, b:
+        def roles() -> dict[str, tuple[str | None, str | None]]:
+            sa, sb = a.stats(), b.stats()
+            return {n: (sa.producer(n).leader_role, sb.producer(n).leader_role) for n in names}
+
+        # every producer has exactly one leader: one instance leads it, the other stands by
+        assert wait_until_blocking(lambda: all(
+            set(r) == {"leader", "standby"} for r in roles().values()), 20), roles()
+        held_by_a = [n for n, (ra, _) in roles().items() if ra == "leader"]
+        victim = held_by_a[0] if held_by_a else names[0]
+        owner, other = (a, b) if held_by_a else (b, a)
+        owner.remove_producer(victim)  # releases its key at once: the other takes it over
+        assert wait_until_blocking(
+            lambda: other.stats().producer(victim).leader_role == "leader", 20)
+        assert wait_until_blocking(lambda: other.stats().producer(victim).produced > 0, 20)
+    for n in names:  # never both for one (producer, grid time)
+        ta = {t for p, t in made["a"] if p == n}
+        tb = {t for p, t in made["b"] if p == n}
+        assert not ta & tb, n
