@@ -273,7 +273,7 @@ class AioConveyor:
             self._register(ProducerSettings(
                 fn=produce, name=self.name, planner=self.planner,
                 timeout=self.producer_timeout, error_backoff=self.error_backoff,
-                max_ticks=self.max_ticks, consumers=None, leader_key=None,
+                max_ticks=self.max_ticks, consumers=None, leader_key=None, period=periods[0],
             ), "produce")
         for i, settings in enumerate(more_settings):
             self._register(settings, f"producers[{i}]")
@@ -324,7 +324,7 @@ class AioConveyor:
     def _producer_bound(self, settings: ProducerSettings) -> float:
         if self._health_bound_given:
             return self.health_bound
-        return max(3 * period_now(settings.schedule, self.clock), 10.0)
+        return max(3 * settings.period, 10.0)
 
     @property
     def producer_names(self) -> tuple[str, ...]:

@@ -117,7 +117,7 @@ class Producer:
             fn=self.fn, name=name, planner=planner,
             timeout=default_timeout(period) if self.timeout is None else self.timeout,
             error_backoff=self.error_backoff, max_ticks=self.max_ticks,
-            consumers=consumers, leader_key=self.leader_key or name,
+            consumers=consumers, leader_key=self.leader_key or name, period=period,
         )
 
 
@@ -148,6 +148,8 @@ class ProducerSettings:
     """The consumers it feeds; ``None``: all of them."""
     leader_key: str | None
     """``None``: the leader backend's own key (``lead(event_time)``)."""
+    period: float
+    """The schedule's period when the settings were resolved (defaults derive from it)."""
 
     @property
     def schedule(self) -> Schedule:
