@@ -8,7 +8,6 @@ unique key, so a grid time produced twice would show up as two rows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -31,8 +30,7 @@ import aioconveyor
 from aioconveyor import AioConveyor, PostgresLeader
 from aioconveyor._errors import ConveyorError
 from aioconveyor._leader_postgres import lock_id_for
-from support.proxy import TcpProxy
-from support.services import host_port
+from support.proxy import proxied, proxy_to
 
 INTERVAL = 0.2
 FAILOVER_BOUND = 2 * INTERVAL + 0.5
@@ -147,20 +145,7 @@ def sleep_to_mid_tick() -> None:
     time.sleep((INTERVAL / 2 - phase) % INTERVAL)
 
 
-@contextlib.contextmanager
-def proxy_to(dsn: str) -> Iterator[TcpProxy]:
-    proxy = TcpProxy(*host_port(dsn, 5432)).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-        proxy._loop.close()  # TcpProxy.close() leaves its loop open (a ResourceWarning later)
 
-
-def proxied(dsn: str, port: int) -> str:
-    parts = urllib.parse.urlsplit(dsn)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ freed when it notices a closed connection), with generous bounds; the idle relea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +21,7 @@ from aioconveyor import Leader, PostgresLeader
 from aioconveyor._leader import KeyedLeader, accepts_key
 from aioconveyor._leader_postgres import lock_id_for
 from aioconveyor.testing import FakeClock
-from support.proxy import TcpProxy
-from support.services import host_port
+from support.proxy import proxied, proxy_to
 
 KEYS = [f"meter-{i}" for i in range(6)]
 
@@ -42,20 +39,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str,
         await asyncio.sleep(0.02)
 
 
-@contextlib.contextmanager
-def proxy_to(dsn: str) -> Iterator[TcpProxy]:
-    proxy = TcpProxy(*host_port(dsn, 5432)).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-        proxy._loop.close()
 
-
-def proxied(dsn: str, port: int) -> str:
-    parts = urllib.parse.urlsplit(dsn)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
 
 
 @pytest.fixture

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import urllib.parse
+from collections.abc import Iterator
 from types import TracebackType
 
-from .services import free_port
+from .services import free_port, host_port
 
 
 class TcpProxy:
@@ -101,3 +103,21 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.discard(writer)
         self._writers.discard(up_writer)
+
+
+@contextlib.contextmanager
+def proxy_to(dsn: str, default_port: int = 5432) -> Iterator[TcpProxy]:
+    """A started proxy to the server of ``dsn``, closed (with its loop) at the end."""
+    proxy = TcpProxy(*host_port(dsn, default_port)).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+        proxy._loop.close()  # TcpProxy.close() leaves its loop open (a ResourceWarning later)
+
+
+def proxied(dsn: str, port: int) -> str:
+    """``dsn`` pointed at a proxy on 127.0.0.1:``port``."""
+    parts = urllib.parse.urlsplit(dsn)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{port}"))
