@@ -69,10 +69,13 @@ _PRODUCER_COUNTERS = (
     ("ticks", "ticks", "Ticks this producer fired (produced, empty, failed or standby)."),
     ("produced", "produced", "This producer's results fanned out."),
     ("empty", "empty", "Ticks on which this producer returned None."),
-    ("errors", "errors", "Calls of this producer that raised or timed out."),
-    ("timeouts", "timeouts", "Calls of this producer cancelled at their timeout."),
+    # (not "errors"/"timeouts"/"skipped": aioconveyor_producer_errors_total and the others
+    # are the conveyor-wide sums, and a name must not have two label sets)
+    ("call_errors", "errors", "Calls of this producer that raised or timed out."),
+    ("call_timeouts", "timeouts", "Calls of this producer cancelled at their timeout."),
     ("missed_ticks", "missed_ticks", "Grid times this producer skipped."),
-    ("skipped", "skipped", "Ticks skipped because this producer's previous call still hangs."),
+    ("skipped_ticks", "skipped",
+     "Ticks skipped because this producer's previous call still hangs."),
     ("standby_ticks", "standby_ticks",
      "Ticks not produced because another instance leads this producer's key."),
 )

@@ -75,7 +75,7 @@ def test_metrics_have_per_producer_series_beside_the_unchanged_totals() -> None:
     (total,) = found["aioconveyor_ticks"].samples
     assert total.labels == {"conveyor": "home"} and total.value == sum(ticks.values())
     assert by_producer(found["aioconveyor_producer_produced"])["broken"] == 0
-    errors = by_producer(found["aioconveyor_producer_errors"])
+    errors = by_producer(found["aioconveyor_producer_call_errors"])
     assert errors["broken"] >= 1 and errors["meter"] == 0
     assert {s.labels["conveyor"] for s in found["aioconveyor_producer_ticks"].samples} == {"home"}
     hist = found["aioconveyor_producer_tick_lateness_seconds"]
@@ -91,6 +91,13 @@ def test_metrics_have_per_producer_series_beside_the_unchanged_totals() -> None:
     assert last["meter"] < nxt["meter"] <= last["meter"] + 2 * FAST + 1e-6
     states = {s.labels["state"]: s.value for s in found["aioconveyor_producers"].samples}
     assert set(states) == {"waiting", "running", "hung", "finished"} and sum(states.values()) == 2
+    # no name has two label sets (the totals keep theirs, without "producer")
+    names = [line.split("{")[0] for line in body.decode().splitlines()
+             if line.startswith("# TYPE")]
+    assert len(names) == len(set(names))
+    for total in ("aioconveyor_producer_errors", "aioconveyor_producer_timeouts",
+                  "aioconveyor_producer_skipped"):
+        assert all("producer" not in x.labels for x in found[total].samples), total
 
 
 def test_a_producer_costs_a_small_fixed_number_of_series() -> None:
