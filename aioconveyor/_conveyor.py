@@ -445,12 +445,16 @@ class AioConveyor:
         return self._counters.snapshot()
 
     def health(self, now: datetime | None = None) -> Health:
-        """Healthy while running, ticking on time, and every consumer delivering within
-        ``health_bound`` (plus its ``batch_age``); else says which part is not (see
-        :func:`aioconveyor._health.assess` for the rules). ``now`` defaults to the clock's."""
+        """Healthy while running, ticking on time (every producer within its own bound:
+        ``health_bound`` if given, else three of its periods, at least 10 s), and every
+        consumer delivering within ``health_bound`` (plus its ``batch_age``); else says
+        which part is not (``"scheduler"``, ``"producer:<name>"``, ``"consumer:<name>"``;
+        see :func:`aioconveyor._health.assess` for the rules). ``now`` defaults to the
+        clock's."""
         when = now or datetime.fromtimestamp(self.clock.time(), UTC)
         return assess(self.stats(), now=when, bound=self.health_bound,
-                      consumer_bounds=self._consumer_bounds)
+                      consumer_bounds=self._consumer_bounds,
+                      producer_bounds=self._producer_bounds)
 
     @property
     def ready(self) -> bool:

@@ -28,6 +28,7 @@ from ._conveyor import AioConveyor
 from ._errors import ConveyorError
 from ._process import EXIT_FAILED, EXIT_OK, LOG_FORMAT, StopSignals, force_exit, summary_lines
 from ._secrets import mask_text
+from ._stats import ConveyorStats
 from .consumers.csv import CsvConsumer
 from .consumers.postgres import PostgresConsumer  # asyncpg loads when it connects
 from .consumers.pretty import PrettyPrintConsumer
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 FIELDS = ("device", "state", "power_w", "energy_kwh", "grid_voltage_v", "grid_frequency_hz",
           "temperature_c")
 """The keys of every reading, in CSV column order (after ``event_time``)."""
+
+PANEL_PRODUCERS = 12
+"""At most this many producers get a row of the panel's producer table."""
 
 POSTGRES_TABLE = "aioconveyor_demo"
 MQTT_TOPIC = "aioconveyor/_demo/{device}/state"
@@ -169,6 +173,10 @@ class DemoOptions:
         _validate.boolean("quiet", self.quiet)
 
 
+def _clock_time(when: datetime | None) -> str:
+    return "-" if when is None else f"{when.astimezone():%H:%M:%S.%f}"[:-3]
+
+
 def default_csv_path() -> Path:
     """A new file in the temp folder, named after the current time and this process (so
     demos started in the same second never share a file)."""
@@ -210,6 +218,9 @@ class Demo:
             loop_offset=options.offset, max_ticks=options.count, name="inverter",
             seed=options.seed,
         )
+        offset = f" + {options.offset:g} s" if options.offset else ""
+        self.schedules = {"inverter": f"every {options.interval:g} s{offset}"}
+        """How each producer is scheduled, for the panel."""
         self.show_panel = not options.quiet and self.console.is_terminal
 
     def _mqtt(self, url: str) -> MqttConsumer:
@@ -302,8 +313,33 @@ class Demo:
                           Text(str(c.errors), style="red" if c.errors else ""),
                           Text(str(c.dropped), style="yellow" if c.dropped else ""),
                           str(c.queued + c.in_flight), Text(mask_text(c.last_error or "")))
-        return Panel(Group(head, Text(""), lanes), title="aioconveyor demo · simulated inverter",
+        return Panel(Group(head, Text(""), self._producer_table(s), Text(""), lanes),
+                     title="aioconveyor demo · simulated inverter",
                      subtitle="Ctrl-C stops", border_style="cyan", expand=False)
+
+    def _producer_table(self, s: ConveyorStats) -> RenderableType:
+        """One row per producer: schedule, ticks, last/next tick, lateness, errors, state,
+        the consumers it feeds (the first :data:`PANEL_PRODUCERS`, then a count)."""
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=None, padding=(0, 1), header_style="bold")
+        for column in ("producer", "schedule", "ticks", "last tick", "next tick",
+                       "p99 ms", "errors", "state", "feeds"):
+            right = column in ("ticks", "p99 ms", "errors")
+            table.add_column(column, justify="right" if right else "left", no_wrap=True)
+        styles = {"hung": "red", "running": "cyan", "finished": "dim"}
+        for p in s.producers[:PANEL_PRODUCERS]:
+            nxt = "-" if p.state == "finished" else _clock_time(p.next_tick_time)
+            table.add_row(
+                p.name, self.schedules.get(p.name, "?"), str(p.ticks),
+                _clock_time(p.last_tick_time), nxt, f"{p.lateness.p99_ms:.2f}",
+                Text(str(p.errors), style="red" if p.errors else ""),
+                Text(p.state, style=styles.get(p.state, "")),
+                "all" if p.consumers is None else ", ".join(p.consumers))
+        if len(s.producers) > PANEL_PRODUCERS:
+            table.add_row(f"... {len(s.producers) - PANEL_PRODUCERS} more", *[""] * 8)
+        return table
 
     # -- running -----------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 A deliberately tiny HTTP/1.1 server on asyncio streams, running in the conveyor's own
 loop (so a blocked loop shows up as a health check that times out, which is the truth).
-One request per connection; only GET (and HEAD).
+One request per connection; only GET (and HEAD). ``/metrics`` is rendered in a worker
+thread: with thousands of producers a scrape takes a while, and the ticks must not wait.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class OpsEndpoint:
             # (here and at close) stay on the loop's real clock
             async with asyncio.timeout(5.0):
                 request = await reader.readuntil(b"\r\n\r\n")
-            status, ctype, body = self._route(request.split(b"\r\n", 1)[0])
+            line = request.split(b"\r\n", 1)[0]
+            routed = self._route(line)
+            status, ctype, body = (await self._render() if routed is None else routed)
             head = (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
                     f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                     "Connection: close\r\n\r\n").encode()
@@ -83,7 +86,13 @@ class OpsEndpoint:
         finally:
             writer.close()
 
-    def _route(self, line: bytes) -> tuple[int, str, bytes]:
+    async def _render(self) -> tuple[int, str, bytes]:
+        assert self._metrics is not None
+        body, ctype = await asyncio.to_thread(self._metrics)
+        return 200, ctype, body
+
+    def _route(self, line: bytes) -> tuple[int, str, bytes] | None:
+        """The answer to a request line; ``None`` for ``/metrics`` (see :meth:`_render`)."""
         parts = line.decode("latin-1").split()
         if len(parts) != 3:
             return 400, "text/plain", b"bad request\n"
@@ -99,8 +108,7 @@ class OpsEndpoint:
             return (200 if ready else 503), "application/json", _json(
                 {"status": "ready" if ready else "not ready"})
         if path == "/metrics" and self._metrics is not None:
-            body, ctype = self._metrics()
-            return 200, ctype, body
+            return None
         return 404, "text/plain", b"not found: try /metrics, /healthz, /readyz\n"
 
 

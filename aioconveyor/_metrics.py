@@ -2,18 +2,25 @@
 
 Needs ``prometheus-client`` (``pip install "aioconveyor[metrics]"``), imported only here.
 Names follow Prometheus conventions: ``aioconveyor_*_total`` counters, ``_seconds`` units,
-labels ``conveyor`` and ``consumer``.
+labels ``conveyor``, ``consumer`` and ``producer``.
+
+A conveyor may hold ten thousand producers, so each one gets a small set of series
+(:data:`PRODUCER_SERIES` of them: eight counters, a five-bucket lateness histogram, its
+next and last tick times and a hung flag); the per-state producer counts are one gauge for
+the whole conveyor.
 """
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._lanes import LaneState
-from ._stats import ConveyorStats
+from ._stats import LATENESS_BUCKETS, ConveyorStats
 
-__all__ = ["CONTENT_TYPE", "render"]
+__all__ = ["CONTENT_TYPE", "PRODUCER_SERIES", "render"]
 
 try:
     from prometheus_client import CollectorRegistry, generate_latest
@@ -57,6 +64,32 @@ _CONSUMER_COUNTERS = (
     ("hook_errors", "on_delivered/on_error hooks that failed."),
     ("open_errors", "Failed open() calls (retried with backoff)."),
 )
+
+_PRODUCER_COUNTERS = (
+    ("ticks", "ticks", "Ticks this producer fired (produced, empty, failed or standby)."),
+    ("produced", "produced", "This producer's results fanned out."),
+    ("empty", "empty", "Ticks on which this producer returned None."),
+    # (not "errors"/"timeouts"/"skipped": aioconveyor_producer_errors_total and the others
+    # are the conveyor-wide sums, and a name must not have two label sets)
+    ("call_errors", "errors", "Calls of this producer that raised or timed out."),
+    ("call_timeouts", "timeouts", "Calls of this producer cancelled at their timeout."),
+    ("missed_ticks", "missed_ticks", "Grid times this producer skipped."),
+    ("skipped_ticks", "skipped",
+     "Ticks skipped because this producer's previous call still hangs."),
+    ("standby_ticks", "standby_ticks",
+     "Ticks not produced because another instance leads this producer's key."),
+)
+
+#: The upper bounds kept in the per-producer lateness histogram: a subset of the
+#: conveyor's buckets (cumulative counts stay exact), so a producer costs 7 series, not 18.
+PRODUCER_LATENESS_BOUNDS = (0.001, 0.01, 0.1, 1.0, math.inf)
+assert set(PRODUCER_LATENESS_BOUNDS) <= {*LATENESS_BUCKETS, math.inf}
+
+#: The states counted by ``aioconveyor_producers``.
+PRODUCER_STATES = ("waiting", "running", "hung", "finished")
+
+#: Series per producer: the counters, the histogram (buckets, sum, count), 3 gauges.
+PRODUCER_SERIES = len(_PRODUCER_COUNTERS) + len(PRODUCER_LATENESS_BOUNDS) + 2 + 3
 
 
 class _StatsCollector:
@@ -111,6 +144,51 @@ class _StatsCollector:
             for st in LaneState:
                 state.add_metric([s.name, c.name, st.value], 1.0 if c.state == st else 0.0)
         yield state
+        yield from _producer_families(s)
+
+
+def _producer_families(s: ConveyorStats) -> Iterator[Any]:
+    """The per-producer series (label ``producer``) and the producer counts by state."""
+    labels = ["conveyor", "producer"]
+    for metric, attr, doc in _PRODUCER_COUNTERS:
+        family = CounterMetricFamily(f"aioconveyor_producer_{metric}", doc, labels=labels)
+        for p in s.producers:
+            family.add_metric([s.name, p.name], getattr(p, attr))
+        yield family
+    hist = HistogramMetricFamily(
+        "aioconveyor_producer_tick_lateness_seconds",
+        "This producer's tick start minus its planned time (coarse buckets).", labels=labels)
+    for p in s.producers:
+        kept = dict(p.lateness.buckets)
+        buckets = [(_le(b), kept.get(b, 0)) for b in PRODUCER_LATENESS_BOUNDS]
+        hist.add_metric([s.name, p.name], buckets, p.lateness.sum_seconds)
+    yield hist
+    for metric, attr, doc in (
+        ("next_tick_timestamp_seconds", "next_tick_time",
+         "Grid time (Unix seconds) of this producer's next tick (absent once finished)."),
+        ("last_tick_timestamp_seconds", "last_tick_time",
+         "Grid time (Unix seconds) of this producer's last tick."),
+    ):
+        gauge = GaugeMetricFamily(f"aioconveyor_producer_{metric}", doc, labels=labels)
+        for p in s.producers:
+            when = getattr(p, attr)
+            if when is not None and not (attr == "next_tick_time" and p.state == "finished"):
+                gauge.add_metric([s.name, p.name], when.timestamp())
+        yield gauge
+    hung = GaugeMetricFamily(
+        "aioconveyor_producer_hung",
+        "1 while this producer's call hangs past its timeout (its ticks are skipped).",
+        labels=labels)
+    for p in s.producers:
+        hung.add_metric([s.name, p.name], 1.0 if p.state == "hung" else 0.0)
+    yield hung
+    states = GaugeMetricFamily(
+        "aioconveyor_producers", "Producers in each state (waiting, running, hung, finished).",
+        labels=["conveyor", "state"])
+    counts = Counter(p.state for p in s.producers)
+    for st in PRODUCER_STATES:
+        states.add_metric([s.name, st], float(counts[st]))
+    yield states
 
 
 def _le(bound: float) -> str:

@@ -27,6 +27,7 @@ __all__ = [
     "EXIT_FORCED",
     "EXIT_OK",
     "LOG_FORMAT",
+    "SUMMARY_PRODUCERS",
     "ReloadSignal",
     "StopSignals",
     "force_exit",
@@ -38,6 +39,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_FORCED = 130
+
+SUMMARY_PRODUCERS = 10
+"""At most this many producers get a line of their own in the summary."""
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 """Timestamped lines on stderr (journald keeps them as they are)."""
@@ -175,7 +179,8 @@ def setup_logging(level: str, secrets: set[str] | None = None,
 
 def summary_lines(stats: ConveyorStats, elapsed: float, why: str,
                   secrets: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """What a run did, for humans: one line for the conveyor, one per consumer."""
+    """What a run did, for humans: one line for the conveyor, one per producer when there
+    are several (the first :data:`SUMMARY_PRODUCERS`, then a count), one per consumer."""
     late = stats.lateness
     lines = [
         f"summary: stopped ({why}) after {elapsed:.1f} s: {stats.ticks} ticks, "
@@ -183,6 +188,19 @@ def summary_lines(stats: ConveyorStats, elapsed: float, why: str,
         f"errors, {stats.missed_ticks} missed; lateness p50 {late.p50_ms:.1f} ms, "
         f"p99 {late.p99_ms:.1f} ms, max {late.max_ms:.1f} ms",
     ]
+    if len(stats.producers) > 1:
+        for p in stats.producers[:SUMMARY_PRODUCERS]:
+            line = (f"  producer {p.name}: {p.ticks} ticks, {p.produced} produced, "
+                    f"{p.empty} empty, {p.errors} errors, {p.missed_ticks} missed; "
+                    f"lateness p99 {p.lateness.p99_ms:.1f} ms")
+            if p.skipped:
+                line += f", {p.skipped} skipped (hung)"
+            if p.last_error:
+                line += f"; last error: {p.last_error}"
+            lines.append(mask_text(line, secrets))
+        more = len(stats.producers) - SUMMARY_PRODUCERS
+        if more > 0:
+            lines.append(f"  ... and {more} more producers (see stats() or /metrics)")
     for c in stats.consumers:
         line = (f"  {c.name}: {c.delivered} delivered, {c.errors} errors, {c.dropped} dropped, "
                 f"{c.failed} failed, {c.queued} queued")

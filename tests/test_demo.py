@@ -163,6 +163,30 @@ def test_status_panel_shows_ticks_lateness_and_every_consumer(tmp_path: Path) ->
     assert not (tmp_path / "x.csv").exists(), "building the demo must open nothing"
 
 
+def test_status_panel_has_a_producer_table(tmp_path: Path) -> None:
+    console = Console(file=io.StringIO(), width=140)
+    demo = Demo(DemoOptions(csv=str(tmp_path / "x.csv"), count=3, interval=0.5, offset=0.1),
+                console)
+    console.print(demo.panel())
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    for word in ("producer", "schedule", "last tick", "next tick", "p99 ms", "state", "feeds",
+                 "inverter", "every 0.5 s + 0.1 s", "waiting", "all"):
+        assert word in text, word
+
+
+def test_status_panel_lists_many_producers_briefly(tmp_path: Path) -> None:
+    from aioconveyor._demo import PANEL_PRODUCERS
+
+    console = Console(file=io.StringIO(), width=140)
+    demo = Demo(DemoOptions(csv=str(tmp_path / "x.csv")), console)
+    for i in range(PANEL_PRODUCERS + 3):
+        demo.conveyor.add_producer(lambda t: None, name=f"dev{i}", every=10,
+                                   consumers=["csv"])
+    console.print(demo.panel())
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "... 4 more" in text and "dev0" in text and "csv" in text
+
+
 # -- flags -----------------------------------------------------------------------------
 
 
