@@ -293,8 +293,8 @@ def test_broken_toml_says_where(tmp_path: Path) -> None:
     ("body", "key", "message"),
     [
         ("[conveyr]\n", "conveyr", "unknown section (did you mean 'conveyor'?); expected "
-                                   "[conveyor], [producer], [[consumers]], [leader] and "
-                                   "[metrics]"),
+                                   "[conveyor], [producer] or [[producers]], [[consumers]], "
+                                   "[leader] and [metrics]"),
         ("[conveyor]\nintervall = 5\n", "conveyor.intervall", "unknown option (did you mean 'interval'?); expected one of: interval, offset, "),
         ('[conveyor]\ninterval = "10"\n', "conveyor.interval", "must be a number, got '10'"),
         ("[conveyor]\ninterval = -1\n", "conveyor.interval", "must be a finite number > 0"),
