@@ -700,10 +700,8 @@ class _Loader:
                                             f"producers[{index}]; give each [[producers]] "
                                             "table a name = of its own")
         text = str(table["function"])
-        bound = sorted(getattr(fn, "keywords", {}) if isinstance(fn, functools.partial)
-                       else ())
-        if bound:
-            text += f" ({', '.join(bound)})"
+        if options:
+            text += f" ({', '.join(sorted(options))})"
         feeds = "all consumers" if spec.consumers is None else (
             ", ".join(spec.consumers) or "no consumer")
         schedule = describe_schedule(spec.resolved_schedule())
