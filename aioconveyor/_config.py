@@ -640,7 +640,8 @@ class _Loader:
     def producer(self, raw: Any) -> tuple[Any, str]:
         if raw is None:
             raise self.error("producer", 'missing [producer] table with function = '
-                                         '"package.module:function"')
+                                         '"package.module:function" (or [[producers]] '
+                                         'tables, one per producer)')
         table = self.table("producer", raw)
         if "function" not in table:
             raise self.error("producer.function", 'missing; expected "package.module:function"')

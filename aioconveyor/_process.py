@@ -175,7 +175,8 @@ def setup_logging(level: str, secrets: set[str] | None = None,
 
 def summary_lines(stats: ConveyorStats, elapsed: float, why: str,
                   secrets: set[str] | frozenset[str] = frozenset()) -> list[str]:
-    """What a run did, for humans: one line for the conveyor, one per consumer."""
+    """What a run did, for humans: one line for the conveyor, one per producer (if it has
+    several), one per consumer."""
     late = stats.lateness
     lines = [
         f"summary: stopped ({why}) after {elapsed:.1f} s: {stats.ticks} ticks, "
@@ -183,6 +184,11 @@ def summary_lines(stats: ConveyorStats, elapsed: float, why: str,
         f"errors, {stats.missed_ticks} missed; lateness p50 {late.p50_ms:.1f} ms, "
         f"p99 {late.p99_ms:.1f} ms, max {late.max_ms:.1f} ms",
     ]
+    if len(stats.producers) > 1:  # one producer: the first line says it all
+        for p in stats.producers:
+            lines.append(mask_text(
+                f"  producer {p.name}: {p.ticks} ticks, {p.produced} produced, {p.empty} "
+                f"empty, {p.errors} errors, {p.missed_ticks} missed", secrets))
     for c in stats.consumers:
         line = (f"  {c.name}: {c.delivered} delivered, {c.errors} errors, {c.dropped} dropped, "
                 f"{c.failed} failed, {c.queued} queued")

@@ -242,6 +242,9 @@ def test_run_ticks_each_producer_on_its_own_grid_into_its_consumers(
     assert result.returncode == 0, result.stderr
     assert "every producer reached its max_ticks" in result.stderr
     assert "9 ticks" in result.stdout
+    assert "  producer inverter: 4 ticks, 4 produced, 0 empty, 0 errors, 0 missed" in (
+        result.stdout)
+    assert "  producer weather: 2 ticks, 2 produced" in result.stdout
 
     def rows(name: str) -> list[dict[str, str]]:
         with (tmp_path / name).open(newline="") as fh:
