@@ -2,8 +2,9 @@
 
 * ``aioconveyor [demo] [options]``: the demo (a simulated solar inverter; see ``demo.py``).
 * ``aioconveyor run CONFIG``: run the conveyor a TOML file describes until SIGTERM / Ctrl-C;
-  SIGHUP re-reads CONFIG and applies its consumer changes (see ``reload.py``).
-* ``aioconveyor check CONFIG``: build everything CONFIG describes, open nothing, report.
+  SIGHUP re-reads CONFIG and applies its consumer and producer changes (see ``reload.py``).
+* ``aioconveyor check CONFIG``: build everything CONFIG describes, open nothing, report
+  (with ``[[producers]]``: which producer feeds which consumers, on which schedule).
 * ``aioconveyor health URL``: ask a running conveyor's ``/healthz`` (exit 0 healthy, else 1),
   for Docker's ``HEALTHCHECK`` and other probes.
 
@@ -190,10 +191,10 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
     what = {
         "run": "Run the conveyor CONFIG describes until SIGTERM or Ctrl-C, then stop "
                "gracefully (drain queues, close consumers) and print a summary. SIGHUP "
-               "re-reads CONFIG: consumers added, changed or removed there are added, "
-               "replaced or removed without losing queued items; a broken file is logged "
-               "and ignored; changes to [conveyor], [producer], [leader] and [metrics] need "
-               "a restart.",
+               "re-reads CONFIG: consumers and [[producers]] added, changed or removed there "
+               "are added, replaced or removed without losing queued items; a broken file is "
+               "logged and ignored; changes to [conveyor], [producer], [leader] and [metrics] "
+               "need a restart.",
         "check": "Validate CONFIG: read it, fill in ${ENV} references, import the producer, "
                  "build the consumers and the conveyor, open nothing. Prints what it would run.",
     }[command]
@@ -201,7 +202,10 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
         prog=f"aioconveyor {command}", description=what, epilog=COMMANDS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", type=Path, metavar="CONFIG", help="the TOML file")
+    parser.add_argument("config", type=Path, metavar="CONFIG",
+                        help="the TOML file (one: several producers go in one file as "
+                             "[[producers]] tables)")
+    parser.add_argument("more", nargs="*", help=argparse.SUPPRESS)  # refused with a hint
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value of the file, e.g. --set conveyor.interval=0.5 or "
                              "--set consumers[0].path=out.csv (VALUE is read as TOML, else as "
@@ -253,7 +257,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args)
     if command == "health":
         return _health(health_parser().parse_args(args))
-    options = _config_parser(command).parse_args(args)
+    parser = _config_parser(command)
+    options = parser.parse_args(args)
+    if options.more:
+        files = " ".join([str(options.config), *options.more])
+        parser.error(f"one CONFIG file per conveyor, got {1 + len(options.more)} ({files}); to "
+                     "run several producers in one conveyor (sharing its consumers, one "
+                     "connection each), describe them in one file as [[producers]] tables "
+                     "(see docs/config.md, 'Many producers')")
     if command == "check":
         return _check(options)
     return _run(options)

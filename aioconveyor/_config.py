@@ -7,6 +7,12 @@ The format (the README has a complete example)::
     interval = 10
     [producer]
     function = "package.module:function"   # every other key is a keyword argument
+    # or, instead of [producer], several producers, each on its own schedule:
+    # [[producers]]
+    # name = "meter"
+    # function = "package.module:function"
+    # every = 30                  # offset, cron, cron_tz, jitter, timeout, max_ticks, ...
+    # consumers = ["db"]          # by name (default: all of them)
     [[consumers]]
     type = "postgres"             # mqtt, csv, pretty, or "package.module:attribute"
     dsn = "${POSTGRES_DSN}"       # the consumer's own options and the Consumer settings
@@ -41,10 +47,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from ._consumer import Consumer
+from ._clock import SystemClock
+from ._consumer import Consumer, resolve
 from ._conveyor import AioConveyor
 from ._errors import ConveyorError, SettingError
-from ._schedule import CronSchedule, IntervalSchedule
+from ._producer import Producer
+from ._schedule import CronSchedule, IntervalSchedule, Schedule
 from ._secrets import mask_text, secrets_of
 
 __all__ = [
@@ -108,13 +116,25 @@ returns the class it stands for."""
 BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {"postgres": _postgres_leader}
 """The short ``type`` names of ``[leader]``, the same way."""
 
-_SECTIONS = ("conveyor", "producer", "consumers", "leader", "metrics")
+_SECTIONS = ("conveyor", "producer", "producers", "consumers", "leader", "metrics")
+_ARRAYS = ("producers", "consumers")
+"""Arrays of tables, kept by name in :class:`ConfigTables` (the rest are ``sections``)."""
 _METRICS_KEYS = ("listen",)
 _LISTEN_EXAMPLE = 'expected "host:port" like "127.0.0.1:9108" (or "[::1]:9108")'
 _ALIASES = {"interval": "loop_interval", "offset": "loop_offset"}
 _SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
 _NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})
 _SETTINGS = tuple(f.name for f in dataclasses.fields(Consumer) if f.name != "fn")
+_PRODUCER_SETTINGS = tuple(f.name for f in dataclasses.fields(Producer)
+                           if f.name not in ("fn", "schedule"))
+"""The keys of a ``[[producers]]`` table that are :class:`~aioconveyor.Producer` settings
+(``schedule`` needs a Python object); the others, ``function`` aside, go to the function."""
+_PER_PRODUCER = {"loop_interval": "every", "loop_offset": "offset", "cron": "cron",
+                 "cron_tz": "cron_tz", "eager": "eager", "jitter": "jitter",
+                 "max_ticks": "max_ticks", "misfire": "misfire",
+                 "misfire_grace": "misfire_grace", "producer_timeout": "timeout",
+                 "error_backoff": "error_backoff"}
+"""``[conveyor]`` options of the single producer, and their key in ``[[producers]]``."""
 _HOOKS = ("on_delivered", "on_error")
 _TOGETHER = {"metrics_host": ("metrics_port",)}
 """Options checked together with others (metrics_host means nothing without the port)."""
@@ -183,11 +203,13 @@ class ConfigTables:
 
     ``sections`` holds ``conveyor``, ``producer``, ``leader`` and ``metrics`` (``None`` when
     a table is absent); ``consumers`` maps each consumer's name to its ``[[consumers]]``
-    table.
+    table, ``producers`` each producer's name to its ``[[producers]]`` table (empty with
+    the single ``[producer]`` form).
     """
 
     sections: Mapping[str, Any] = field(default_factory=dict)
     consumers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    producers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +228,12 @@ class LoadedConfig:
     """The tables the objects were built from (for reloads)."""
     specs: Mapping[str, Consumer] = field(default_factory=dict)
     """Each consumer by name, its ``name`` set, ready for ``add_consumer`` and friends."""
+    producers: tuple[str, ...] = ()
+    """With ``[[producers]]``: one line per producer, its name, schedule, function and the
+    consumers it feeds (the routing)."""
+    producer_specs: Mapping[str, Producer] = field(default_factory=dict)
+    """With ``[[producers]]``: each producer by name, its ``name`` set, ready for
+    ``add_producer`` / ``replace_producer``."""
 
     def mask(self, text: str) -> str:
         """``text`` safe to print or log."""
@@ -214,9 +242,19 @@ class LoadedConfig:
     def describe(self) -> list[str]:
         """What the file builds, in a few lines (nothing secret)."""
         conv = self.conveyor
-        lines = [f"conveyor {conv.name!r}: {describe_schedule(conv)}",
-                 f"producer: {self.producer}"]
+        if self.producer_specs:
+            lines = [f"conveyor {conv.name!r}: {len(self.producer_specs)} producers"]
+            lines += [f"producer {line}" for line in self.producers]
+        else:
+            lines = [f"conveyor {conv.name!r}: {describe_schedule(conv)}",
+                     f"producer: {self.producer}"]
         lines += [f"consumer {line}" for line in self.consumers]
+        if self.producer_specs:
+            routes = [p.consumers for p in self.producer_specs.values()]
+            unfed = [n for n in conv.consumer_names
+                     if all(r is not None and n not in r for r in routes)]
+            if unfed:
+                lines.append(f"fed by no producer: {', '.join(unfed)}")
         if conv.leader is not None:
             lines.append(f"leader: {conv.leader!r}")
         if conv.metrics_port is not None:
@@ -228,9 +266,10 @@ class LoadedConfig:
         return [self.mask(line) for line in lines]
 
 
-def describe_schedule(conv: AioConveyor) -> str:
-    """``every 10 s at +2 s`` or ``cron '*/5 * * * *' (UTC)``; repr for anything else."""
-    schedule = conv.schedule
+def describe_schedule(conv: AioConveyor | Schedule | None) -> str:
+    """``every 10 s at +2 s`` or ``cron '*/5 * * * *' (UTC)``; repr for anything else.
+    Takes a conveyor (its single producer's schedule) or a schedule."""
+    schedule = conv.schedule if isinstance(conv, AioConveyor) else conv
     if isinstance(schedule, IntervalSchedule):
         text = f"every {schedule.interval:g} s"
         return text + (f" at +{schedule.offset:g} s" if schedule.offset else "")
@@ -331,44 +370,81 @@ class _Loader:
         for key in doc:
             if key not in _SECTIONS:
                 raise self.error(key, f"unknown section{_suggest(key, _SECTIONS)}; expected "
-                                      "[conveyor], [producer], [[consumers]], [leader] and "
-                                      "[metrics]")
+                                      "[conveyor], [producer] or [[producers]], [[consumers]], "
+                                      "[leader] and [metrics]")
+        many = "producers" in doc
+        if many and "producer" in doc:
+            raise self.error("producers", "the file has both a [producer] table and "
+                                          "[[producers]] tables; keep one form: move the "
+                                          "[producer] keys into a [[producers]] table of its "
+                                          "own (with a name = ...)")
         folder = str(self.path.resolve().parent)
         if folder not in sys.path:
             sys.path.insert(0, folder)
 
         options = self.conveyor_options(doc.get("conveyor", {}))
-        producer, producer_text = self.producer(doc.get("producer"))
-        raw_consumers = doc.get("consumers", [])
-        if not isinstance(raw_consumers, list) or not all(
-                isinstance(c, dict) for c in raw_consumers):
-            raise self.error("consumers", "expected [[consumers]] tables (an array of tables), "
-                                          f"got {_type_name(raw_consumers)}")
+        if many:
+            self.refuse_single_producer_options(options)
+            producer, producer_text = None, ""
+        else:
+            producer, producer_text = self.producer(doc.get("producer"))
+        raw_consumers = self.array("consumers", doc.get("consumers", []))
         consumers: list[Consumer] = []
         lines: list[str] = []
         for i, table in enumerate(raw_consumers):
             consumer, line = self.consumer(f"consumers[{i}]", table)
             consumers.append(consumer)
             lines.append(line)
+        names = tuple(s.name for s in resolve(consumers, 1.0))  # the names the conveyor gives
+        producers: dict[str, tuple[Producer, str, dict[str, Any]]] = {}
+        if many:
+            raw_producers = self.array("producers", doc["producers"])
+            if not raw_producers:
+                raise self.error("producers", "an empty array; give at least one [[producers]] "
+                                              "table (or a single [producer] table)")
+            for i, table in enumerate(raw_producers):
+                spec, line = self.many_producer(f"producers[{i}]", table, names, producers)
+                producers[spec.producer_name] = (spec, line, table)
         if "leader" in doc:
             options["leader"] = self.leader(doc["leader"])
         if "metrics" in doc:
             options.update(self.metrics(doc["metrics"], options))
         try:
-            conveyor = AioConveyor(producer, consumers, **options)
+            conveyor = AioConveyor(producer, consumers, producers=[
+                p for p, _, _ in producers.values()], **options)
         except SettingError as exc:
             raise self.setting_error(exc, self.conveyor_keys, "conveyor") from None
         except (TypeError, ValueError) as exc:
             raise self.error("conveyor", str(exc)) from None
-        names = conveyor.consumer_names
+        assert conveyor.consumer_names == names
         lines = [f"{n}: {line}" for n, line in zip(names, lines, strict=True)]
         tables = ConfigTables(
-            sections={k: copy.deepcopy(doc.get(k)) for k in _SECTIONS if k != "consumers"},
+            sections={k: copy.deepcopy(doc.get(k)) for k in _SECTIONS if k not in _ARRAYS},
             consumers={n: copy.deepcopy(t) for n, t in zip(names, raw_consumers, strict=True)},
+            producers={n: copy.deepcopy(t) for n, (_, _, t) in producers.items()},
         )
         specs = {n: dataclasses.replace(c, name=n) for n, c in zip(names, consumers, strict=True)}
-        return LoadedConfig(self.path, conveyor, producer_text, tuple(lines),
-                            frozenset(self.secrets), tables, specs)
+        return LoadedConfig(
+            self.path, conveyor, producer_text, tuple(lines), frozenset(self.secrets), tables,
+            specs, producers=tuple(line for _, line, _ in producers.values()),
+            producer_specs={n: dataclasses.replace(p, name=n)
+                            for n, (p, _, _) in producers.items()})
+
+    def array(self, key: str, raw: Any) -> list[dict[str, Any]]:
+        """``[[key]]``: an array of tables."""
+        if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
+            raise self.error(key, f"expected [[{key}]] tables (an array of tables, double "
+                                  f"brackets), got {_type_name(raw)}")
+        return raw
+
+    def refuse_single_producer_options(self, options: Mapping[str, Any]) -> None:
+        """With ``[[producers]]``, ``[conveyor]`` cannot hold a producer's settings."""
+        for kwarg, key in _PER_PRODUCER.items():
+            if kwarg in options:
+                written = self.conveyor_keys[kwarg]
+                raise self.error(written, f"a setting of the single [producer]; with "
+                                          f"[[producers]] each producer has its own: write "
+                                          f"{key} = ... in its [[producers]] table")
 
     def override(self, doc: dict[str, Any], text: str) -> None:
         """Apply one ``--set KEY=VALUE``."""
@@ -564,7 +640,8 @@ class _Loader:
     def producer(self, raw: Any) -> tuple[Any, str]:
         if raw is None:
             raise self.error("producer", 'missing [producer] table with function = '
-                                         '"package.module:function"')
+                                         '"package.module:function" (or [[producers]] '
+                                         'tables, one per producer)')
         table = self.table("producer", raw)
         if "function" not in table:
             raise self.error("producer.function", 'missing; expected "package.module:function"')
@@ -575,6 +652,61 @@ class _Loader:
         if options:
             text += f" ({', '.join(sorted(options))})"
         return fn, text
+
+    def many_producer(self, key: str, table: dict[str, Any], consumers: Sequence[str],
+                      taken: Mapping[str, tuple[Producer, str, dict[str, Any]]],
+                      ) -> tuple[Producer, str]:
+        """One ``[[producers]]`` table: its :class:`~aioconveyor.Producer` settings, the
+        function with the other keys bound, and the routes checked against ``consumers``."""
+        if "function" not in table:
+            raise self.error(f"{key}.function", 'missing; expected "package.module:function"')
+        target = self.import_target(f"{key}.function", table["function"])
+        options = {k: v for k, v in table.items() if k != "function"}
+        settings = {k: options.pop(k) for k in list(options) if k in _PRODUCER_SETTINGS}
+        if "schedule" in options:
+            raise self.error(f"{key}.schedule", "a Schedule is a Python object; in a file use "
+                                                "every = (with offset =) or cron = (with "
+                                                "cron_tz =)")
+        sig = _signature(target)
+        accepted = set(_keyword_names(sig)) if sig is not None else set()
+        for k in settings:
+            if k in accepted:  # e.g. a function with a name or timeout argument of its own
+                options[k] = settings[k]
+        fn = self.callable_with(key, target, options, 1, "a producer")
+        if "cron_tz" in settings:
+            settings["cron_tz"] = self.zone(f"{key}.cron_tz", settings["cron_tz"])
+        route = settings.get("consumers")
+        if isinstance(route, list):
+            for j, name in enumerate(route):
+                if isinstance(name, str) and name not in consumers:
+                    have = ", ".join(consumers) or "none"
+                    raise self.error(f"{key}.consumers[{j}]", f"no consumer named {name!r}"
+                                     f"{_suggest(name, consumers)}; the file's consumers: "
+                                     f"{have} (a consumer's name is its name =, else the one "
+                                     "aioconveyor check lists)")
+        keys = {k: f"{key}.{k}" for k in settings}
+        keys["produce"] = f"{key}.function"
+        try:
+            spec = Producer(fn, **settings)
+            spec.settle(SystemClock(), None)  # the checks that need the period (jitter)
+        except SettingError as exc:
+            raise self.setting_error(exc, keys, key) from None
+        except (TypeError, ValueError) as exc:
+            raise self.error(key, str(exc)) from None
+        name = spec.producer_name
+        if name in taken:
+            index = list(taken).index(name)
+            how = "its name =" if "name" in settings else "its function's name"
+            raise self.error(f"{key}.name", f"producer name {name!r} ({how}) is taken by "
+                                            f"producers[{index}]; give each [[producers]] "
+                                            "table a name = of its own")
+        text = str(table["function"])
+        if options:
+            text += f" ({', '.join(sorted(options))})"
+        feeds = "all consumers" if spec.consumers is None else (
+            ", ".join(spec.consumers) or "no consumer")
+        schedule = describe_schedule(spec.resolved_schedule())
+        return spec, f"{name}: {schedule}: {text} -> {feeds}"
 
     def consumer(self, key: str, table: dict[str, Any]) -> tuple[Consumer, str]:
         kind = table.get("type")
@@ -593,8 +725,13 @@ class _Loader:
         for k in settings:
             if k in accepted:  # e.g. name, or PostgresConsumer's retries / batch_size
                 options[k] = settings[k]
-        if "discovery" in options and isinstance(options["discovery"], dict):
-            options["discovery"] = self.discovery(f"{key}.discovery", options["discovery"])
+        found = options.get("discovery")
+        if isinstance(found, dict) and "sensors" not in found and found and all(
+                isinstance(v, dict) for v in found.values()):  # a device per producer
+            options["discovery"] = {p: self.discovery(f"{key}.discovery.{p}", t)
+                                    for p, t in found.items()}
+        elif isinstance(found, dict):
+            options["discovery"] = self.discovery(f"{key}.discovery", found)
         fn = self.callable_with(key, target, options, 2, "a consumer")
         for hook in _HOOKS:
             if hook in settings:
@@ -689,14 +826,7 @@ class _Loader:
             written[kwarg] = k
             options[kwarg] = v
         if "cron_tz" in options:
-            tz = options["cron_tz"]
-            if not isinstance(tz, str):
-                raise self.error("conveyor.cron_tz", f'expected a time zone name like '
-                                                     f'"Europe/Berlin", got {tz!r}')
-            try:
-                options["cron_tz"] = ZoneInfo(tz)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise self.error("conveyor.cron_tz", f"unknown time zone {tz!r}") from None
+            options["cron_tz"] = self.zone("conveyor.cron_tz", options["cron_tz"])
         keys = {kw: f"conveyor.{k}" for kw, k in written.items()}
         self.conveyor_keys = keys
         schedule = {k: v for k, v in options.items() if k in _SCHEDULE_KWARGS}
@@ -706,6 +836,15 @@ class _Loader:
                 partners = {p: options[p] for p in _TOGETHER.get(k, ()) if p in options}
                 self.check_options({**schedule, **partners, k: v}, keys, keys[k])
         return options
+
+    def zone(self, key: str, tz: Any) -> ZoneInfo:
+        """An IANA time zone name to its :class:`~zoneinfo.ZoneInfo`."""
+        if not isinstance(tz, str):
+            raise self.error(key, f'expected a time zone name like "Europe/Berlin", got {tz!r}')
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise self.error(key, f"unknown time zone {tz!r}") from None
 
     def check_options(self, options: dict[str, Any], keys: dict[str, str], key: str) -> None:
         try:

@@ -4,21 +4,28 @@
 built from with the tables of the file as it is now. Consumers are matched by name (the
 name the runner gives each one: its ``name =``, else the consumer's own, ``#2`` for
 duplicates). A consumer whose table is the same (after ``--set`` and ``${ENV}``) is left
-alone; a changed one is replaced, a missing one removed, a new one added. ``[conveyor]``,
-``[producer]``, ``[leader]`` and ``[metrics]`` cannot change while running: the plan names
-them so the runner can say that they need a restart.
+alone; a changed one is replaced, a missing one removed, a new one added. ``[[producers]]``
+tables are matched by producer name the same way. ``[conveyor]``, ``[producer]``,
+``[leader]`` and ``[metrics]`` cannot change while running (nor can a file switch between
+``[producer]`` and ``[[producers]]``): the plan names them so the runner can say that they
+need a restart.
 
 :class:`Reloader` does the rest for the runner: re-read and validate the file (a broken
-file is logged and ignored), plan, and apply the consumer changes through
-``AioConveyor.remove_consumer`` / ``replace_consumer`` / ``add_consumer``, which drain
-what the old consumers had queued before closing them.
+file is logged and ignored), plan, and apply the changes through the conveyor's
+``remove_*`` / ``replace_*`` / ``add_*`` methods, which drain what old consumers had queued
+before closing them and let a producer's tick under way finish. The order keeps every step
+valid (a consumer cannot be removed while a producer names it, a producer cannot name a
+consumer that is not there yet): producers removed and replaced first, then consumers
+removed, replaced and added, then producers added (and the replacements that name a new
+consumer, which ran in between with the routes that exist).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -38,46 +45,75 @@ RESTART_SECTIONS = ("conveyor", "producer", "leader", "metrics")
 
 @dataclass(frozen=True, slots=True)
 class ReloadPlan:
-    """What a reload changes: consumer names per kind of change, in file order, and the
-    sections that changed but need a restart."""
+    """What a reload changes: consumer names per kind of change, in file order, the same
+    for ``[[producers]]`` (``producers_*``), and the sections that changed but need a
+    restart."""
 
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     unchanged: tuple[str, ...] = ()
     restart_needed: tuple[str, ...] = ()
+    producers_added: tuple[str, ...] = ()
+    producers_removed: tuple[str, ...] = ()
+    producers_changed: tuple[str, ...] = ()
+    producers_unchanged: tuple[str, ...] = ()
 
     @property
     def consumers_change(self) -> bool:
         """True if any consumer is added, removed or replaced."""
         return bool(self.added or self.removed or self.changed)
 
+    @property
+    def producers_change(self) -> bool:
+        """True if any producer is added, removed or replaced."""
+        return bool(self.producers_added or self.producers_removed or self.producers_changed)
+
     def summary(self) -> str:
-        """One line for the log, e.g. ``1 replaced (csv), 1 added (mqtt), 2 unchanged``."""
+        """One line for the log, e.g. ``1 replaced (csv), 1 added (mqtt), 2 unchanged``
+        (then ``; producers: ...`` the same way, with ``[[producers]]``)."""
 
         def part(names: tuple[str, ...], what: str) -> str:
             return f"{len(names)} {what}" + (f" ({', '.join(names)})" if names else "")
 
-        text = ", ".join([part(self.changed, "replaced"), part(self.added, "added"),
-                          part(self.removed, "removed"), f"{len(self.unchanged)} unchanged"])
+        def parts(changed: tuple[str, ...], added: tuple[str, ...], removed: tuple[str, ...],
+                  unchanged: tuple[str, ...]) -> str:
+            return ", ".join([part(changed, "replaced"), part(added, "added"),
+                              part(removed, "removed"), f"{len(unchanged)} unchanged"])
+
+        text = parts(self.changed, self.added, self.removed, self.unchanged)
+        if self.producers_change or self.producers_unchanged:
+            text += "; producers: " + parts(self.producers_changed, self.producers_added,
+                                            self.producers_removed, self.producers_unchanged)
         if self.restart_needed:
             tables = ", ".join(f"[{s}]" for s in self.restart_needed)
             text += f"; not applied (needs a restart): {tables}"
         return text
 
 
+def _diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """(added, removed, changed, unchanged) names, in file order."""
+    return (tuple(n for n in new if n not in old),
+            tuple(n for n in old if n not in new),
+            tuple(n for n, t in new.items() if n in old and old[n] != t),
+            tuple(n for n, t in new.items() if n in old and old[n] == t))
+
+
 def plan_reload(running: ConfigTables, new: ConfigTables) -> ReloadPlan:
     """Compare the tables of the running conveyor with the new ones (no I/O)."""
-    old_consumers, new_consumers = running.consumers, new.consumers
+    added, removed, changed, unchanged = _diff(running.consumers, new.consumers)
+    restart = [s for s in RESTART_SECTIONS if _section(running, s) != _section(new, s)]
+    producers: tuple[tuple[str, ...], ...] = ((), (), (), ())
+    if bool(running.producers) != bool(new.producers):  # [producer] <-> [[producers]]
+        if "producer" not in restart:
+            restart.insert(RESTART_SECTIONS.index("producer"), "producer")
+    else:
+        producers = _diff(running.producers, new.producers)
     return ReloadPlan(
-        added=tuple(n for n in new_consumers if n not in old_consumers),
-        removed=tuple(n for n in old_consumers if n not in new_consumers),
-        changed=tuple(n for n, t in new_consumers.items()
-                      if n in old_consumers and old_consumers[n] != t),
-        unchanged=tuple(n for n, t in new_consumers.items()
-                        if n in old_consumers and old_consumers[n] == t),
-        restart_needed=tuple(s for s in RESTART_SECTIONS
-                             if _section(running, s) != _section(new, s)),
+        added=added, removed=removed, changed=changed, unchanged=unchanged,
+        restart_needed=tuple(restart),
+        producers_added=producers[0], producers_removed=producers[1],
+        producers_changed=producers[2], producers_unchanged=producers[3],
     )
 
 
@@ -87,7 +123,8 @@ def _section(tables: ConfigTables, name: str) -> Any:
 
 
 class Reloader:
-    """Re-reads a runner's config file and brings the running conveyor's consumers in line.
+    """Re-reads a runner's config file and brings the running conveyor's consumers and
+    producers in line.
 
     ``running`` starts as the tables the conveyor was built from and follows what was
     actually applied: a consumer that failed to open on one reload is tried again on the
@@ -110,6 +147,11 @@ class Reloader:
         self.secrets = set(loaded.secrets) if secrets is None else secrets
         self.timeout = timeout
         self.running = loaded.tables
+        # the state of one reload() while it is applied
+        self._loaded = loaded
+        self._consumers: dict[str, Mapping[str, Any]] = {}
+        self._producers: dict[str, Mapping[str, Any]] = {}
+        self._failed: list[str] = []
 
     def reload(self) -> ReloadPlan | None:
         """Re-read the file and apply what can be applied; ``None`` if the file is unusable
@@ -126,35 +168,91 @@ class Reloader:
         for section in plan.restart_needed:
             logger.warning("reload: [%s] changed in %s, which needs a restart: not applied "
                            "(the running conveyor keeps the old one)", section, path)
-        consumers = dict(self.running.consumers)
-        conv, timeout = self.conveyor, self.timeout
-        failed: list[str] = []
-        for name in plan.removed:
-            if name not in conv.consumer_names or self._apply(
-                    "remove", name, partial(conv.remove_consumer, name, timeout)):
-                del consumers[name]
-            else:
-                failed.append(name)
-        for name in (*plan.changed, *plan.added):
-            spec = loaded.specs[name]
-            if name in plan.changed:
-                ok = self._apply("replace", name,
-                                 partial(conv.replace_consumer, name, spec, timeout))
-            else:
-                ok = self._apply("add", name, partial(conv.add_consumer, spec, timeout))
-            if ok:
-                consumers[name] = loaded.tables.consumers[name]
-            else:
-                failed.append(name)
-        self.running = ConfigTables(self.running.sections, consumers)
+        self._consumers = dict(self.running.consumers)
+        self._producers = dict(self.running.producers)
+        self._failed = []
+        self._loaded = loaded
+        later = self._producers_first(plan)
+        self._apply_consumers(plan)
+        self._producers_last(plan, later)
+        self.running = ConfigTables(self.running.sections, self._consumers, self._producers)
         summary = plan.summary()
-        if failed:
-            summary += f"; failed (see above): {', '.join(failed)}"
-        log = logger.warning if failed or plan.restart_needed else logger.info
+        if self._failed:
+            summary += f"; failed (see above): {', '.join(self._failed)}"
+        log = logger.warning if self._failed or plan.restart_needed else logger.info
         log("reload of %s: %s", path, summary)
         return plan
 
-    def _apply(self, what: str, name: str, call: Callable[[], object]) -> bool:
+    def _producers_first(self, plan: ReloadPlan) -> list[str]:
+        """Remove producers and replace the ones whose new routes exist already; returns
+        the replacements that name a consumer yet to be added (done after the consumers,
+        see :meth:`_producers_last`). Such a producer that still names a consumer about to
+        go is given an interim version first: its new settings, routed to the consumers it
+        keeps that stay, so that the consumer can be removed."""
+        conv, timeout, loaded = self.conveyor, self.timeout, self._loaded
+        for name in plan.producers_removed:
+            if name not in conv.producer_names or self._apply(
+                    "remove", "producer", name, partial(conv.remove_producer, name, timeout)):
+                del self._producers[name]
+            else:
+                self._failed.append(f"producer {name}")
+        staying = [n for n in conv.consumer_names if n not in plan.removed]
+        later: list[str] = []
+        for name in plan.producers_changed:
+            spec = loaded.producer_specs[name]
+            routes = spec.consumers
+            if routes is not None and any(c in plan.added for c in routes):
+                later.append(name)
+                old = self.running.producers[name].get("consumers")
+                if not isinstance(old, list) or not any(c in plan.removed for c in old):
+                    continue
+                spec = dataclasses.replace(spec, consumers=[c for c in routes if c in staying])
+            if self._apply("replace", "producer", name,
+                           partial(conv.replace_producer, name, spec, timeout=timeout)):
+                if name not in later:
+                    self._producers[name] = loaded.tables.producers[name]
+            elif name not in later:
+                self._failed.append(f"producer {name}")
+        return later
+
+    def _apply_consumers(self, plan: ReloadPlan) -> None:
+        conv, timeout, loaded = self.conveyor, self.timeout, self._loaded
+        for name in plan.removed:
+            if name not in conv.consumer_names or self._apply(
+                    "remove", "consumer", name, partial(conv.remove_consumer, name, timeout)):
+                del self._consumers[name]
+            else:
+                self._failed.append(name)
+        for name in (*plan.changed, *plan.added):
+            spec = loaded.specs[name]
+            if name in plan.changed:
+                ok = self._apply("replace", "consumer", name,
+                                 partial(conv.replace_consumer, name, spec, timeout))
+            else:
+                ok = self._apply("add", "consumer", name,
+                                 partial(conv.add_consumer, spec, timeout))
+            if ok:
+                self._consumers[name] = loaded.tables.consumers[name]
+            else:
+                self._failed.append(name)
+
+    def _producers_last(self, plan: ReloadPlan, later: list[str]) -> None:
+        """The replacements that name new consumers, then the new producers."""
+        conv, timeout, loaded = self.conveyor, self.timeout, self._loaded
+        for name in (*later, *plan.producers_added):
+            spec = loaded.producer_specs[name]
+            if name in later:
+                ok = self._apply("replace", "producer", name,
+                                 partial(conv.replace_producer, name, spec, timeout=timeout))
+            else:
+                ok = self._apply("add", "producer", name,
+                                 partial(conv.add_producer, spec, timeout=timeout))
+            if ok:
+                self._producers[name] = loaded.tables.producers[name]
+            else:
+                self._failed.append(f"producer {name}")
+
+    def _apply(self, what: str, kind: str, name: str, call: Callable[[], object]) -> bool:
         try:
             call()
         except (ConveyorError, KeyError, ValueError, TypeError, RuntimeError,
@@ -162,7 +260,7 @@ class Reloader:
             keeps = {"remove": "it keeps running",
                      "replace": "the old one keeps running",
                      "add": "it is not running; the next reload tries again"}[what]
-            logger.error("reload: could not %s consumer %s (%s): %s: %s", what, name, keeps,
+            logger.error("reload: could not %s %s %s (%s): %s: %s", what, kind, name, keeps,
                          type(exc).__name__, exc)
             return False
         return True  # the conveyor logs each change itself

@@ -39,11 +39,14 @@ def documented_examples() -> list[tuple[str, str, str, str]]:
     <!-- test: TAGS --> in the README and the manual (docs/**/*.md).
 
     TAGS: "postgres" / "mqtt" (the block needs that server: skipped locally, failed under
-    CI=true when it is down), "toml" (a config file for ``aioconveyor run``). Python blocks
-    run as a script in an empty folder and must end by themselves (``max_ticks``). A TOML
-    block is written to ``conveyor.toml``, checked with ``aioconveyor check`` and run with
-    ``--set conveyor.max_ticks=3 --set conveyor.interval=0.2`` (the documented convention:
-    a config file runs until SIGTERM, the test bounds it).
+    CI=true when it is down), "toml" (a config file for ``aioconveyor run``), "module" (a
+    python block whose first line is ``# file: NAME.py``: written next to the page's TOML
+    blocks, so that they can name its functions). Python blocks run as a script in an empty
+    folder and must end by themselves (``max_ticks``). A TOML block is written to
+    ``conveyor.toml``, checked with ``aioconveyor check`` and run with ``--set
+    conveyor.max_ticks=3 --set conveyor.interval=0.2`` (the documented convention: a config
+    file runs until SIGTERM, the test bounds it); a file with ``[[producers]]`` tables gets
+    ``max_ticks=3``, ``every=0.2`` and ``offset=0`` for each producer instead.
     """
     pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
     return [(str(page.relative_to(ROOT)), tags or "", lang, code)
@@ -91,15 +94,25 @@ def test_documented_example_runs(page: str, tags: str, lang: str, code: str, tmp
         return
     assert "toml" in tags.split(), f"{page}: a tested TOML block needs <!-- test: toml -->"
     (tmp_path / "conveyor.toml").write_text(code + "\n")
+    for other_page, other_tags, _, module in documented_examples():
+        if other_page == page and "module" in other_tags.split():
+            name = re.fullmatch(r"# file: (\w+\.py)", module.splitlines()[0])
+            assert name is not None, f"{page}: a module block starts with '# file: NAME.py'"
+            (tmp_path / name[1]).write_text(module + "\n")
+    bounds = ["--set", "conveyor.max_ticks=3", "--set", "conveyor.interval=0.2"]
+    producers = len(re.findall(r"^\[\[producers\]\]", code, re.M))
+    if producers:
+        bounds = [arg for i in range(producers) for key in ("max_ticks=3", "every=0.2",
+                                                            "offset=0")
+                  for arg in ("--set", f"producers[{i}].{key}")]
     cli = [sys.executable, "-m", "aioconveyor"]
     checked = subprocess.run([*cli, "check", "conveyor.toml"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=60, check=False)
     assert checked.returncode == 0, f"{page}:\n{checked.stderr}"
-    ran = subprocess.run([*cli, "run", "conveyor.toml", "--set", "conveyor.max_ticks=3",
-                          "--set", "conveyor.interval=0.2"], cwd=tmp_path, env=env,
+    ran = subprocess.run([*cli, "run", "conveyor.toml", *bounds], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60, check=False)
     assert ran.returncode == 0, f"{page}:\n{ran.stderr}"
-    assert "3 ticks" in ran.stdout, ran.stdout
+    assert f" {3 * max(producers, 1)} ticks" in ran.stdout, ran.stdout
 
 
 def test_demo_runs(tmp_path: Path) -> None:

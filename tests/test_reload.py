@@ -4,6 +4,7 @@ real thing in a subprocess, where no produced row may be lost across a consumer 
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,25 @@ HELPERS = """
         def __call__(self, data, event_time):
             with open(f"{self.label}.txt", "a") as fh:
                 fh.write(f"{event_time.isoformat()}\\n")
+
+    counts = {}
+
+    def read(event_time, *, name):
+        counts[name] = counts.get(name, 0) + 1
+        return {"producer": name, "n": counts[name]}
+
+    class Rows(Tracked):
+        # appends "<producer> <event_time>" per record to <label>.txt, after delay seconds
+
+        def __init__(self, label, delay=0.0):
+            super().__init__(label)
+            self.delay = delay
+
+        def __call__(self, data, event_time):
+            import time
+            time.sleep(self.delay)
+            with open(f"{self.label}.txt", "a") as fh:
+                fh.write(f"{data['producer']} {event_time.isoformat()}\\n")
 """
 
 
@@ -159,6 +180,37 @@ def test_tables_are_compared_after_env_and_overrides(tmp_path: Path, module: str
         "readings": "readings", "pretty": "pretty", "pretty#2": "pretty#2"}
 
 
+def many(producers: dict[str, dict[str, object]], **consumers: dict[str, object]
+         ) -> ConfigTables:
+    return ConfigTables({"conveyor": {}, "producer": None}, consumers, producers)
+
+
+def test_producers_are_matched_by_name() -> None:
+    pretty = {"type": "pretty"}
+    running = many({"keep": {"function": "m:f", "every": 1},
+                    "move": {"function": "m:f", "every": 1},
+                    "gone": {"function": "m:f", "every": 2}}, c=pretty)
+    new = many({"move": {"function": "m:f", "every": 5}, "keep": {"function": "m:f", "every": 1},
+                "new": {"function": "m:g", "every": 1}}, c=pretty)
+    plan = plan_reload(running, new)
+    assert plan == ReloadPlan(unchanged=("c",), producers_added=("new",),
+                              producers_removed=("gone",), producers_changed=("move",),
+                              producers_unchanged=("keep",))
+    assert plan.producers_change and not plan.consumers_change
+    assert plan.summary() == ("0 replaced, 0 added, 0 removed, 1 unchanged; producers: "
+                              "1 replaced (move), 1 added (new), 1 removed (gone), 1 unchanged")
+
+
+def test_switching_between_producer_and_producers_needs_a_restart() -> None:
+    single = tables(c={"type": "pretty"})
+    several = ConfigTables({"conveyor": {"interval": 1}, "producer": None},
+                           {"c": {"type": "pretty"}}, {"p": {"function": "m:f"}})
+    for old, new in ((single, several), (several, single)):
+        plan = plan_reload(old, new)
+        assert plan.restart_needed == ("producer",)
+        assert not plan.producers_change and plan.unchanged == ("c",)
+
+
 # -- the Reloader, in-process ------------------------------------------------------------
 
 
@@ -243,6 +295,67 @@ def test_a_replacement_that_fails_to_open_leaves_the_old_consumer_running(
             time.sleep(0.02)
     a, b = csv_times(tmp_path / "a.csv"), csv_times(tmp_path / "b.csv")
     assert len(a) + len(b) == len(set(a + b)) == conv.stats().produced
+
+
+def test_a_producer_whose_new_consumer_fails_to_open_is_added_on_the_next_reload(
+    tmp_path: Path, module: str, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = f"""
+        [[producers]]
+        name = "inverter"
+        function = "{module}:read"
+        every = 0.05
+        [[consumers]]
+        type = "{module}:Rows"
+        label = "all"
+        name = "all"
+    """
+    path = write(tmp_path / "conveyor.toml", text)
+    loaded = load_config(path)
+    conv = loaded.conveyor
+    reloader = Reloader(conv, loaded, timeout=5)
+    (tmp_path / "late.csv").write_text("not,our,header\n")  # CsvConsumer refuses to open it
+    with conv:
+        write(path, text.replace('name = "inverter"', 'name = "inverter"\nconsumers = ["al"]'))
+        with caplog.at_level(logging.INFO, logger="aioconveyor"):
+            assert reloader.reload() is None  # a broken file: nothing changes, and why
+        assert "producers[0].consumers[0]: no consumer named 'al' (did you mean 'all'?)" in (
+            caplog.text)
+        assert "keeping the running configuration" in caplog.text
+        write(path, text + f"""
+            [[producers]]
+            name = "gas"
+            function = "{module}:read"
+            every = 0.05
+            consumers = ["late"]
+            [[consumers]]
+            type = "csv"
+            name = "late"
+            path = "{tmp_path}/late.csv"
+        """)
+        with caplog.at_level(logging.INFO, logger="aioconveyor"):
+            plan = reloader.reload()
+        assert plan is not None and plan.producers_added == ("gas",)
+        assert conv.producer_names == ("inverter",) and conv.consumer_names == ("all",)
+        assert "reload: could not add producer gas (it is not running; " in caplog.text
+        assert "failed (see above): late, producer gas" in caplog.text
+        (tmp_path / "late.csv").unlink()
+        plan = reloader.reload()  # tried again: both go in
+        assert plan is not None and plan.added == ("late",) and plan.producers_added == ("gas",)
+        assert conv.producer_names == ("inverter", "gas")
+        assert reloader.reload() == ReloadPlan(unchanged=("all", "late"),
+                                               producers_unchanged=("inverter", "gas"))
+        deadline = time.monotonic() + 10
+        while conv.stats().producer("gas").produced < 2:
+            assert time.monotonic() < deadline, conv.stats()
+            time.sleep(0.02)
+    stats = conv.stats()
+    # the inverter feeds both consumers, gas only the late one; nothing was lost
+    assert stats.consumer("all").delivered == stats.producer("inverter").produced
+    assert stats.consumer("late").delivered >= stats.producer("gas").produced + 1
+    assert stats.consumer("late").dropped == stats.consumer("all").dropped == 0
 
 
 # -- SIGHUP to a real runner -------------------------------------------------------------
@@ -375,3 +488,118 @@ def test_sighup_never_ends_the_runner(
     assert runner.process.poll() is None
     assert runner.stop() == 0, runner.stderr
 
+
+
+# -- SIGHUP with [[producers]]: add one, remove one, change one's schedule and routes ------
+
+
+def producers_v1(module: str) -> str:
+    return f"""
+        [conveyor]
+        stop_timeout = 5
+
+        [[producers]]
+        name = "inverter"
+        function = "{module}:read"
+        every = 0.1
+        consumers = ["all", "old", "files"]
+
+        [[producers]]
+        name = "meter"
+        function = "{module}:read"
+        every = 0.1
+        offset = 0.05
+        consumers = ["all", "old"]
+
+        [[producers]]
+        name = "weather"
+        function = "{module}:read"
+        every = 0.2
+
+        [[consumers]]
+        type = "{module}:Rows"
+        name = "all"
+        label = "all"
+
+        [[consumers]]
+        type = "{module}:Rows"
+        name = "old"
+        label = "old"
+        delay = 0.08                # slower than its producers: a queue builds up
+
+        [[consumers]]
+        type = "csv"
+        name = "files"
+        path = "${{OUT_DIR}}/{{producer}}.csv"
+    """
+
+
+def producers_v2(module: str) -> str:
+    """meter and the consumer "old" it named go; inverter ticks twice as often and feeds
+    the new consumer "new" (which does not exist before the reload); gas is new."""
+    text = producers_v1(module)
+    meter = text[text.index('        [[producers]]\n        name = "meter"'):
+                 text.index('        [[producers]]\n        name = "weather"')]
+    old = text[text.index(f'        [[consumers]]\n        type = "{module}:Rows"\n'
+                          '        name = "old"'):
+               text.index('        [[consumers]]\n        type = "csv"')]
+    text = text.replace(meter, "").replace(old, "")
+    text = text.replace('every = 0.1\n        consumers = ["all", "old", "files"]',
+                        'every = 0.05\n        consumers = ["all", "files", "new"]')
+    return text + f"""
+        [[producers]]
+        name = "gas"
+        function = "{module}:read"
+        every = 0.1
+        consumers = ["all", "files"]
+
+        [[consumers]]
+        type = "{module}:Rows"
+        name = "new"
+        label = "new"
+    """
+
+
+def rows_of(path: Path, producer: str) -> list[str]:
+    return [line.split()[1] for line in lines(path) if line.split()[0] == producer]
+
+
+def test_sighup_adds_removes_and_replaces_producers_without_losing_a_row(
+    tmp_path: Path, module: str, runners: list[Runner],
+) -> None:
+    path = write(tmp_path / "conveyor.toml", producers_v1(module))
+    runner = Runner(tmp_path, path, env={**os.environ, "OUT_DIR": str(tmp_path / "data")})
+    runners.append(runner)
+    runner.wait_until(lambda: len(rows_of(tmp_path / "old.txt", "meter")) >= 3, "meter rows")
+    write(path, producers_v2(module))
+    runner.send(signal.SIGHUP)
+    runner.wait_for_log(
+        r"reload of \S+: 0 replaced, 1 added \(new\), 1 removed \(old\), 2 unchanged; "
+        r"producers: 1 replaced \(inverter\), 1 added \(gas\), 1 removed \(meter\), "
+        r"1 unchanged$")
+    runner.wait_until(lambda: len(rows_of(tmp_path / "new.txt", "inverter")) >= 6
+                      and len(rows_of(tmp_path / "all.txt", "gas")) >= 3, "rows after the reload")
+    assert runner.stop() == 0, runner.stderr
+    assert "ERROR" not in runner.stderr and "drain timeout" not in runner.stderr, runner.stderr
+
+    everything = lines(tmp_path / "all.txt")
+    assert len(everything) == len(set(everything))  # nothing twice
+    inverter = rows_of(tmp_path / "all.txt", "inverter")
+    steps = {round((datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds(), 3)
+             for a, b in itertools.pairwise(inverter)}
+    assert steps == {0.1, 0.05}, steps  # on its grid before and after: no tick lost
+    # what the removed consumer had queued reached it; the new one took over the inverter
+    old_inverter = rows_of(tmp_path / "old.txt", "inverter")
+    assert old_inverter == inverter[:len(old_inverter)]
+    new_inverter = rows_of(tmp_path / "new.txt", "inverter")
+    assert new_inverter == inverter[-len(new_inverter):]
+    # the removed consumer delivered its whole queue: every row of the removed producer
+    assert rows_of(tmp_path / "old.txt", "meter") == rows_of(tmp_path / "all.txt", "meter")
+    # the files consumer stayed open and got the inverter's, the weather's and gas' rows
+    for producer in ("inverter", "weather", "gas"):
+        assert csv_times(tmp_path / "data" / f"{producer}.csv") == rows_of(
+            tmp_path / "all.txt", producer), producer
+    assert not (tmp_path / "data" / "meter.csv").exists()
+    events = [line.split()[:2] for line in lines(tmp_path / "events.log")]
+    assert events.count(["open", "all"]) == 1 and events.count(["close", "old"]) == 1
+    assert f"all: {len(everything)} delivered, 0 errors, 0 dropped" in runner.stdout
