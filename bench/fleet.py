@@ -56,8 +56,8 @@ class _Stamps:
             self.late.append(started - planned)
 
 
-def _conveyor(producers: int, period: float, stamps: _Stamps,
-              sinks: list[Sink]) -> Callable[[], None]:
+def _conveyor(producers: int, period: float, stamps: _Stamps, sinks: list[Sink],
+              clock: dict[str, Any] | None = None) -> Callable[[], None]:
     import aioconveyor
 
     async def produce(event_time: datetime) -> dict[str, Any]:
@@ -67,14 +67,15 @@ def _conveyor(producers: int, period: float, stamps: _Stamps,
 
     conv = aioconveyor.AioConveyor(
         consumers=list(sinks), name="fleet",
+        clock=None if clock is None else aioconveyor.SystemClock(**clock),
         producers=[aioconveyor.Producer(produce, name=f"p{i}", every=period, offset=offset)
                    for i, offset in enumerate(_offsets(producers, period))])
     conv.start()
     return conv.stop
 
 
-def _apscheduler(producers: int, period: float, stamps: _Stamps,
-                 sinks: list[Sink]) -> Callable[[], None]:
+def _apscheduler(producers: int, period: float, stamps: _Stamps, sinks: list[Sink],
+                 clock: dict[str, Any] | None = None) -> Callable[[], None]:
     import threading
 
     from apscheduler.schedulers.asyncio import AsyncIOScheduler  # type: ignore[import-untyped]
@@ -123,7 +124,8 @@ def _apscheduler(producers: int, period: float, stamps: _Stamps,
     return stop
 
 
-def fleet_run(peer: str, producers: int, period: float, duration: float) -> Row:
+def fleet_run(peer: str, producers: int, period: float, duration: float,
+              clock: dict[str, Any] | None = None) -> Row:
     """Run ``producers`` producers every ``period`` s under ``peer``; measure a window of
     ``duration`` s that starts :data:`SETTLE` s after start-up."""
     stamps = _Stamps(0.0, 0.0)
@@ -131,7 +133,7 @@ def fleet_run(peer: str, producers: int, period: float, duration: float) -> Row:
     rss0 = rss_bytes()
     started = time.perf_counter()
     start = _conveyor if peer == "aioconveyor" else _apscheduler
-    stop = start(producers, period, stamps, sinks)
+    stop = start(producers, period, stamps, sinks, clock)
     startup = time.perf_counter() - started
     # the window: whole ticks of the fleet's grid (grid times k * period / producers)
     step = period / producers
