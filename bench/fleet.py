@@ -82,7 +82,7 @@ def _apscheduler(producers: int, period: float, stamps: _Stamps, sinks: list[Sin
 
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    base = (time.time() // period + 1) * period
+    base = time.time() // period * period  # a start_date in the past: from the next one
 
     async def job(offset: float) -> None:
         started = time.time()
