@@ -689,7 +689,8 @@ class _Engine:
                                      window=conv.restart_window)
         self.fanout = Fanout(self.lanes, conv.clock, self._next_tick)
         self.scheduler = Scheduler(conv.clock, self.fanout.offer, counters, name=conv.name,
-                                   on_finished=self._ticks_done)
+                                   on_finished=self._ticks_done,
+                                   offer_now=self.fanout.offer_now)
         self._limiter = LogLimiter(now=conv.clock.monotonic)  # shared by every producer
         self._warned_keys = False
         for settings in conv._producers:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
@@ -68,6 +68,31 @@ class Fanout:
                 await asyncio.sleep(0)
         if asleep and self._waking is None:
             self._waking = asyncio.get_running_loop().call_soon(self._wake_some)
+
+    def offer_now(self, data: Any, tick: Tick,
+                  lanes: Sequence[Lane] | None = None) -> Coroutine[Any, Any, None] | None:
+        """:meth:`offer` without a task when it need not wait (no lane full with
+        ``overflow="block"``, at most :data:`PUT_CHUNK` lanes): ``None`` once ``data`` is
+        queued everywhere, else a coroutine that does the rest (to await)."""
+        targets = tuple(self.lanes if lanes is None else lanes)
+        if len(targets) > PUT_CHUNK:
+            return self.offer(data, tick, targets)
+        asleep = self._asleep
+        for i, lane in enumerate(targets, 1):
+            later = i > CHUNK
+            waiter = lane.put(data, tick, wake=not later)
+            if waiter is not None:  # overflow="block" and the lane is full
+                return self._offer_rest(waiter, data, tick, targets[i:])
+            if later:
+                asleep.append(lane)
+        if asleep and self._waking is None:
+            self._waking = asyncio.get_running_loop().call_soon(self._wake_some)
+        return None
+
+    async def _offer_rest(self, waiter: Awaitable[Any], data: Any, tick: Tick,
+                          lanes: Sequence[Lane]) -> None:
+        await waiter
+        await self.offer(data, tick, lanes)
 
     def _wake_some(self, held: bool = False) -> None:
         """Wake the next :data:`CHUNK` lanes, after letting a tick that is about due go

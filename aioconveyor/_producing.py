@@ -8,7 +8,9 @@ fired, an error backoff) lives here, so a producer never fires a grid time twice
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +24,15 @@ from ._producer import ProducerSettings
 from ._schedule import Plan
 from ._stats import ConveyorCounters, ProducerCounters
 from ._tick import Tick
-from ._workers import Caller, CallerBusy, guarded
+from ._workers import (
+    Caller,
+    CallerBusy,
+    consume,
+    guarded,
+    is_awaitable,
+    slot_add,
+    slot_discard,
+)
 
 __all__ = ["ProducerRun"]
 
@@ -30,6 +40,8 @@ logger = logging.getLogger("aioconveyor._scheduler")
 
 #: What a run hands its results to: ``offer(data, tick, lanes)``.
 Offer = Callable[[Any, Tick, Sequence[Lane]], Awaitable[None]]
+#: The same without a task when it need not wait: None, or the rest to await.
+OfferNow = Callable[[Any, Tick, Sequence[Lane]], Awaitable[None] | None]
 
 
 class ProducerRun:
@@ -118,18 +130,47 @@ class ProducerRun:
 
     # -- one tick --------------------------------------------------------------------
 
-    async def tick(self, plan: Plan, woke: float, offer: Offer) -> None:
-        """Run the tick for ``plan`` (woken at ``woke``): lead, produce, offer the result."""
-        self.last_event = plan.event_time
+    @property
+    def direct(self) -> bool:
+        """Its ticks take one task, the call's own (:meth:`fire`): an async producer with
+        no leader to ask first."""
+        return self.leader is None and self._caller.is_async
+
+    def _begin(self, plan: Plan, woke: float) -> Tick:
+        """The tick for ``plan`` begins: counted (one locked section), and made."""
+        self.last_event = event = plan.event_time
         counters = self.counters
         with self.totals.lock:
             index = counters.ticks
             counters.ticks += 1
-            counters.last_tick_time = plan.event_time
+            counters.last_tick_time = event
             counters.state = "running"
             self.totals.record_lateness(counters, max(0.0, woke - plan.fire_at))
-        tick = Tick.make(index, plan.event_time, plan.fire_at, woke, plan.missed,
-                         self.settings.name)
+        return Tick.make(index, event, plan.fire_at, woke, plan.missed, self.settings.name)
+
+    def fire(self, plan: Plan, woke: float, offer_now: OfferNow,
+             end: Callable[[ProducerRun, Awaitable[None] | None, bool], None],
+             ) -> asyncio.Future[Any] | None:
+        """Start the tick for ``plan`` without a task of its own (:attr:`direct` runs):
+        the call runs in its task, and what follows (counting, the fan-out) in its
+        done-callback, which then calls ``end(run, rest, replan)``: ``rest`` is what of
+        the fan-out still has to be awaited (a full lane with ``overflow="block"``),
+        ``replan`` False if the call was cancelled from outside (the tick is abandoned).
+        The same guarantees as :meth:`tick`. Returns the call's future, or None when no
+        call was started (the tick is over, ``end`` not called)."""
+        tick = self._begin(plan, woke)
+        try:
+            call = self._caller.start(tick, tick.event_time)
+        except CallerBusy as busy:
+            self._busy(busy, tick)
+            return None
+        _DirectCall(self, tick, call, offer_now, end)
+        return call
+
+    async def tick(self, plan: Plan, woke: float, offer: Offer) -> None:
+        """Run the tick for ``plan`` (woken at ``woke``): lead, produce, offer the result."""
+        tick = self._begin(plan, woke)
+        counters = self.counters
         if self.leader is not None and not await self._lead(tick):
             with self.totals.lock:
                 counters.standby_ticks += 1
@@ -137,27 +178,43 @@ class ProducerRun:
         try:
             result = await self._call(tick)
         except CallerBusy as busy:
-            with self.totals.lock:
-                counters.skipped += 1
-                counters.state = "hung"
-            self.limiter.log(
-                logger, logging.ERROR, (self.settings.name, "busy"),
-                "%s: producer still running since its timeout %.0f s ago; tick %s "
-                "skipped (no second call is started while one hangs)", self.label,
-                self.clock.monotonic() - busy.since, tick.event_time.isoformat(),
-            )
+            self._busy(busy, tick)
             return
         except Exception as exc:
             self._failed(exc, tick)
             return
+        if self._produced(result):
+            await offer(result, tick, self.lanes)  # even when removed meanwhile: it was made
+
+    def _produced(self, result: Any) -> bool:
+        """Count a call's result; True if there is something to offer."""
         self._consecutive_errors = 0
-        if result is None:
-            with self.totals.lock:
-                counters.empty += 1
-            return
         with self.totals.lock:
-            counters.produced += 1
-        await offer(result, tick, self.lanes)  # even when removed meanwhile: it was made
+            if result is None:
+                self.counters.empty += 1
+                return False
+            self.counters.produced += 1
+        return True
+
+    def _busy(self, busy: CallerBusy, tick: Tick) -> None:
+        with self.totals.lock:
+            self.counters.skipped += 1
+            self.counters.state = "hung"
+        self.limiter.log(
+            logger, logging.ERROR, (self.settings.name, "busy"),
+            "%s: producer still running since its timeout %.0f s ago; tick %s "
+            "skipped (no second call is started while one hangs)", self.label,
+            self.clock.monotonic() - busy.since, tick.event_time.isoformat(),
+        )
+
+    def _timed_out(self, tick: Tick, hung: bool) -> None:
+        limit = self.settings.timeout
+        with self.totals.lock:
+            self.counters.timeouts += 1
+            if hung:
+                self.counters.state = "hung"
+        more = " (still running: no new call until it returns)" if hung else ""
+        self._failed(TimeoutError(f"producer did not return within {limit:g} s{more}"), tick)
 
     async def _lead(self, tick: Tick) -> bool:
         """Ask the leader backend whether to produce this tick; doubt means no."""
@@ -220,3 +277,98 @@ class ProducerRun:
 
     def close(self) -> None:
         self._caller.close()
+
+
+class _DirectCall:
+    """One call of a :attr:`~ProducerRun.direct` run, seen through to its end: its
+    timeout (a timer shared per slot, see ``_workers.TIMEOUT_GRAIN``), then its result,
+    from its done-callback (as :meth:`Caller.call` and :meth:`ProducerRun.tick` would)."""
+
+    __slots__ = ("call", "end", "grace", "key", "loop", "offer_now", "run", "tick",
+                 "timed_out")
+
+    def __init__(self, run: ProducerRun, tick: Tick, call: asyncio.Future[Any],
+                 offer_now: OfferNow,
+                 end: Callable[[ProducerRun, Awaitable[None] | None, bool], None]) -> None:
+        self.run, self.tick, self.call, self.offer_now, self.end = run, tick, call, offer_now, end
+        self.loop = asyncio.get_running_loop()
+        self.timed_out = False
+        self.grace: Any = None  # the cancelled call's time to end, after its timeout
+        limit = run.settings.timeout
+        self.key = slot_add(run.clock, limit, self) if 0 < limit < math.inf else None
+        call.add_done_callback(self._done)
+
+    def expire(self) -> None:
+        """The timeout: cancel the call, and give it ``Caller.CANCEL_GRACE`` to end."""
+        if asyncio._get_running_loop() is not self.loop:  # a fake clock's advance() outside
+            self.loop.call_soon(self.expire)  # the loop
+            return
+        self.key = None
+        if self.call.done() or self.timed_out:
+            return
+        self.timed_out = True
+        self.call.cancel()
+        self.grace = self.run.clock.call_later(Caller.CANCEL_GRACE, self._hung)
+
+    def _hung(self) -> None:
+        """Still running after its grace: hung. Ticks are skipped until it returns."""
+        if self.call.done():  # its done-callback is on its way
+            return
+        self.grace = None
+        caller = self.run._caller
+        caller.hung = self.call  # busy_since stays: health sees how long it is stuck
+        self.call.add_done_callback(consume)
+        self._finish(lambda: self.run._timed_out(self.tick, hung=True))
+
+    def _done(self, call: asyncio.Future[Any]) -> None:
+        if self.key is not None:
+            slot_discard(self.key, self)
+            self.key = None
+        if self.timed_out:
+            if self.grace is None:  # a hung call that returned at last: nothing to do
+                return
+            self.grace.cancel()
+            self.grace = None
+            self.run._caller.busy_since = None
+            consume(call)
+            self._finish(lambda: self.run._timed_out(self.tick, hung=False))
+            return
+        self.run._caller.busy_since = None
+        if call.cancelled():  # from outside (a stop, a removal): the tick is abandoned
+            self.end(self.run, None, False)
+            return
+        self._finish(self._settle)
+
+    def _settle(self) -> Awaitable[None] | None:
+        run, call = self.run, self.call
+        exc = call.exception()
+        if exc is not None:
+            run._failed(exc if isinstance(exc, Exception) else ContainedError(exc), self.tick)
+            return None
+        result = call.result()
+        if is_awaitable(result):  # an async producer that returned an awaitable
+            return self._resolve(result)
+        if run._produced(result):
+            return self.offer_now(result, self.tick, run.lanes)
+        return None
+
+    async def _resolve(self, awaitable: Any) -> None:
+        run = self.run
+        try:
+            result = await run._caller.resolve(awaitable, run.settings.timeout)
+        except Exception as exc:
+            run._failed(exc, self.tick)
+            return
+        if run._produced(result):
+            rest = self.offer_now(result, self.tick, run.lanes)
+            if rest is not None:
+                await rest
+
+    def _finish(self, step: Callable[[], Awaitable[None] | None]) -> None:
+        rest = None
+        try:
+            rest = step()
+        except BaseException:  # ours, or a Schedule's maths (for a backoff): the producer
+            # goes on, as a tick task's failure would
+            logger.exception("%s: tick failed", self.run.label)
+        self.end(self.run, rest, True)

@@ -15,10 +15,11 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from ._clock import Clock, wait_done
-from ._producing import Offer, ProducerRun
+from ._producing import Offer, OfferNow, ProducerRun
 from ._schedule import Plan
 from ._stats import ConveyorCounters
 
@@ -36,16 +37,19 @@ class Scheduler:
     """Fires every producer's ticks on time and fans out what they produce."""
 
     def __init__(self, clock: Clock, offer: Offer, counters: ConveyorCounters, *,
-                 name: str, on_finished: Callable[[], None]) -> None:
+                 name: str, on_finished: Callable[[], None],
+                 offer_now: OfferNow | None = None) -> None:
         self.clock = clock
         self.counters = counters
         self.name = name
         self.on_finished = on_finished
         self._offer = offer
+        self._offer_now: OfferNow = offer_now or (lambda data, tick, lanes: offer(data, tick,
+                                                                                 lanes))
         self._runs: dict[str, ProducerRun] = {}
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
-        self._ticks: dict[ProducerRun, asyncio.Task[None]] = {}  # ticks under way
+        self._ticks: dict[ProducerRun, asyncio.Future[Any]] = {}  # ticks under way
         self._sleep: asyncio.Timeout | None = None  # the loop's sleep, while it sleeps
         self._sleeping_until: float | None = None
         self._idle: asyncio.Future[None] | None = None  # the loop's wait, with nothing to do
@@ -131,7 +135,7 @@ class Scheduler:
             if due > clock.time() and not await self._sleep_until(due):
                 continue  # woken early: a producer with an earlier tick came
             woke = clock.time()
-            self._check_clock_step()
+            self._check_clock_step(woke)
             while heap and heap[0][0] <= woke:
                 _, _, run, plan = heapq.heappop(heap)
                 if run.removed:
@@ -140,9 +144,16 @@ class Scheduler:
                 if run.too_late(plan, woke):  # slept through it (blocked loop, suspend,
                     self._plan(run, woke)     # clock step): plan again, counted as missed
                     continue
-                self._ticks[run] = asyncio.get_running_loop().create_task(
-                    self._tick(run, plan, woke), name=f"aioconveyor[{self.name}].tick")
                 del self._unplanned[run]
+                if run.direct:  # one task per tick: the call's
+                    call = run.fire(plan, woke, self._offer_now, self._tick_over)
+                    if call is None:
+                        self._tick_over(run, None, True)
+                    else:
+                        self._ticks[run] = call
+                else:
+                    self._ticks[run] = asyncio.get_running_loop().create_task(
+                        self._tick(run, plan, woke), name=f"aioconveyor[{self.name}].tick")
 
     async def _sleep_until(self, due: float) -> bool:
         """Sleep until ``due``; False if woken early by :meth:`_wake`."""
@@ -198,6 +209,10 @@ class Scheduler:
         finally:
             if self._ticks.get(run) is asyncio.current_task():
                 del self._ticks[run]
+        self._replan(run)
+
+    def _replan(self, run: ProducerRun) -> None:
+        """``run``'s tick is over: plan its next one."""
         if not run.removed:
             try:
                 self._plan(run)
@@ -205,8 +220,31 @@ class Scheduler:
                 self._failure = exc
                 self._wake()
 
-    def _check_clock_step(self) -> None:
-        offset = self.clock.time() - self.clock.monotonic()
+    def _tick_over(self, run: ProducerRun, rest: Awaitable[None] | None, replan: bool) -> None:
+        """A direct tick (:meth:`ProducerRun.fire`) is over, but for ``rest`` of its
+        fan-out (awaited in a task of its own before the next is planned)."""
+        if rest is not None:
+            self._ticks[run] = asyncio.get_running_loop().create_task(
+                self._rest(run, rest), name=f"aioconveyor[{self.name}].tick")
+            return
+        self._ticks.pop(run, None)
+        if replan:
+            self._replan(run)
+
+    async def _rest(self, run: ProducerRun, rest: Awaitable[None]) -> None:
+        try:
+            await rest
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            logger.exception("conveyor %s: tick of producer %s failed", self.name, run.name)
+        finally:
+            if self._ticks.get(run) is asyncio.current_task():
+                del self._ticks[run]
+        self._replan(run)
+
+    def _check_clock_step(self, now: float) -> None:
+        offset = now - self.clock.monotonic()
         previous, self._clock_offset = self._clock_offset, offset
         if previous is not None and abs(offset - previous) > JUMP_THRESHOLD:
             with self.counters.lock:

@@ -34,8 +34,8 @@ from ._clock import Clock, running_clock, timeout, wait_done
 from ._errors import ContainedError
 from ._tick import Tick
 
-__all__ = ["CallTimeout", "Caller", "CallerBusy", "SyncWorker", "call_in_loop", "guarded",
-           "is_async_callable", "is_awaitable"]
+__all__ = ["CallTimeout", "Caller", "CallerBusy", "SyncWorker", "call_in_loop", "consume",
+           "guarded", "is_async_callable", "is_awaitable", "slot_add", "slot_discard"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -348,6 +348,20 @@ class Caller:
         finally:
             tick_module._reset(token)
 
+    def start(self, tick: Tick | None, *args: Any,
+              fn: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
+        """Start the call (no wait): its future. Raises :class:`CallerBusy` while an
+        earlier call is :attr:`hung`. Whoever starts it sees to its timeout (as
+        :meth:`call` does) and sets :attr:`busy_since` back to None when it ends."""
+        if self.hung is not None:
+            if not self.hung.done():
+                raise CallerBusy(self.name, self.busy_since or self.clock.monotonic())
+            self.hung = None
+            self.busy_since = None
+        future = self._start(tick, self.fn if fn is None else fn, args)
+        self.busy_since = self.clock.monotonic()
+        return future
+
     async def call(self, tick: Tick | None, *args: Any, timeout: float,
                    fn: Callable[..., Any] | None = None) -> asyncio.Future[Any] | None:
         """Start the call and wait for it: its finished future, or None after ``timeout``.
@@ -355,15 +369,9 @@ class Caller:
         ``fn`` calls another function of the same owner on the same worker (a consumer's
         ``open()``). Raises :class:`CallerBusy` while an earlier call is :attr:`hung`.
         """
-        if self.hung is not None:
-            if not self.hung.done():
-                raise CallerBusy(self.name, self.busy_since or self.clock.monotonic())
-            self.hung = None
-            self.busy_since = None
         target = self.fn if fn is None else fn
         in_loop = self.is_async if target is self.fn else is_async_callable(target)
-        future = self._start(tick, target, args)
-        self.busy_since = self.clock.monotonic()
+        future = self.start(tick, *args, fn=fn)
         try:
             if await _wait_call(self.clock, future, timeout):
                 self.busy_since = None
@@ -377,10 +385,10 @@ class Caller:
             future.cancel()
             if await wait_done(self.clock, future, self.CANCEL_GRACE):
                 self.busy_since = None
-                _consume(future)
+                consume(future)
                 return None
         self.hung = future  # busy_since stays: health sees how long it has been stuck
-        future.add_done_callback(_consume)
+        future.add_done_callback(consume)
         return None
 
     async def run_here(self, tick: Tick | None, *args: Any, timeout: float,
@@ -525,7 +533,11 @@ class _Resumed:
                     return stop.value
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
+def consume(future: asyncio.Future[Any]) -> None:
     """Retrieve a finished future's exception so asyncio does not log it as never retrieved."""
     if future.done() and not future.cancelled():
         future.exception()
+
+
+slot_add = _slot_add
+slot_discard = _slot_discard
