@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple, Protocol, get_args, runtime_checkable
 
 from . import _validate
-from ._spool import SpoolFormat
+from ._spool_format import SpoolFormat
 from ._tick import Tick
 from ._workers import is_async_callable
 

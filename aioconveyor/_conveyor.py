@@ -23,13 +23,12 @@ from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, tzinfo
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _clock as clock_module
 from . import _validate
 from ._clock import Clock, SystemClock, timeout, wait_done
 from ._consumer import Consumer, LaneSettings, Startup, callable_name, resolve
-from ._endpoint import OpsEndpoint
 from ._errors import ConveyorError, RestartBudgetExceeded, StartupError
 from ._fanout import CHUNK, Fanout
 from ._health import Health, assess
@@ -43,6 +42,9 @@ from ._scheduler import Scheduler
 from ._stats import ConveyorCounters, ConveyorStats
 from ._watchdog import LoopMonitor, Supervisor
 from ._workers import guarded
+
+if TYPE_CHECKING:
+    from ._endpoint import OpsEndpoint  # imported when a metrics_port is given
 
 __all__ = ["AioConveyor"]
 
@@ -1020,6 +1022,7 @@ class _Engine:
 
     def _make_endpoint(self) -> OpsEndpoint:
         from . import _metrics as metrics
+        from ._endpoint import OpsEndpoint
 
         conv = self.conv
 

@@ -46,16 +46,16 @@ from dataclasses import astuple
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
+from ._spool_format import SpoolFormat
 from ._tick import Tick
 
 __all__ = ["Spool", "SpoolFormat"]
 
 logger = logging.getLogger(__name__)
 
-SpoolFormat = Literal["json", "pickle"]
 """How :class:`Spool` stores new items: ``"json"`` (the default) or ``"pickle"``."""
 
 _FORMATS = ("json", "pickle")
