@@ -9,6 +9,7 @@ still ticking (its own bound, see ``producer_bounds``; a finished one is fine):
 * no call of it running longer than its bound, and no call hung past its timeout for
   longer than it (a hung call is named even though the loop is on time: only that
   producer's ticks are skipped);
+* not failing (or timing out) on every call for longer than its bound;
 
 and for every consumer (its bound is ``bound`` plus its ``batch_age``):
 
@@ -136,10 +137,13 @@ def _producer_problem(p: ProducerStats, now: datetime, limit: float) -> str | No
         if running > limit:
             return (f"call of tick {p.last_tick_time.isoformat()} running for "
                     f"{running:.1f} s{error}")
-        return None
     if p.state == "waiting" and p.next_tick_time is not None:
         overdue = (now - p.next_tick_time).total_seconds()
         if overdue > limit:
             return (f"tick of {p.next_tick_time.isoformat()} overdue by {overdue:.1f} s, "
                     f"not started (the tick loop is behind){error}")
+    if p.state != "finished" and p.failing_since is not None:
+        failing = (now - p.failing_since).total_seconds()
+        if failing > limit:
+            return f"every call failed for {failing:.1f} s ({p.errors} errors){error}"
     return None

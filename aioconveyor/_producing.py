@@ -190,6 +190,7 @@ class ProducerRun:
         """Count a call's result; True if there is something to offer."""
         self._consecutive_errors = 0
         with self.totals.lock:
+            self.counters.failing_since = None
             if result is None:
                 self.counters.empty += 1
                 return False
@@ -259,7 +260,9 @@ class ProducerRun:
         with self.totals.lock:
             self.counters.errors += 1
             self.counters.last_error = f"{type(original).__name__}: {original}"
-            self.counters.last_error_time = self.clock.time()
+            self.counters.last_error_time = now = self.clock.time()
+            if self.counters.failing_since is None:
+                self.counters.failing_since = now
         self._consecutive_errors += 1
         self.limiter.log(
             logger, logging.ERROR, (self.settings.name, type(original).__qualname__),

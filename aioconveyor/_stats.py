@@ -113,6 +113,8 @@ class ProducerStats:
     """``"leader"``, ``"standby"`` or ``"unknown"`` with a leader backend, else ``None``."""
     last_error: str | None
     last_error_time: datetime | None
+    failing_since: datetime | None = None
+    """Since when every call failed (or timed out); None after a call that returned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +180,9 @@ class ProducerCounters:
     Slotted and small: a conveyor may hold ten thousand of them.
     """
 
-    __slots__ = ("consumers", "empty", "errors", "last_error", "last_error_time",
-                 "last_tick_time", "lateness_counts", "lateness_max", "lateness_sum",
+    __slots__ = ("consumers", "empty", "errors", "failing_since", "last_error",
+                 "last_error_time", "last_tick_time", "lateness_counts", "lateness_max",
+                 "lateness_sum",
                  "leader_role", "missed_ticks", "name", "next_tick_time", "produced",
                  "skipped", "standby_ticks", "state", "ticks", "timeouts")
 
@@ -194,6 +197,7 @@ class ProducerCounters:
         self.leader_role: str | None = None
         self.last_error: str | None = None
         self.last_error_time: float | None = None
+        self.failing_since: float | None = None
         self.lateness_counts: list[int] | None = None  # made on the first tick
         self.lateness_sum = 0.0
         self.lateness_max = 0.0
@@ -208,6 +212,7 @@ class ProducerCounters:
             last_tick_time=_utc(self.last_tick_time), next_tick_time=_utc(self.next_tick_time),
             state=self.state, consumers=self.consumers, leader_role=self.leader_role,
             last_error=self.last_error, last_error_time=_utc(self.last_error_time),
+            failing_since=_utc(self.failing_since),
         )
 
 

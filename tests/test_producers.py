@@ -310,3 +310,34 @@ def test_producer_names_are_unique_at_run_time_too() -> None:
             conv.add_producer(lambda t: 2, name="p", every=1)
         with pytest.raises(KeyError):
             conv.remove_producer("nope")
+
+
+async def test_health_names_a_producer_whose_every_call_fails_past_its_bound() -> None:
+    clock = FakeClock(start=T0 + 0.5)
+    calls = {"n": 0}
+
+    def flaky(event_time: datetime) -> int:
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise ConnectionError("inverter unreachable")
+        return calls["n"]
+
+    conv = AioConveyor(consumers=[MemoryConsumer()], clock=clock, producers=[
+        Producer(flaky, name="inverter", every=1), Producer(lambda t: 1, name="ok", every=1)])
+    task = asyncio.create_task(conv.run())
+    try:
+        while calls["n"] < 8:  # noqa: ASYNC110 - turns of the loop, fake time
+            await asyncio.sleep(0)
+        assert conv.health().ok  # failing for 4 s: within its bound (10 s)
+        assert conv.stats().producer("inverter").failing_since == grid(T0 + 4)
+        while calls["n"] < 20:  # noqa: ASYNC110 - turns of the loop, fake time
+            await asyncio.sleep(0)
+        health = conv.health()
+        assert not health.ok, (clock.time() - T0, conv.stats().producer("inverter"))
+        assert list(health.problems) == ["producer:inverter"]
+        assert "every call failed" in health.problems["producer:inverter"]
+        assert "ConnectionError: inverter unreachable" in health.problems["producer:inverter"]
+    finally:
+        task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
