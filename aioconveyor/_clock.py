@@ -105,6 +105,7 @@ class SystemClock:
         self.busy = busy
         self.precise = precise and _timerfd_available()
         self._late: deque[float] = deque(maxlen=64)  # recent timer wake-up delays
+        self._wakes = 0
         self._auto_margin = _DEFAULT_MARGIN
         self._timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Waker]] = (
             weakref.WeakKeyDictionary()
@@ -145,7 +146,9 @@ class SystemClock:
 
     def _note_wake(self, late: float) -> None:
         self._late.append(late)
-        if self.margin is None and len(self._late) % 16 == 0:
+        self._wakes += 1
+        # every 16th wake-up (the window stays full at 64: its length cannot tell)
+        if self.margin is None and self._wakes % 16 == 0:
             ordered = sorted(self._late)
             p95 = ordered[int(0.95 * (len(ordered) - 1))]
             self._auto_margin = min(_MAX_MARGIN, max(_MIN_MARGIN, p95 + _MIN_MARGIN))
