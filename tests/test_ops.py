@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aioconveyor import AioConveyor, Consumer
 from aioconveyor._health import assess
 from aioconveyor.testing import MemoryConsumer
-from support.http import get
+from support.http import get, wait_for_status
 
 FAST = 0.05
 
@@ -24,15 +23,6 @@ FAST = 0.05
 async def produce(event_time: datetime) -> dict[str, Any]:
     return {"t": event_time.isoformat()}
 
-
-def wait_for_status(url: str, status: int, timeout: float = 10.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        code, body = get(url)
-        if code == status:
-            return body
-        assert time.monotonic() < deadline, f"{url} stayed {code}: {body!r}"
-        time.sleep(0.02)
 
 
 def test_metrics_are_served_in_prometheus_format() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import threading
-import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from aioconveyor._metrics import PRODUCER_SERIES, render
 from aioconveyor._process import summary_lines
 from aioconveyor._stats import LatenessStats, ProducerStats
 from aioconveyor.testing import FakeClock, MemoryConsumer
-from support.http import get
+from support.http import get, wait_for_status
 
 T0 = 1_794_999_600.0
 FAST = 0.05
@@ -28,15 +27,6 @@ FAST = 0.05
 def grid(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
-
-def wait_for_status(url: str, status: int, timeout: float = 10.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        code, body = get(url)
-        if code == status:
-            return body
-        assert time.monotonic() < deadline, f"{url} stayed {code}: {body!r}"
-        time.sleep(0.02)
 
 
 def families(body: bytes) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
 
@@ -13,3 +14,14 @@ def get(url: str) -> tuple[int, bytes]:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def wait_for_status(url: str, status: int, timeout: float = 10.0) -> bytes:
+    """Poll ``GET url`` until it answers ``status`` (bounded); its body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, body = get(url)
+        if code == status:
+            return body
+        assert time.monotonic() < deadline, f"{url} stayed {code}: {body!r}"
+        time.sleep(0.02)
