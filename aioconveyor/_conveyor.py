@@ -269,7 +269,6 @@ class AioConveyor:
         self._counters = ConveyorCounters(self.name)
         self._ledgers = [self._counters.lane(s.name, self.clock) for s in self._lane_settings]
         self._producers: list[ProducerSettings] = []
-        self._producer_bounds: dict[str, float] = {}
         if produce is not None:
             assert self.planner is not None and self.producer_timeout is not None
             self._register(ProducerSettings(
@@ -305,15 +304,26 @@ class AioConveyor:
     # -- producers -------------------------------------------------------------------
 
     def _register(self, settings: ProducerSettings, argument: str) -> None:
-        """Add a producer's settings before the start (checked: name, routes)."""
-        self._check_producer(settings, argument, [s.name for s in self._lane_settings])
+        """Add a producer's settings (checked: name, routes) and its counters; before the
+        start, and by the engine while running."""
+        self._check_producer(settings, argument)
         self._producers.append(settings)
-        self._producer_bounds[settings.name] = self._producer_bound(settings)
         self._counters.producer(settings.name, settings.consumers)
 
+    def _replace_settings(self, settings: ProducerSettings) -> None:
+        """Put ``settings`` in the place of the producer of the same name (checked)."""
+        index = self._index_of(settings.name)
+        self._check_producer(settings, "produce", replacing=settings.name)
+        self._producers[index] = settings
+        with self._counters.lock:
+            self._counters.producers[settings.name].consumers = settings.consumers
+
     def _check_producer(self, settings: ProducerSettings, argument: str,
-                        consumers: Sequence[str]) -> None:
-        if any(p.name == settings.name for p in self._producers):
+                        replacing: str | None = None) -> None:
+        """A name not taken (but by the producer it replaces), consumers that exist."""
+        consumers = [s.name for s in self._lane_settings]
+        if settings.name != replacing and any(p.name == settings.name
+                                              for p in self._producers):
             _validate.fail(argument, settings.fn,
                            f"is named {settings.name!r} like another producer; give it "
                            "another name= (producer names are unique in a conveyor)")
@@ -323,10 +333,13 @@ class AioConveyor:
                            f"of producer {settings.name!r} names {unknown!r}, which the "
                            f"conveyor does not have (its consumers: {list(consumers)})")
 
-    def _producer_bound(self, settings: ProducerSettings) -> float:
+    @property
+    def _producer_bounds(self) -> dict[str, float]:
+        """Each producer's health bound: ``health_bound`` if given, else three of its
+        periods (at least 10 s)."""
         if self._health_bound_given:
-            return self.health_bound
-        return max(3 * settings.period, 10.0)
+            return {p.name: self.health_bound for p in self._producers}
+        return {p.name: max(3 * p.period, 10.0) for p in self._producers}
 
     @property
     def producer_names(self) -> tuple[str, ...]:
@@ -392,18 +405,7 @@ class AioConveyor:
             resolved = dataclasses.replace(resolved, leader_key=self._leader_key_of(name))
         with self._lock:
             if self._state is _State.NEW:
-                index = self._index_of(name)
-                old = self._producers.pop(index)
-                try:
-                    self._check_producer(resolved, "produce",
-                                         [s.name for s in self._lane_settings])
-                except BaseException:
-                    self._producers.insert(index, old)
-                    raise
-                self._producers.insert(index, resolved)
-                self._producer_bounds[name] = self._producer_bound(resolved)
-                with self._counters.lock:
-                    self._counters.producers[name].consumers = resolved.consumers
+                self._replace_settings(resolved)
                 return
         self._call_engine(lambda e, deadline: e.replace_producer(name, resolved, deadline),
                           timeout)
@@ -422,7 +424,6 @@ class AioConveyor:
 
     def _unregister(self, name: str) -> None:
         del self._producers[self._index_of(name)]
-        self._producer_bounds.pop(name, None)
         self._counters.retire(name)
 
     # -- state -----------------------------------------------------------------------
@@ -837,26 +838,18 @@ class _Engine:
 
     # -- producers added, removed or replaced while running ---------------------------
 
-    def _sync_producers(self) -> None:
-        conv = self.conv
-        conv._producers = [run.settings for run in self.scheduler.runs]
-        conv._producer_bounds = {s.name: conv._producer_bound(s) for s in conv._producers}
-
     async def add_producer(self, settings: ProducerSettings) -> str:
         self._check_running()
-        self.conv._check_producer(settings, "produce", [lane.name for lane in self.lanes])
-        self.counters.producer(settings.name, settings.consumers)
+        self.conv._register(settings, "produce")
         self.scheduler.add(self._producer_run(settings))
-        self._sync_producers()
         logger.info("conveyor %s: producer %s added", self.conv.name, settings.name)
         return settings.name
 
     async def remove_producer(self, name: str, deadline: float) -> None:
         self._check_running()
         run = await self.scheduler.remove(name, self._budget(deadline))
-        self.counters.retire(name)
+        self.conv._unregister(name)
         await self._release(run)
-        self._sync_producers()
         logger.info("conveyor %s: producer %s removed", self.conv.name, name)
 
     async def _release(self, run: ProducerRun) -> None:
@@ -875,17 +868,9 @@ class _Engine:
                                deadline: float) -> None:
         self._check_running()
         self.scheduler.run_of(name)  # KeyError if there is none
-        others = [s for s in self.conv._producers if s.name != name]
-        saved, self.conv._producers = self.conv._producers, others
-        try:
-            self.conv._check_producer(settings, "produce", [lane.name for lane in self.lanes])
-        finally:
-            self.conv._producers = saved
+        self.conv._replace_settings(settings)  # checked before the old one stops
         old = await self.scheduler.remove(name, self._budget(deadline))
-        with self.counters.lock:
-            self.counters.producers[name].consumers = settings.consumers
         self.scheduler.add(self._producer_run(settings, last_event=old.last_event))
-        self._sync_producers()
         logger.info("conveyor %s: producer %s replaced", self.conv.name, name)
 
     async def _open_new(self, lane: Lane, recover: bool = True) -> None:

@@ -176,14 +176,14 @@ class ProducerRun:
                 counters.standby_ticks += 1
             return
         try:
-            result = await self._call(tick)
+            returned, result = await self._call(tick)
         except CallerBusy as busy:
             self._busy(busy, tick)
             return
         except Exception as exc:
             self._failed(exc, tick)
             return
-        if self._produced(result):
+        if returned and self._produced(result):
             await offer(result, tick, self.lanes)  # even when removed meanwhile: it was made
 
     def _produced(self, result: Any) -> bool:
@@ -243,17 +243,15 @@ class ProducerRun:
             self.totals.takeovers = leader.takeovers
         return leading
 
-    async def _call(self, tick: Tick) -> Any:
+    async def _call(self, tick: Tick) -> tuple[bool, Any]:
+        """Call the producer: ``(True, its result)``, or ``(False, None)`` when it timed
+        out (counted as such)."""
         caller, limit = self._caller, self.settings.timeout
         future = await caller.call(tick, tick.event_time, timeout=limit)
         if future is None:
-            with self.totals.lock:
-                self.counters.timeouts += 1
-                if caller.hung:
-                    self.counters.state = "hung"
-            hung = " (still running: no new call until it returns)" if caller.hung else ""
-            raise TimeoutError(f"producer did not return within {limit:g} s{hung}")
-        return await caller.result(future, limit)
+            self._timed_out(tick, hung=caller.hung is not None)
+            return False, None
+        return True, await caller.result(future, limit)
 
     def _failed(self, exc: Exception, tick: Tick) -> None:
         original = exc.original if isinstance(exc, ContainedError) else exc

@@ -15,7 +15,7 @@ import heapq
 import itertools
 import logging
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from ._clock import Clock, wait_done
@@ -153,7 +153,8 @@ class Scheduler:
                         self._ticks[run] = call
                 else:
                     self._ticks[run] = asyncio.get_running_loop().create_task(
-                        self._tick(run, plan, woke), name=f"aioconveyor[{self.name}].tick")
+                        self._see_through(run, run.tick(plan, woke, self._offer)),
+                        name=f"aioconveyor[{self.name}].tick")
 
     async def _sleep_until(self, due: float) -> bool:
         """Sleep until ``due``; False if woken early by :meth:`_wake`."""
@@ -198,19 +199,6 @@ class Scheduler:
             self._ended = True
             self.on_finished()
 
-    async def _tick(self, run: ProducerRun, plan: Plan, woke: float) -> None:
-        try:
-            await run.tick(plan, woke, self._offer)
-        except asyncio.CancelledError:
-            raise
-        except BaseException:  # the producer's own failures are handled in tick(): this is
-            # ours, or a Schedule's (its maths for a backoff); the producer goes on
-            logger.exception("conveyor %s: tick of producer %s failed", self.name, run.name)
-        finally:
-            if self._ticks.get(run) is asyncio.current_task():
-                del self._ticks[run]
-        self._replan(run)
-
     def _replan(self, run: ProducerRun) -> None:
         """``run``'s tick is over: plan its next one."""
         if not run.removed:
@@ -225,18 +213,23 @@ class Scheduler:
         fan-out (awaited in a task of its own before the next is planned)."""
         if rest is not None:
             self._ticks[run] = asyncio.get_running_loop().create_task(
-                self._rest(run, rest), name=f"aioconveyor[{self.name}].tick")
+                self._see_through(run, rest), name=f"aioconveyor[{self.name}].tick")
             return
         self._ticks.pop(run, None)
         if replan:
             self._replan(run)
 
-    async def _rest(self, run: ProducerRun, rest: Awaitable[None]) -> None:
+    async def _see_through(self, run: ProducerRun, work: Awaitable[None]) -> None:
+        """The task of a tick (or of the rest of a direct tick's fan-out): await ``work``,
+        then plan the run's next tick."""
         try:
-            await rest
+            await work
         except asyncio.CancelledError:
+            if isinstance(work, Coroutine):  # cancelled before it began: never awaited
+                work.close()
             raise
-        except BaseException:
+        except BaseException:  # the producer's own failures are handled in the run: this
+            # is ours, or a Schedule's (its maths for a backoff); the producer goes on
             logger.exception("conveyor %s: tick of producer %s failed", self.name, run.name)
         finally:
             if self._ticks.get(run) is asyncio.current_task():
