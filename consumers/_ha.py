@@ -41,6 +41,14 @@ _DEVICE_CLASS_ALIASES = {
 }
 """Words people write for a device class, beyond what a close spelling finds."""
 
+_BINARY_CLASS_ALIASES = {
+    "fault": "problem", "error": "problem", "alarm": "problem", "warning": "problem",
+    "failure": "problem", "online": "connectivity", "connection": "connectivity",
+    "connected": "connectivity", "on": "power", "open": "opening", "charging":
+    "battery_charging", "low_battery": "battery", "leak": "moisture", "water": "moisture",
+}
+"""The same for binary sensors (an inverter fault is ``problem``)."""
+
 _SET_BY_CONSUMER = frozenset({
     "availability", "availability_mode", "availability_template", "availability_topic",
     "device", "name", "origin", "payload_available", "payload_not_available", "qos",
@@ -70,7 +78,7 @@ def _units_of(unit: str) -> list[str]:
 
 
 def _unit_list(units: frozenset[str | None]) -> str:
-    shown = sorted((u for u in units if u is not None), key=str.lower)
+    shown = sorted((u for u in units if u is not None), key=lambda u: (u.lower(), u))
     text = ", ".join(repr(u) for u in shown)
     if None in units:
         text = f"{text} or no unit" if text else "no unit"
@@ -151,33 +159,32 @@ def _check_extra(owner: str, extra: object, keys: frozenset[str],
         if not isinstance(key, str):
             check.fail("extra", extra, f"keys must be str, got {key!r}",
                        subject=f"{owner} extra")
+        subject = f"{owner} {name} = {value!r}:"
         long = ha.ABBREVIATIONS.get(key)
         if long is not None and long != key:
-            check.fail(name, value, f"{key!r} is Home Assistant's abbreviation of {long!r}: "
+            check.fail(name, value, f"{key!r} is Home Assistant's abbreviation of {long!r}; "
                        "write the long name (the consumer writes configs in full)",
-                       subject=f"{owner} {name}")
+                       subject=subject)
         if key in arguments:
-            check.fail(name, value, f"{key!r} is {owner}'s argument {arguments[key]}=; "
-                       f"pass it as {arguments[key]}=... instead", subject=f"{owner} {name}")
+            check.fail(name, value, f"{key!r} is {owner}'s argument {arguments[key]!r}; pass "
+                       f"{arguments[key]}={value!r} instead", subject=subject)
         if key in _SET_BY_CONSUMER:
             check.fail(name, value, f"{key!r} is set by the consumer (from the topic, the "
-                       "device and the key)", subject=f"{owner} {name}")
+                       "device and the key)", subject=subject)
         if key not in keys:
             hint = _close(key, sorted(keys))
-            why = (f"is not a key of Home Assistant's {owner} discovery schema "
-                   f"(it would drop it)")
+            why = f"is not a key of Home Assistant's {owner} discovery schema (it drops it)"
             if key in _LONG_NAMES:
                 why = f"is a discovery key of other entity kinds, not of {owner}"
             check.fail(name, value, f"{key!r} {why}" + (f" (did you mean {hint!r}?)"
-                                                         if hint else ""),
-                       subject=f"{owner} {name}")
+                                                         if hint else ""), subject=subject)
         if key in ("enabled_by_default", "force_update", "visible_by_default"):
             check.boolean(name, value)
         try:
             json.dumps(value)
         except (TypeError, ValueError):
-            check.fail(name, value, f"must be a JSON value (str, number, bool, list, dict), "
-                       f"got {value!r}", subject=f"{owner} {name}")
+            check.fail(name, value, "must be a JSON value (str, number, bool, list, dict)",
+                       subject=subject)
         out[key] = value
     return out
 
@@ -317,15 +324,21 @@ class HaSensor:
             allowed = ha.DEVICE_CLASS_UNITS[device_class]
             normal = None if unit is None else ha.AMBIGUOUS_UNITS.get(unit, unit)
             if normal not in allowed:
-                reason = (f"must be {_unit_list(allowed)} for device_class={device_class!r}"
-                          f" (Home Assistant's units for it), got {unit!r}")
-                if unit is not None:
+                units = _unit_list(allowed)
+                if unit is None:
+                    reason = (f"is required for device_class={device_class!r}: one of {units}"
+                              " (Home Assistant's units for it)")
+                else:
+                    reason = (f"must be {units} for device_class={device_class!r} (Home "
+                              f"Assistant's units for it), got {unit!r}")
                     same = [u for u in allowed if u is not None and u.lower() == unit.lower()]
+                    # W for an energy (Wh), kWh for a power (kW)
+                    timed = [u for u in (f"{unit}h", unit[:-1]) if u and u in allowed]
                     others = [d for d in _units_of(unit) if d != device_class]
-                    if same:
-                        reason += f" (did you mean {same[0]!r}?)"
-                    elif others:
-                        reason += (f"; {unit!r} is a unit of "
+                    if same or timed:
+                        reason += f" (did you mean {(same or timed)[0]!r}?)"
+                    if others:
+                        reason += (f"; {unit!r} is a unit of device_class "
                                    f"{' or '.join(repr(d) for d in others[:3])}")
                 check.fail("unit", unit, reason, subject="HaSensor unit")
         if device_class is not None and state_class is not None:
@@ -411,7 +424,7 @@ class HaBinarySensor:
         _check_text(owner, "name", self.name)
         object.__setattr__(self, "device_class", _choice(
             owner, "device_class", self.device_class, ha.BINARY_SENSOR_DEVICE_CLASSES,
-            "binary sensor device class"))
+            "binary sensor device class", _BINARY_CLASS_ALIASES))
         _check_text(owner, "payload_on", self.payload_on)
         _check_text(owner, "payload_off", self.payload_off)
         if self.payload_on == self.payload_off:
