@@ -114,19 +114,24 @@ async def test_the_demo_announces_entities_home_assistant_accepts(tmp_path: Path
     node = f"aioconveyor_{device}"
     state_topic = f"aioconveyor/_demo/{device}/state"
     subscribed = asyncio.Event()
-    watching = asyncio.ensure_future(collect(
-        mqtt_url, f"aioconveyor/_demo/{device}/#",
-        lambda got: sum(t == state_topic for t, _ in got) == 3, subscribed))
-    await asyncio.wait_for(subscribed.wait(), 10)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aioconveyor", "--count", "3", "--interval", "0.2", "--quiet",
-        "--csv", str(tmp_path / "m.csv"), "--mqtt", mqtt_url, "--ha-discovery",
-        "--device", device, "--speed", "720", cwd=tmp_path,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-        messages = await asyncio.wait_for(watching, 30)
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def run_demo() -> bytes:
+        await subscribed.wait()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aioconveyor", "--count", "3", "--interval", "0.2",
+            "--quiet", "--csv", str(tmp_path / "m.csv"), "--mqtt", mqtt_url, "--ha-discovery",
+            "--device", device, "--speed", "720", cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        processes.append(process)
+        _, stderr = await process.communicate()
         assert process.returncode == 0, stderr.decode()
+        return stderr
+
+    try:
+        messages, _ = await asyncio.wait_for(asyncio.gather(collect(
+            mqtt_url, f"aioconveyor/_demo/{device}/#",
+            lambda got: sum(t == state_topic for t, _ in got) == 3, subscribed), run_demo()), 60)
         entities = await discover(mqtt_url, node_ids={node})
         states = {state_topic: [p for t, p in messages if t == state_topic]}
         assert {e.object_id for e in entities.values()} == {
@@ -136,9 +141,10 @@ async def test_the_demo_announces_entities_home_assistant_accepts(tmp_path: Path
         state = entities[f"homeassistant/sensor/{node}/state/config"].config
         assert state["device_class"] == "enum" and state["options"] == ["producing", "sleeping"]
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
         host, port = host_port(mqtt_url, 1883)
         async with aiomqtt.Client(host, port) as client:  # the demo has no config file
             for entity in (await discover(mqtt_url, node_ids={node})).values():
