@@ -127,7 +127,7 @@ def _check_icon(owner: str, icon: object) -> None:
         return
     _check_text(owner, "icon", icon)
     assert isinstance(icon, str)
-    if not re.fullmatch(r"[a-z0-9-]+:[a-z0-9-]+", icon):
+    if not re.fullmatch(r"[^\s:]+:\S+", icon):  # Home Assistant asks for "prefix:name"
         check.fail("icon", icon, "must be an icon as Home Assistant names them, "
                    f"'prefix:name' like 'mdi:solar-power', got {icon!r}",
                    subject=f"{owner} icon")

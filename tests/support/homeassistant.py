@@ -16,6 +16,7 @@ import asyncio
 import json
 import math
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -75,7 +76,7 @@ async def discover(url: str, prefix: str = "homeassistant", *,
     """The retained discovery configs under ``prefix`` right now, as Home Assistant takes
     them (``prefix/#``, matched with its topic pattern; an empty payload is none)."""
     host, port = host_port(url, 1883)
-    sentinel = f"aioconveyor-test/ha-sentinel/{id(object())}"
+    sentinel = f"aioconveyor-test/ha-sentinel/{uuid.uuid4().hex[:12]}"
     found: dict[str, Discovered] = {}
     async with aiomqtt.Client(host, port) as client:
         await client.subscribe(f"{prefix}/#", qos=1)
