@@ -10,6 +10,7 @@ with a hint in Home Assistant's spelling.
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import keyword
 import re
@@ -257,6 +258,10 @@ class HaSensor:
     }
     """Home Assistant's discovery key -> this class's argument, where they differ or match."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        _refuse_ha_names(cls, kwargs)
+        return object.__new__(cls)
+
     def __post_init__(self) -> None:
         owner = "HaSensor"
         _check_text(owner, "key", self.key)
@@ -418,6 +423,10 @@ class HaBinarySensor:
     }
     """Home Assistant's discovery key -> this class's argument."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        _refuse_ha_names(cls, kwargs)
+        return object.__new__(cls)
+
     def __post_init__(self) -> None:
         owner = "HaBinarySensor"
         _check_text(owner, "key", self.key)
@@ -467,6 +476,17 @@ class HaBinarySensor:
         return _suggest(cls, option)
 
 
+def _refuse_ha_names(cls: type[HaSensor] | type[HaBinarySensor],
+                     kwargs: Mapping[str, Any]) -> None:
+    """A keyword argument that is Home Assistant's name for an argument (or a discovery key
+    without one) gets a :class:`SettingError` saying what to write instead (Python's own
+    ``TypeError`` would only say "unexpected keyword argument")."""
+    for key, value in kwargs.items():
+        if key not in cls.__dataclass_fields__ and (hint := _suggest(cls, key)) is not None:
+            check.fail(key, value, f"is not an argument of {cls.__name__}: {hint}",
+                       subject=f"{cls.__name__} {key}")
+
+
 def _suggest(cls: type[HaSensor] | type[HaBinarySensor], option: str) -> str | None:
     long = ha.ABBREVIATIONS.get(option, option)
     keys = ha.SENSOR_KEYS if cls is HaSensor else ha.BINARY_SENSOR_KEYS
@@ -478,11 +498,19 @@ def _suggest(cls: type[HaSensor] | type[HaBinarySensor], option: str) -> str | N
         return f"{option!r}{abbreviation} is set by the consumer"
     if long in keys:
         return (f"{option!r}{abbreviation} is a Home Assistant discovery key without an "
-                f"argument of its own: pass it in extra = {{ {long} = ... }}")
+                f"argument of its own: pass it in extra (extra={{{long!r}: ...}}; in TOML "
+                f"extra = {{ {long} = ... }})")
     return None
 
 
 Entity = HaSensor | HaBinarySensor
+
+for _kind in (HaSensor, HaBinarySensor):
+    # __new__ (the Home Assistant hints) takes **kwargs; the signature tools and the config
+    # loader show (and check against) the real arguments, those of __init__
+    _init = inspect.signature(_kind.__init__)
+    setattr(_kind, "__signature__",  # noqa: B010 - not a declared attribute of a type
+            _init.replace(parameters=list(_init.parameters.values())[1:]))
 
 
 # -- the device ------------------------------------------------------------------------

@@ -496,6 +496,23 @@ def test_bad_entities_are_refused_with_home_assistants_spelling(
     assert str(caught.value) == message
 
 
+def test_home_assistants_key_names_as_arguments_get_a_hint() -> None:
+    with pytest.raises(SettingError) as caught:
+        HaSensor("p", "P", unit_of_measurement="W")  # type: ignore[call-arg]
+    assert caught.value.name == "unit_of_measurement"
+    assert str(caught.value) == (
+        "HaSensor unit_of_measurement is not an argument of HaSensor: 'unit_of_measurement' "
+        "is Home Assistant's name; HaSensor calls it 'unit'")
+    with pytest.raises(SettingError, match=r"'pl_on' \(Home Assistant's abbreviation of "
+                                           r"'payload_on'\) is Home Assistant's name; "
+                                           r"HaBinarySensor calls it 'payload_on'"):
+        HaBinarySensor("f", "F", pl_on="1")  # type: ignore[call-arg]
+    with pytest.raises(SettingError, match=r"pass it in extra \(extra=\{'force_update': "):
+        HaSensor("p", "P", force_update=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        HaSensor("p", "P", bogus=1)  # type: ignore[call-arg]
+
+
 def test_home_assistants_spellings_are_accepted_as_it_accepts_them() -> None:
     sensor = HaSensor("t", "T", unit="°C", device_class="Temperature",
                       state_class="MEASUREMENT")
@@ -541,7 +558,8 @@ device_name = "Inverter"
     ('sensors = [{ key = "p", name = "P", force_update = true }]',
      "consumers[0].discovery.sensors[0].force_update",
      "unknown option for HaSensor: 'force_update' is a Home Assistant discovery key without "
-     "an argument of its own: pass it in extra = { force_update = ... }"),
+     "an argument of its own: pass it in extra (extra={'force_update': ...}; in TOML extra = "
+     "{ force_update = ... })"),
     ('binary_sensors = [{ key = "f", name = "F", state_topic = "x" }]',
      "consumers[0].discovery.binary_sensors[0].state_topic",
      "unknown option for HaBinarySensor: 'state_topic' is set by the consumer"),
