@@ -91,9 +91,9 @@ def _one_of(values: Sequence[str]) -> str:
 
 
 def _choice(owner: str, name: str, value: object, table: Sequence[str], what: str,
-            aliases: Mapping[str, str] | None = None) -> str | None:
-    """``value`` as Home Assistant spells it (it lowercases), or a SettingError with the
-    closest of ``table``."""
+            aliases: Mapping[str, str] | None = None, *, units: bool = False) -> str | None:
+    """``value`` as Home Assistant takes it (it lowercases), or a SettingError with the
+    closest of ``table`` (or, with ``units``, the device classes of a unit given instead)."""
     if value is None:
         return None
     check.text(name, value, subject=f"{owner} {name}")
@@ -103,9 +103,7 @@ def _choice(owner: str, name: str, value: object, table: Sequence[str], what: st
     spelled = _spelling(value)
     hint = spelled if spelled in table else (aliases or {}).get(spelled) or _close(spelled,
                                                                                     table)
-    unit_of = _units_of(value) if what == "sensor device class" else []
-    if unit_of and hint not in table:
-        hint = unit_of[0]
+    unit_of = _units_of(value) if units else []
     reason = f"must be a Home Assistant {what}, got {value!r}"
     if unit_of:
         reason += (f"; {value!r} is a unit (unit={value!r}) of device_class "
@@ -269,7 +267,7 @@ class HaSensor:
         _check_text(owner, "unit", self.unit, optional=True)
         device_class = _choice(owner, "device_class", self.device_class,
                                ha.SENSOR_DEVICE_CLASSES, "sensor device class",
-                               _DEVICE_CLASS_ALIASES)
+                               _DEVICE_CLASS_ALIASES, units=True)
         state_class = _choice(owner, "state_class", self.state_class, ha.STATE_CLASSES,
                               "state class")
         object.__setattr__(self, "device_class", device_class)
