@@ -7,6 +7,8 @@
   (with ``[[producers]]``: which producer feeds which consumers, on which schedule).
 * ``aioconveyor health URL``: ask a running conveyor's ``/healthz`` (exit 0 healthy, else 1),
   for Docker's ``HEALTHCHECK`` and other probes.
+* ``aioconveyor ha-clear CONFIG [--producer NAME]``: remove the Home Assistant devices the
+  file's MQTT consumers announce (empty retained payloads on their discovery topics).
 
 Exit codes: 0 done (also after SIGINT / SIGTERM, which stop gracefully: queues drained,
 consumers closed), 1 the conveyor failed (at start: a consumer with ``startup = "fail"``
@@ -19,6 +21,7 @@ per burst by the lane) and ``/readyz`` answers 503 until it is open.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -65,6 +68,9 @@ commands:
   aioconveyor check CONFIG [--set K=V]   validate CONFIG: build everything, open nothing
   aioconveyor health URL [--timeout S]   exit 0 if URL (a running conveyor's /healthz)
                                          answers 200, else 1 and why
+  aioconveyor ha-clear CONFIG [--producer NAME]
+                                         remove the Home Assistant devices CONFIG's MQTT
+                                         consumers announce (their retained configs)
 
 exit codes: 0 done (also after Ctrl-C / SIGTERM; health: healthy), 1 the conveyor
             failed (health: unhealthy or unreachable), 2 bad arguments or config file,
@@ -197,6 +203,11 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
                "need a restart.",
         "check": "Validate CONFIG: read it, fill in ${ENV} references, import the producer, "
                  "build the consumers and the conveyor, open nothing. Prints what it would run.",
+        "ha-clear": "Remove from Home Assistant what the MQTT consumers of CONFIG announce: "
+                    "publish an empty retained payload to every discovery config topic of "
+                    "their devices and to the devices' availability topics (Home Assistant "
+                    "then deletes the entities and devices). Stop the conveyor first: a "
+                    "running one announces its devices again on every connect.",
     }[command]
     parser = argparse.ArgumentParser(
         prog=f"aioconveyor {command}", description=what, epilog=COMMANDS,
@@ -213,6 +224,10 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
     default = "INFO" if command == "run" else "WARNING"
     parser.add_argument("--log-level", type=_level, default=default, metavar="LEVEL",
                         help=f"log level: {', '.join(LEVELS)} (default: {default})")
+    if command == "ha-clear":
+        parser.add_argument("--producer", metavar="NAME", default=None,
+                            help="only the device of this producer (with discovery = a table "
+                                 "per producer); default: every device")
     if command == "run":
         parser.add_argument("--stats-interval", type=_non_negative, default=0.0,
                             metavar="SECONDS",
@@ -250,7 +265,8 @@ def health_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aioconveyor`` and ``python -m aioconveyor``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    command = args[0] if args and args[0] in ("demo", "run", "check", "health") else "demo"
+    command = (args[0] if args and args[0] in ("demo", "run", "check", "health", "ha-clear")
+               else "demo")
     if args and args[0] == command:
         args = args[1:]
     if command == "demo":
@@ -267,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "(see docs/config.md, 'Many producers')")
     if command == "check":
         return _check(options)
+    if command == "ha-clear":
+        return _ha_clear(options)
     return _run(options)
 
 
@@ -313,6 +331,36 @@ def _check(options: argparse.Namespace) -> int:
     for line in loaded.describe():
         _echo(f"  {line}")
     return EXIT_OK
+
+
+def _ha_clear(options: argparse.Namespace) -> int:
+    setup_logging(options.log_level)
+    loaded = _load(options)
+    if loaded is None:
+        return EXIT_CONFIG
+    producer: str | None = options.producer
+    announcing = {name: spec.fn for name, spec in loaded.specs.items()
+                  if callable(getattr(spec.fn, "clear_discovery", None))
+                  and getattr(spec.fn, "discovery", None) is not None}
+    if producer is not None:
+        announcing = {n: c for n, c in announcing.items() if producer in c.devices}
+    if not announcing:
+        which = f" for producer {producer!r}" if producer is not None else ""
+        _echo(f"aioconveyor: error: {options.config}: no MQTT consumer announces a Home "
+              f"Assistant device{which} (a [consumers.discovery] table)", err=True)
+        return EXIT_CONFIG
+    failed = False
+    for name, consumer in announcing.items():
+        try:
+            topics = asyncio.run(consumer.clear_discovery(producer))
+        except (ConveyorError, OSError) as exc:
+            _echo(f"aioconveyor: error: consumer {name}: {loaded.mask(str(exc))}", err=True)
+            failed = True
+            continue
+        _echo(f"consumer {name}: cleared {len(topics)} retained topic(s) at {consumer.url}")
+        for topic in topics:
+            _echo(f"  {topic}")
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _health(options: argparse.Namespace) -> int:

@@ -726,7 +726,8 @@ class _Loader:
             if k in accepted:  # e.g. name, or PostgresConsumer's retries / batch_size
                 options[k] = settings[k]
         found = options.get("discovery")
-        if isinstance(found, dict) and "sensors" not in found and found and all(
+        entity_lists = {"sensors", "binary_sensors"}
+        if isinstance(found, dict) and found and not entity_lists & set(found) and all(
                 isinstance(v, dict) for v in found.values()):  # a device per producer
             options["discovery"] = {p: self.discovery(f"{key}.discovery.{p}", t)
                                     for p, t in found.items()}
@@ -796,17 +797,34 @@ class _Loader:
         return result
 
     def discovery(self, key: str, table: dict[str, Any]) -> Any:
-        """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`."""
-        from .consumers.mqtt import HaDiscovery, HaSensor
+        """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`
+        (``sensors`` and ``binary_sensors``: arrays of tables)."""
+        from .consumers.mqtt import HaBinarySensor, HaDiscovery, HaSensor
 
         options = dict(table)
-        sensors = options.get("sensors")
-        if not isinstance(sensors, list) or not all(isinstance(s, dict) for s in sensors):
-            raise self.error(f"{key}.sensors", "expected an array of tables (sensors = "
-                                               "[{ key = \"power_w\", name = \"Power\" }, ...]), "
-                                               f"got {_type_name(sensors)}")
-        options["sensors"] = [self.construct(f"{key}.sensors[{i}]", HaSensor, s, "HaSensor")
-                              for i, s in enumerate(sensors)]
+        if "sensors" not in options and "binary_sensors" not in options:
+            raise self.error(f"{key}.sensors", "missing; expected an array of tables (sensors "
+                                               "= [{ key = \"power_w\", name = \"Power\" }, "
+                                               "...]) and/or binary_sensors = [...]")
+        for field_name, cls in (("sensors", HaSensor), ("binary_sensors", HaBinarySensor)):
+            if field_name not in options:
+                continue
+            entities = options[field_name]
+            if not isinstance(entities, list) or not all(isinstance(s, dict) for s in entities):
+                raise self.error(f"{key}.{field_name}", "expected an array of tables ("
+                                 f"{field_name} = [{{ key = \"power_w\", name = \"Power\" }},"
+                                 f" ...]), got {_type_name(entities)}")
+            built = []
+            for i, entity in enumerate(entities):
+                where = f"{key}.{field_name}[{i}]"
+                names = _keyword_names(inspect.signature(cls))
+                for k in entity:
+                    hint = cls.suggest(k) if k not in names else None
+                    if hint is not None:
+                        raise self.error(f"{where}.{k}", f"unknown option for {cls.__name__}: "
+                                                          f"{hint}")
+                built.append(self.construct(where, cls, entity, cls.__name__))
+            options[field_name] = built
         return self.construct(key, HaDiscovery, options, "HaDiscovery")
 
     def conveyor_options(self, raw: Any) -> dict[str, Any]:

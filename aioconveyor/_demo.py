@@ -51,6 +51,8 @@ PANEL_PRODUCERS = 12
 
 POSTGRES_TABLE = "aioconveyor_demo"
 MQTT_TOPIC = "aioconveyor/_demo/{device}/state"
+DEMO_STATES = ("producing", "sleeping")
+"""The inverter's ``state`` values (an ``enum`` sensor's options in Home Assistant)."""
 
 
 def daylight(hour: float, sunrise: float = 6.0, sunset: float = 20.0) -> float:
@@ -126,7 +128,7 @@ class InverterSimulator:
             self._temperature += (target - self._temperature) * (1 - math.exp(-dt_hours * 6))
         reading = {
             "device": self.device,
-            "state": "producing" if power > 0 else "sleeping",
+            "state": DEMO_STATES[0] if power > 0 else DEMO_STATES[1],
             "power_w": round(power, 1),
             "energy_kwh": round(self._energy, 4),
             "grid_voltage_v": round(voltage, 1),
@@ -245,7 +247,8 @@ class Demo:
                              device_class="frequency", state_class="measurement"),
                     HaSensor("temperature_c", "Temperature", unit="°C",
                              device_class="temperature", state_class="measurement"),
-                    HaSensor("state", "State", icon="mdi:solar-power"),
+                    HaSensor("state", "State", device_class="enum",
+                             options=list(DEMO_STATES), icon="mdi:solar-power"),
                 ],
             )
         mqtt = MqttConsumer(url, topic=topic, discovery=discovery, name="mqtt")

@@ -17,6 +17,7 @@ if __name__ != "aioconveyor.consumers":  # an editable install puts the checkout
 
 if TYPE_CHECKING:
     from .csv import CsvConsumer as CsvConsumer
+    from .mqtt import HaBinarySensor as HaBinarySensor
     from .mqtt import HaDiscovery as HaDiscovery
     from .mqtt import HaSensor as HaSensor
     from .mqtt import MqttConsumer as MqttConsumer
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CsvConsumer",
+    "HaBinarySensor",
     "HaDiscovery",
     "HaSensor",
     "MqttConsumer",
@@ -39,7 +41,7 @@ def __getattr__(name: str) -> Any:
         from .csv import CsvConsumer
 
         return CsvConsumer
-    if name in ("HaDiscovery", "HaSensor", "MqttConsumer"):
+    if name in ("HaBinarySensor", "HaDiscovery", "HaSensor", "MqttConsumer"):
         from . import mqtt
 
         return getattr(mqtt, name)

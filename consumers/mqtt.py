@@ -31,8 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
-import keyword
 import logging
 import re
 import secrets
@@ -46,9 +44,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from aioconveyor import __version__
 from aioconveyor.kit import ConveyorError, LogLimiter, Rejected, check, mask_url, split_url
 
+from ._ha import OFFLINE, ONLINE, HaBinarySensor, HaDiscovery, HaSensor
 from ._records import as_mapping, iter_produced, json_dumps
 
 try:
@@ -60,6 +58,7 @@ except ImportError as exc:  # exercised in a subprocess by the tests
     ) from exc
 
 __all__ = [
+    "HaBinarySensor",
     "HaDiscovery",
     "HaSensor",
     "MqttConnectionError",
@@ -70,17 +69,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ONLINE = "online"
-"""Retained payload of the availability topic while the consumer is connected."""
-OFFLINE = "offline"
-"""Retained payload of the availability topic after a clean close, and the Last Will."""
+# ONLINE: the retained payload of an availability topic while connected; OFFLINE: after a
+# clean close, and the Last Will (both from ._ha, where the discovery configs name them)
 
 _MAX_TOPIC_BYTES = 65535
 _MAX_PAYLOAD_BYTES = 268_435_455
 _PASSTHROUGH = (bytes, bytearray, memoryview, str)
 _FORMATTER = string.Formatter()
-_OBJECT_ID = re.compile(r"[^A-Za-z0-9_-]+")
-_NODE_ID = re.compile(r"[A-Za-z0-9_-]+")
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -110,139 +105,13 @@ class MqttConnectionError(MqttConsumerError, ConnectionError):
         self.refused = refused
 
 
-# -- Home Assistant discovery ----------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------
 
 
 def _check_text(owner: str, name: str, value: object, *, optional: bool = False) -> None:
     if value is None and optional:
         return
     check.text(name, value, subject=f"{owner} {name}")
-
-
-@dataclass(frozen=True, slots=True)
-class HaSensor:
-    """One Home Assistant sensor read from a key of the JSON state payload.
-
-    ``key`` names the payload field (``value_template`` becomes ``{{ value_json.<key> }}``);
-    ``name`` is what Home Assistant shows. ``unit`` (``unit_of_measurement``),
-    ``device_class``, ``state_class`` and ``icon`` are passed through when given.
-    """
-
-    key: str
-    name: str
-    unit: str | None = None
-    device_class: str | None = None
-    state_class: str | None = None
-    icon: str | None = None
-
-    def __post_init__(self) -> None:
-        _check_text("HaSensor", "key", self.key)
-        _check_text("HaSensor", "name", self.name)
-        for attr in ("unit", "device_class", "state_class", "icon"):
-            _check_text("HaSensor", attr, getattr(self, attr), optional=True)
-
-    @property
-    def object_id(self) -> str:
-        """``key`` reduced to the characters a discovery topic allows."""
-        return _OBJECT_ID.sub("_", self.key).strip("_") or "value"
-
-    @property
-    def value_template(self) -> str:
-        """The Jinja template that picks ``key`` out of the JSON payload."""
-        key = self.key
-        if key.isidentifier() and not keyword.iskeyword(key) and not hasattr(dict, key):
-            return f"{{{{ value_json.{key} }}}}"
-        # value_json.items would be the dict method: index instead
-        return f"{{{{ value_json[{json.dumps(key)}] }}}}"
-
-
-@dataclass(frozen=True, slots=True)
-class HaDiscovery:
-    """Announce the consumer's sensors to Home Assistant (MQTT discovery), as one device.
-
-    On every connect the consumer publishes, retained, one config per sensor under
-    ``<prefix>/sensor/<node_id>/<object_id>/config``; the sensors then appear in Home
-    Assistant without any YAML. ``node_id`` identifies the device (letters, digits, ``_``
-    and ``-``); ``device_name``, ``manufacturer``, ``model`` and ``sw_version`` describe it.
-    """
-
-    node_id: str
-    device_name: str
-    sensors: Sequence[HaSensor]
-    manufacturer: str | None = None
-    model: str | None = None
-    sw_version: str | None = None
-    prefix: str = "homeassistant"
-
-    def __post_init__(self) -> None:
-        _check_text("HaDiscovery", "node_id", self.node_id)
-        if not _NODE_ID.fullmatch(self.node_id):
-            check.fail("node_id", self.node_id, "may only use letters, digits, '_' and "
-                       f"'-', got {self.node_id!r}", subject="HaDiscovery node_id")
-        _check_text("HaDiscovery", "device_name", self.device_name)
-        for attr in ("manufacturer", "model", "sw_version"):
-            _check_text("HaDiscovery", attr, getattr(self, attr), optional=True)
-        _check_text("HaDiscovery", "prefix", self.prefix)
-        _check_topic("prefix", self.prefix, subject="HaDiscovery prefix")
-        if isinstance(self.sensors, str | bytes) or not isinstance(self.sensors, Sequence):
-            check.fail("sensors", self.sensors, "must be a list of HaSensor, got "
-                       f"{self.sensors!r}", subject="HaDiscovery sensors")
-        sensors = tuple(self.sensors)
-        if not sensors:
-            check.fail("sensors", self.sensors, f"must not be empty, got {self.sensors!r}",
-                       subject="HaDiscovery sensors")
-        seen: set[str] = set()
-        for i, sensor in enumerate(sensors):
-            if not isinstance(sensor, HaSensor):
-                check.fail(f"sensors[{i}]", sensor, f"must be a HaSensor, got {sensor!r}",
-                           subject=f"HaDiscovery sensors[{i}]")
-            if sensor.object_id in seen:
-                check.fail(f"sensors[{i}].key", sensor.key,
-                           f"repeats object id {sensor.object_id!r}, got {sensor.key!r}",
-                           subject=f"HaDiscovery sensors[{i}].key")
-            seen.add(sensor.object_id)
-        object.__setattr__(self, "sensors", sensors)
-
-    def config_topic(self, sensor: HaSensor) -> str:
-        """Where the retained config of ``sensor`` is published."""
-        return f"{self.prefix}/sensor/{self.node_id}/{sensor.object_id}/config"
-
-    def config(
-        self, sensor: HaSensor, *, state_topic: str, availability_topic: str | None, qos: int,
-        device_availability_topic: str | None = None,
-    ) -> dict[str, Any]:
-        """The discovery config of ``sensor`` (a JSON object). With
-        ``device_availability_topic`` the entity is available while both that topic and
-        ``availability_topic`` (the bridge's) say ``"online"``."""
-        device: dict[str, Any] = {"identifiers": [self.node_id], "name": self.device_name}
-        for attr in ("manufacturer", "model", "sw_version"):
-            if (value := getattr(self, attr)) is not None:
-                device[attr] = value
-        config: dict[str, Any] = {
-            "name": sensor.name,
-            "unique_id": f"{self.node_id}_{sensor.object_id}",
-            "state_topic": state_topic,
-            "value_template": sensor.value_template,
-            "device": device,
-            "origin": {"name": "aioconveyor", "sw_version": __version__},
-            "qos": qos,
-        }
-        if device_availability_topic is not None:
-            config["availability"] = [
-                {"topic": topic, "payload_available": ONLINE, "payload_not_available": OFFLINE}
-                for topic in (availability_topic, device_availability_topic)
-                if topic is not None
-            ]
-            config["availability_mode"] = "all"
-        elif availability_topic is not None:
-            config["availability_topic"] = availability_topic
-            config["payload_available"] = ONLINE
-            config["payload_not_available"] = OFFLINE
-        for attr, field in (("unit", "unit_of_measurement"), ("device_class", "device_class"),
-                            ("state_class", "state_class"), ("icon", "icon")):
-            if (value := getattr(sensor, attr)) is not None:
-                config[field] = value
-        return config
 
 
 # -- topics and URLs -------------------------------------------------------------------
@@ -695,6 +564,68 @@ class MqttConsumer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    # -- removing what was announced -------------------------------------------------
+
+    def discovery_topics(self, producer: str | None = None) -> list[str]:
+        """The retained topics this consumer announces Home Assistant devices on: every
+        entity's config topic, each device's availability topic and, for all devices
+        (``producer`` None), the bridge's availability topic. With ``producer``: that
+        producer's device only (the bridge's topic is shared, so it stays)."""
+        if self.discovery is None:
+            return []
+        if producer is not None:
+            if producer not in self.devices:
+                have = ", ".join(repr(p) for p in self.devices) or "none (one device only)"
+                check.fail("producer", producer, f"has no Home Assistant device in "
+                           f"MqttConsumer {self.name!r}, got {producer!r}; its producers "
+                           f"with a device: {have}")
+            devices = {producer: self.devices[producer]}
+        else:
+            devices = dict(self.devices)
+        topics: list[str] = []
+        for name, device in devices.items():
+            topics += device.config_topics()
+            if self.device_availability_topic is not None:
+                topics.append(_fill_producer(self.device_availability_topic, name))
+        if isinstance(self.discovery, HaDiscovery):
+            topics += self.discovery.config_topics()
+        if producer is None and self.availability_topic is not None:
+            topics.append(self.availability_topic)
+        return topics
+
+    async def clear_discovery(self, producer: str | None = None) -> list[str]:
+        """Remove what this consumer announced to Home Assistant: publish an empty retained
+        payload to each of :meth:`discovery_topics` (the broker then forgets the retained
+        config, and Home Assistant removes the entity, and the device with its last
+        entity). Returns the topics cleared.
+
+        It connects on its own (client id ``<client_id>-clear``, no Last Will), so it needs
+        no :meth:`open`; but stop the conveyor first, or take the device out of
+        ``discovery``: a running consumer announces its devices again on every connect.
+        Raises :class:`MqttConnectionError` when the broker is unreachable or refuses us.
+        """
+        topics = self.discovery_topics(producer)
+        if not topics:
+            return []
+        client = aiomqtt.Client(
+            self.host, self.port, username=self.username, password=self._password,
+            identifier=f"{self.client_id}-clear", keepalive=self.keepalive,
+            timeout=self.timeout, tls_context=self._tls, **self._client_options,
+        )
+        try:
+            async with client:
+                for topic in topics:
+                    await client.publish(topic, b"", qos=1, retain=True, timeout=self.timeout)
+        except aiomqtt.MqttError as exc:
+            _abort(client)
+            _close_sockets_left_in(exc)
+            raise MqttConnectionError(f"MQTT broker {self.url}: clearing the Home Assistant "
+                                      f"discovery failed: {_reason(exc)}",
+                                      refused=isinstance(exc, MqttConnectError)) from exc
+        self._log.info("MQTT consumer %s: cleared %d retained discovery topic(s) at %s",
+                       self.name, len(topics), self.url)
+        return topics
+
     # -- publishing ------------------------------------------------------------------
 
     async def __call__(self, data: Any, event_time: datetime) -> None:
@@ -969,23 +900,23 @@ class MqttConsumer:
         for producer, device in self.devices.items():
             state_topic = _fill_producer(self.topic, producer)
             own = None if device_topic is None else _fill_producer(device_topic, producer)
-            for sensor in device.sensors:
-                config = device.config(sensor, state_topic=state_topic, qos=self.qos,
+            for entity in device.entities:
+                config = device.config(entity, state_topic=state_topic, qos=self.qos,
                                        availability_topic=self.availability_topic,
                                        device_availability_topic=own)
-                out.append(_Message(device.config_topic(sensor), json_dumps(config).encode(),
+                out.append(_Message(device.config_topic(entity), json_dumps(config).encode(),
                                     1, True))
         if device_topic is not None:
             for producer in sorted(set(self.devices) | self._seen):
                 out.append(self._device_state(producer,
                                               ONLINE if producer in self._seen else OFFLINE))
         if isinstance(self.discovery, HaDiscovery):
-            for sensor in self.discovery.sensors:
+            for entity in self.discovery.entities:
                 config = self.discovery.config(
-                    sensor, state_topic=self.topic, availability_topic=self.availability_topic,
+                    entity, state_topic=self.topic, availability_topic=self.availability_topic,
                     qos=self.qos,
                 )
-                out.append(_Message(self.discovery.config_topic(sensor),
+                out.append(_Message(self.discovery.config_topic(entity),
                                     json_dumps(config).encode(), 1, True))
         if self.availability_topic is not None:
             out.append(_Message(self.availability_topic, ONLINE.encode(), 1, True))

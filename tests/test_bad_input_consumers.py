@@ -29,7 +29,7 @@ import pytest
 
 from aioconveyor import AioConveyor, PostgresLeader, SettingError
 from aioconveyor.consumers import CsvConsumer, MqttConsumer, PostgresConsumer, PrettyPrintConsumer
-from aioconveyor.consumers.mqtt import HaDiscovery, HaSensor
+from aioconveyor.consumers.mqtt import HaBinarySensor, HaDiscovery, HaSensor
 from aioconveyor.testing import wait_until
 from support.services import host_port
 
@@ -39,6 +39,7 @@ REQUIRED: dict[Callable[..., Any], dict[str, Any]] = {
     PostgresConsumer: {},
     MqttConsumer: {},
     HaSensor: {"key": "temperature", "name": "Temperature"},
+    HaBinarySensor: {"key": "fault", "name": "Fault"},
     HaDiscovery: {"node_id": "node", "device_name": "Device", "sensors": SENSORS},
     CsvConsumer: {"path": "readings.csv"},
     PrettyPrintConsumer: {},
@@ -130,11 +131,30 @@ CASES = [
     case(HaSensor, "device_class", ""),
     case(HaSensor, "state_class", 3),
     case(HaSensor, "icon", b"mdi:x"),
+    case(HaSensor, "device_class", "volts"),
+    case(HaSensor, "state_class", "total-increasing"),
+    case(HaSensor, "unit", "W", device_class="energy"),
+    case(HaSensor, "options", "on,off", device_class="enum"),
+    case(HaSensor, "expire_after", -1),
+    case(HaSensor, "suggested_display_precision", "2"),
+    case(HaSensor, "entity_category", "config"),
+    case(HaSensor, "extra", {"frc_upd": True}, "'frc_upd'", error_name="extra['frc_upd']"),
+    # HaBinarySensor (with HaSensor, more in test_ha_discovery.py)
+    case(HaBinarySensor, "key", ""),
+    case(HaBinarySensor, "device_class", "fault"),
+    case(HaBinarySensor, "payload_on", ""),
+    case(HaBinarySensor, "payload_off", "ON"),
+    case(HaBinarySensor, "off_delay", 1.5),
+    case(HaBinarySensor, "icon", "flash"),
+    case(HaBinarySensor, "entity_category", "config"),
+    case(HaBinarySensor, "extra", {"unit_of_measurement": "W"}, "'unit_of_measurement'",
+         error_name="extra['unit_of_measurement']"),
     # HaDiscovery
     case(HaDiscovery, "node_id", "a/b"),
     case(HaDiscovery, "node_id", 5),
     case(HaDiscovery, "device_name", ""),
     case(HaDiscovery, "sensors", "temperature"),
+    case(HaDiscovery, "binary_sensors", [SENSORS[0]], "got HaSensor(", error_name="binary_sensors[0]"),
     case(HaDiscovery, "sensors", ()),
     case(HaDiscovery, "sensors", [SENSORS[0], "humidity"], "sensors[1]",
          error_name="sensors[1]"),

@@ -26,7 +26,8 @@ PUBLIC = {
     ],
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
-        "CsvConsumer", "HaDiscovery", "HaSensor", "MqttConsumer", "PostgresConsumer",
+        "CsvConsumer", "HaBinarySensor", "HaDiscovery", "HaSensor", "MqttConsumer",
+        "PostgresConsumer",
         "PrettyPrintConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
