@@ -89,8 +89,8 @@ def documented_fields() -> set[str]:
 
 def test_status_json_has_the_documented_schema() -> None:
     with two_producers() as conv:
-        wait_until_blocking(lambda: conv.stats().consumer("broker").errors >= 3, 10)
-        wait_until_blocking(lambda: all(p.ticks >= 2 for p in conv.stats().producers), 10)
+        assert wait_until_blocking(lambda: conv.stats().consumer("broker").errors >= 3, 10)
+        assert wait_until_blocking(lambda: all(p.ticks >= 2 for p in conv.stats().producers), 10)
         doc = status(conv)
     leader_fields = {"leader.role", "leader.since", "leader.takeovers"}  # null here
     assert paths(doc) == documented_fields() - leader_fields
@@ -133,7 +133,7 @@ class AlwaysLeader:
 
 def test_the_leader_role_is_shown_where_a_leader_is_configured() -> None:
     with two_producers(leader=AlwaysLeader()) as conv:
-        wait_until_blocking(lambda: conv.stats().ticks >= 3, 10)
+        assert wait_until_blocking(lambda: conv.stats().ticks >= 3, 10)
         doc = status(conv)
     assert {f for f in documented_fields() if f.startswith("leader")} <= paths(doc)
     assert doc["leader"]["role"] == "leader" and doc["leader"]["takeovers"] == 1
@@ -146,7 +146,7 @@ def test_a_consumer_that_cannot_open_shows_as_connecting() -> None:
     conv = AioConveyor(meter, [PostgresConsumer(dsn, table="t", name="pg")],
                        loop_interval=FAST, metrics_port=0)
     with conv:
-        wait_until_blocking(lambda: conv.stats().consumer("pg").open_errors >= 1, 10)
+        assert wait_until_blocking(lambda: conv.stats().consumer("pg").open_errors >= 1, 10)
         (pg,) = status(conv)["consumers"]
     assert (pg["state"], pg["condition"]) == ("connecting", "connecting")
     assert pg["last_error"] and pg["open_errors"] >= 1
@@ -162,8 +162,8 @@ def test_no_secret_reaches_the_page_the_data_or_the_metrics() -> None:
     ]
     conv = AioConveyor(meter, consumers, loop_interval=FAST, metrics_port=0, health_bound=0.2)
     with conv:
-        wait_until_blocking(lambda: all(c.last_error for c in conv.stats().consumers), 15)
-        wait_until_blocking(lambda: not conv.health().ok, 10)
+        assert wait_until_blocking(lambda: all(c.last_error for c in conv.stats().consumers), 15)
+        assert wait_until_blocking(lambda: not conv.health().ok, 10)
         base = base_url(conv)
         bodies = {path: get(f"{base}{path}") for path in ("/", "/status.json", "/metrics",
                                                           "/healthz")}
@@ -274,7 +274,7 @@ def test_a_token_guards_the_page_the_data_and_the_metrics(
     token = "tok-" + PLANTED
     with two_producers(metrics_auth=token, health_bound=0.2) as conv:
         base = base_url(conv)
-        wait_until_blocking(lambda: not conv.health().ok, 10)
+        assert wait_until_blocking(lambda: not conv.health().ok, 10)
         for path in ("/", "/status.json", "/metrics"):
             code, body, headers = request(base + path)
             assert code == 401, path
