@@ -170,7 +170,7 @@ class AioConveyor:
         leader: Leader | None = None,
         metrics_port: int | None = None,
         metrics_host: str = _METRICS_HOST,
-        metrics_auth: str | tuple[str, str] | OpsAuth | None = None,
+        metrics_auth: str | tuple[str, str] | None = None,
         health_bound: float | None = None,
         producers: Sequence[Producer | Callable[..., Any]] = (),
     ) -> None:
@@ -464,7 +464,11 @@ class AioConveyor:
         see :func:`aioconveyor._health.assess` for the rules). ``now`` defaults to the
         clock's."""
         when = now or datetime.fromtimestamp(self.clock.time(), UTC)
-        return assess(self.stats(), now=when, bound=self.health_bound,
+        return self._judge(self.stats(), when)
+
+    def _judge(self, stats: ConveyorStats, now: datetime) -> Health:
+        """The health verdict over ``stats`` (a snapshot already taken) at ``now``."""
+        return assess(stats, now=now, bound=self.health_bound,
                       consumer_bounds=self._consumer_bounds,
                       producer_bounds=self._producer_bounds)
 
@@ -1035,7 +1039,7 @@ class _Engine:
             return {p.name: schedule_text(p.schedule) for p in tuple(conv._producers)}
 
         self.history = LatenessHistory(self.counters, self.clock)
-        board = StatusBoard(stats=conv.stats, health=conv.health, schedules=schedules,
+        board = StatusBoard(stats=conv.stats, health=conv._judge, schedules=schedules,
                             clock=self.clock, started=self.clock.time(),
                             history=self.history, leader=conv.leader is not None)
         assert conv.metrics_port is not None

@@ -148,7 +148,8 @@ class StatusBoard:
     """Builds the ``/status.json`` document of one running conveyor."""
 
     stats: Callable[[], ConveyorStats]
-    health: Callable[[datetime], Health]
+    health: Callable[[ConveyorStats, datetime], Health]
+    """The verdict over a snapshot at a time (the same snapshot the document shows)."""
     schedules: Callable[[], Mapping[str, str]]
     """Each producer's schedule, described (``every 10 s at +2 s``)."""
     clock: Clock
@@ -165,7 +166,7 @@ class StatusBoard:
     def document(self) -> dict[str, Any]:
         now = self.clock.time()
         s = self.stats()
-        verdict = self.health(datetime.fromtimestamp(now, UTC))
+        verdict = self.health(s, datetime.fromtimestamp(now, UTC))
         problems = {part: mask_text(why) for part, why in verdict.problems.items()}
         schedules = self.schedules()
         shown = s.producers[:MAX_PRODUCERS]
