@@ -380,3 +380,13 @@ def test_the_demo_prints_the_status_page_url(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert re.search(r"^  status page: http://127\.0\.0\.1:\d+/$", result.stdout, re.M), \
         result.stdout
+
+
+def test_run_logs_the_status_page_url(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    result = subprocess.run(
+        [sys.executable, "-m", "aioconveyor", "run", str(path), "--set", "conveyor.interval=0.1",
+         "--set", "conveyor.max_ticks=2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"status page: http://127\.0\.0\.1:\d+/\n", result.stderr), result.stderr
