@@ -98,9 +98,11 @@ class OpsAuth:
         return "<OpsAuth bearer token ***>" if self.token else "<OpsAuth basic user ***>"
 
     @property
-    def challenge(self) -> str:
+    def challenges(self) -> tuple[str, ...]:
+        """The ``WWW-Authenticate`` values of a 401, one header each (a browser reads one
+        challenge per header, and answers only Basic with its login prompt)."""
         basic = f'Basic realm="{_REALM}", charset="UTF-8"'
-        return f'Bearer realm="{_REALM}", {basic}' if self.token else basic
+        return (basic, f'Bearer realm="{_REALM}"') if self.token else (basic,)
 
     def allows(self, authorization: str | None) -> bool:
         """Whether an ``Authorization`` header value carries these credentials (every
@@ -242,7 +244,8 @@ class OpsEndpoint:
         if not authorized:
             assert self._auth is not None
             return 401, "text/plain", b"authentication required\n", (
-                ("WWW-Authenticate", self._auth.challenge), ("Cache-Control", "no-store"))
+                *(("WWW-Authenticate", c) for c in self._auth.challenges),
+                ("Cache-Control", "no-store"))
         if path == "/metrics":
             metrics = self._metrics
             assert metrics is not None

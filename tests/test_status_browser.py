@@ -141,3 +141,29 @@ def test_the_status_page_in_a_real_browser(tmp_path: Path) -> None:
     paths = [urllib.parse.urlsplit(url).path for url in requests if not url.startswith("data:")]
     assert set(paths) <= {"/", "/status.json"}, paths
     assert paths.count("/status.json") >= 2
+
+
+def test_a_browser_logs_in_with_the_token_as_its_password() -> None:
+    """With a bearer token the login prompt (basic auth) takes the token as the password:
+    the browser must see a Basic challenge of its own (one per WWW-Authenticate header)."""
+    chromium = require_browser()
+    from playwright.sync_api import sync_playwright
+
+    token = "t0ken-" + PASSWORD
+    conv = AioConveyor(meter, [MemoryConsumer("readings")], loop_interval=0.25,
+                       metrics_port=0, metrics_auth=token, name="tokened")
+    with conv, sync_playwright() as pw:
+        address = conv.metrics_address
+        assert address is not None
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(
+                http_credentials={"username": "anyone", "password": token})
+            page = context.new_page()
+            response = page.goto(f"http://{address[0]}:{address[1]}/")
+            assert response is not None and response.status == 200
+            page.wait_for_selector('[data-consumer="readings"]', timeout=WAIT_MS)
+            assert page.inner_text("#name") == "tokened"
+            context.close()
+        finally:
+            browser.close()
