@@ -115,6 +115,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535 (0: any free port), "
+                                         f"got {text!r}")
+    return value
+
+
 def _level(text: str) -> str:
     if text.upper() not in LEVELS:
         raise argparse.ArgumentTypeError(f"expected one of {', '.join(LEVELS)}, got {text!r}")
@@ -184,6 +195,10 @@ def demo_parser() -> argparse.ArgumentParser:
                              "(default: 1, the real time of day)")
     parser.add_argument("--seed", type=int, default=None, metavar="N",
                         help="seed the simulation's noise for repeatable numbers")
+    parser.add_argument("--status-port", type=_port, default=None, metavar="PORT",
+                        help="serve the live status page (and /metrics, /healthz) on "
+                             "http://127.0.0.1:PORT/; 0 picks a free port; the URL is printed "
+                             '(needs the [metrics] extra: pip install "aioconveyor[metrics]")')
     parser.add_argument("--quiet", action="store_true",
                         help="no per-reading tables and no live panel; only the start lines "
                              "and the summary")
@@ -303,6 +318,7 @@ def _demo(argv: list[str]) -> int:
             interval=args.interval, offset=args.offset, count=args.count, csv=args.csv,
             postgres=args.postgres, mqtt=args.mqtt, ha_discovery=args.ha_discovery,
             device=args.device, speed=args.speed, seed=args.seed, quiet=args.quiet,
+            status_port=args.status_port,
         )
         demo = Demo(options)
     except (TypeError, ValueError) as exc:
@@ -461,6 +477,8 @@ def _run_loaded(options: argparse.Namespace, loaded: LoadedConfig, secrets: set[
         reloads = ", SIGHUP reloads the config" if hup.signal is not None else ""
         logger.info("conveyor %s running%s; SIGTERM or Ctrl-C stops it%s", conv.name, endpoint,
                     reloads)
+        if address:
+            logger.info("status page: http://%s/", format_listen(*address))
         try:
             while conv.running:
                 status.maybe_log(conv)

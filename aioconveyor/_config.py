@@ -20,8 +20,10 @@ The format (the README has a complete example)::
     type = "postgres"
     dsn = "${POSTGRES_DSN}"
     key = "home-poller"
-    [metrics]                     # optional: /metrics, /healthz, /readyz over HTTP
+    [metrics]                     # optional: the status page, /metrics, /healthz, /readyz
     listen = "127.0.0.1:9108"
+    # token = "${OPS_TOKEN}"      # optional: credentials for /, /status.json and /metrics
+    # (or user = "ops" and password = "${OPS_PASSWORD}": basic auth)
 
 Every mistake raises :class:`ConfigError` naming the file, the key (``consumers[1].retries``)
 and what was expected. Loading builds every object (imports the producer, constructs the
@@ -50,9 +52,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ._clock import SystemClock
 from ._consumer import Consumer, resolve
 from ._conveyor import AioConveyor
+from ._endpoint import OpsAuth
 from ._errors import ConveyorError, SettingError
 from ._producer import Producer
-from ._schedule import CronSchedule, IntervalSchedule, Schedule
+from ._schedule import Schedule, schedule_text
 from ._secrets import mask_text, secrets_of
 
 __all__ = [
@@ -119,11 +122,12 @@ BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {"postgres": _postgres_
 _SECTIONS = ("conveyor", "producer", "producers", "consumers", "leader", "metrics")
 _ARRAYS = ("producers", "consumers")
 """Arrays of tables, kept by name in :class:`ConfigTables` (the rest are ``sections``)."""
-_METRICS_KEYS = ("listen",)
+_METRICS_KEYS = ("listen", "token", "user", "password")
 _LISTEN_EXAMPLE = 'expected "host:port" like "127.0.0.1:9108" (or "[::1]:9108")'
 _ALIASES = {"interval": "loop_interval", "offset": "loop_offset"}
 _SCHEDULE_KWARGS = ("loop_interval", "loop_offset", "cron", "cron_tz")
-_NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader"})
+_NOT_FROM_TOML = frozenset({"self", "produce", "consumers", "schedule", "clock", "leader",
+                            "metrics_auth"})  # credentials: [metrics] token / user, password
 _SETTINGS = tuple(f.name for f in dataclasses.fields(Consumer) if f.name != "fn")
 _PRODUCER_SETTINGS = tuple(f.name for f in dataclasses.fields(Producer)
                            if f.name not in ("fn", "schedule"))
@@ -261,6 +265,8 @@ class LoadedConfig:
             where = format_listen(conv.metrics_host, conv.metrics_port)
             lines.append(f"metrics: http://{where}/metrics, /healthz and /readyz"
                          + (" (port 0: any free port)" if conv.metrics_port == 0 else ""))
+            lines.append(f"status page: http://{where}/"
+                         + (" (credentials needed)" if conv.metrics_auth else ""))
         if not self.consumers:
             lines.append("no consumers (the producer runs for its side effects)")
         return [self.mask(line) for line in lines]
@@ -269,13 +275,7 @@ class LoadedConfig:
 def describe_schedule(conv: AioConveyor | Schedule | None) -> str:
     """``every 10 s at +2 s`` or ``cron '*/5 * * * *' (UTC)``; repr for anything else.
     Takes a conveyor (its single producer's schedule) or a schedule."""
-    schedule = conv.schedule if isinstance(conv, AioConveyor) else conv
-    if isinstance(schedule, IntervalSchedule):
-        text = f"every {schedule.interval:g} s"
-        return text + (f" at +{schedule.offset:g} s" if schedule.offset else "")
-    if isinstance(schedule, CronSchedule):
-        return f"cron {schedule.expression!r} ({schedule.tz})"
-    return repr(schedule)
+    return schedule_text(conv.schedule if isinstance(conv, AioConveyor) else conv)
 
 
 def load_config(
@@ -784,7 +784,7 @@ class _Loader:
                                                  f"expected: {', '.join(_METRICS_KEYS)}")
         if "listen" not in table:
             raise self.error("metrics.listen", f"missing; {_LISTEN_EXAMPLE}")
-        for kwarg in ("metrics_host", "metrics_port"):
+        for kwarg in ("metrics_host", "metrics_port", "metrics_auth"):
             if kwarg in options:
                 raise self.error("metrics.listen", f"also given as conveyor.{kwarg}; keep one "
                                                    "of them (preferably [metrics] listen)")
@@ -792,9 +792,34 @@ class _Loader:
             host, port = parse_listen(table["listen"])
         except (TypeError, ValueError) as exc:
             raise self.error("metrics.listen", str(exc)) from None
-        result = {"metrics_host": host, "metrics_port": port}
+        result: dict[str, Any] = {"metrics_host": host, "metrics_port": port}
         self.check_options(result, {k: "metrics.listen" for k in result}, "metrics.listen")
+        auth, key = self.metrics_auth(table)
+        if auth is not None:
+            result["metrics_auth"] = auth
+            self.check_options(result, {**{k: "metrics.listen" for k in result},
+                                        "metrics_auth": key}, key)
         return result
+
+    def metrics_auth(self, table: Mapping[str, Any]) -> tuple[Any, str]:
+        """``token``, or ``user`` and ``password``, to ``metrics_auth`` (and the key that
+        errors are reported at)."""
+        token, user, password = (table.get(k) for k in ("token", "user", "password"))
+        if token is not None:
+            if user is not None or password is not None:
+                raise self.error("metrics.token", "a token or a user and a password, not both")
+            return token, "metrics.token"
+        if user is None and password is None:
+            return None, "metrics"
+        if user is None or password is None:
+            raise self.error(f"metrics.{'user' if user is None else 'password'}",
+                             "missing: basic auth needs a user and a password")
+        try:
+            OpsAuth(user=user, password=password)
+        except SettingError as exc:
+            part = "password" if exc.reason.startswith("the password") else "user"
+            raise self.error(f"metrics.{part}", exc.reason) from None
+        return (user, password), "metrics.user"
 
     def discovery(self, key: str, table: dict[str, Any]) -> Any:
         """``[consumers.discovery]`` to an :class:`~aioconveyor.consumers.mqtt.HaDiscovery`

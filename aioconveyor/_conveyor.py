@@ -29,6 +29,7 @@ from . import _clock as clock_module
 from . import _validate
 from ._clock import Clock, SystemClock, timeout, wait_done
 from ._consumer import Consumer, LaneSettings, Startup, callable_name, resolve
+from ._endpoint import OpsAuth
 from ._errors import ConveyorError, RestartBudgetExceeded, StartupError
 from ._fanout import CHUNK, Fanout
 from ._health import Health, assess
@@ -44,7 +45,8 @@ from ._watchdog import LoopMonitor, Supervisor
 from ._workers import guarded
 
 if TYPE_CHECKING:
-    from ._endpoint import OpsEndpoint  # imported when a metrics_port is given
+    from ._endpoint import OpsEndpoint
+    from ._status import LatenessHistory
 
 __all__ = ["AioConveyor"]
 
@@ -168,6 +170,7 @@ class AioConveyor:
         leader: Leader | None = None,
         metrics_port: int | None = None,
         metrics_host: str = _METRICS_HOST,
+        metrics_auth: str | tuple[str, str] | None = None,
         health_bound: float | None = None,
         producers: Sequence[Producer | Callable[..., Any]] = (),
     ) -> None:
@@ -257,6 +260,12 @@ class AioConveyor:
                     'metrics_port needs prometheus-client: pip install "aioconveyor[metrics]"'
                 ) from exc
         self.metrics_host = metrics_host
+        self.metrics_auth = OpsAuth.of(metrics_auth)
+        """Credentials for the status page, ``/status.json`` and ``/metrics`` (never shown)."""
+        if self.metrics_port is None and self.metrics_auth is not None:
+            _validate.fail("metrics_auth", "***",
+                           "has no effect without metrics_port (give the port too, or drop "
+                           "the credentials)")
         self._health_bound_given = health_bound is not None
         self.health_bound = (max(3 * period, 10.0) if health_bound is None
                              else _validate.positive("health_bound", health_bound))
@@ -455,7 +464,11 @@ class AioConveyor:
         see :func:`aioconveyor._health.assess` for the rules). ``now`` defaults to the
         clock's."""
         when = now or datetime.fromtimestamp(self.clock.time(), UTC)
-        return assess(self.stats(), now=when, bound=self.health_bound,
+        return self._judge(self.stats(), when)
+
+    def _judge(self, stats: ConveyorStats, now: datetime) -> Health:
+        """The health verdict over ``stats`` (a snapshot already taken) at ``now``."""
+        return assess(stats, now=now, bound=self.health_bound,
                       consumer_bounds=self._consumer_bounds,
                       producer_bounds=self._producer_bounds)
 
@@ -466,7 +479,8 @@ class AioConveyor:
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
-        """Where ``/metrics``, ``/healthz`` and ``/readyz`` are served (while running)."""
+        """Where the status page ``/``, ``/status.json``, ``/metrics``, ``/healthz`` and
+        ``/readyz`` are served (while running)."""
         engine = self._engine
         if engine is None or engine.endpoint is None or not self.running:
             return None
@@ -700,6 +714,7 @@ class _Engine:
             self.scheduler.add(self._producer_run(settings))
         self.monitor = LoopMonitor(counters, conv.name, conv.block_threshold, conv.clock)
         self.endpoint: OpsEndpoint | None = None
+        self.history: LatenessHistory | None = None
 
     def _next_tick(self) -> float | None:
         return self.scheduler.next_fire()
@@ -979,6 +994,9 @@ class _Engine:
                 self.endpoint = self._make_endpoint()
                 await self.endpoint.start()
                 stack.push_async_callback(self.endpoint.close)
+                assert self.history is not None
+                self.history.start()
+                stack.callback(self.history.stop)
             self.monitor.start()
             stack.callback(self.monitor.stop)
             for lane in self.lanes:
@@ -1011,12 +1029,23 @@ class _Engine:
 
         conv = self.conv
 
+        from ._schedule import schedule_text
+        from ._status import LatenessHistory, StatusBoard, page
+
         def render() -> tuple[bytes, str]:
             return metrics.render(conv.stats), metrics.CONTENT_TYPE
 
+        def schedules() -> dict[str, str]:
+            return {p.name: schedule_text(p.schedule) for p in tuple(conv._producers)}
+
+        self.history = LatenessHistory(self.counters, self.clock)
+        board = StatusBoard(stats=conv.stats, health=conv._judge, schedules=schedules,
+                            clock=self.clock, started=self.clock.time(),
+                            history=self.history, leader=conv.leader is not None)
         assert conv.metrics_port is not None
         return OpsEndpoint(conv.metrics_host, conv.metrics_port, health=conv.health,
-                           ready=lambda: conv.ready, metrics=render)
+                           ready=lambda: conv.ready, metrics=render, status=board.render,
+                           page=page(), auth=conv.metrics_auth)
 
     async def _close_leader(self, leader: Leader) -> None:
         try:

@@ -154,6 +154,8 @@ class DemoOptions:
     speed: float = 1.0
     seed: int | None = None
     quiet: bool = False
+    status_port: int | None = None
+    """Serve the status page (and /metrics, /healthz) on 127.0.0.1 at this port (0: any)."""
 
     def __post_init__(self) -> None:
         interval = _validate.positive("interval", self.interval)
@@ -173,6 +175,7 @@ class DemoOptions:
         _validate.positive("speed", self.speed)
         _validate.optional_integer("seed", self.seed, minimum=None)
         _validate.boolean("quiet", self.quiet)
+        _validate.optional_integer("status_port", self.status_port, minimum=0, maximum=65535)
 
 
 def _clock_time(when: datetime | None) -> str:
@@ -218,7 +221,7 @@ class Demo:
         self.conveyor = AioConveyor(
             self.inverter, consumers, loop_interval=options.interval,
             loop_offset=options.offset, max_ticks=options.count, name="inverter",
-            seed=options.seed,
+            seed=options.seed, metrics_port=options.status_port,
         )
         offset = f" + {options.offset:g} s" if options.offset else ""
         self.schedules = {"inverter": f"every {options.interval:g} s{offset}"}
@@ -362,6 +365,9 @@ class Demo:
             except ConveyorError as exc:
                 self.say(f"error: {exc}", style="red")
                 return EXIT_FAILED
+            if (address := self.conveyor.metrics_address) is not None:
+                host, port = address
+                self.say(f"  status page: http://{host}:{port}/", style="bold")
             try:
                 why = self._wait(stop)
             except KeyboardInterrupt:

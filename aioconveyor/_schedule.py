@@ -26,6 +26,7 @@ __all__ = [
     "Planner",
     "Schedule",
     "resolve_schedule",
+    "schedule_text",
 ]
 
 #: Times this close to a grid point count as on it (absorbs float rounding at epoch scale).
@@ -131,6 +132,16 @@ class CronSchedule:
             count += 1
             t = self.next_fire(t)
         return count
+
+
+def schedule_text(schedule: Schedule | None) -> str:
+    """``every 10 s at +2 s`` or ``cron '*/5 * * * *' (UTC)``; repr for anything else."""
+    if isinstance(schedule, IntervalSchedule):
+        text = f"every {schedule.interval:g} s"
+        return text + (f" at +{schedule.offset:g} s" if schedule.offset else "")
+    if isinstance(schedule, CronSchedule):
+        return f"cron {schedule.expression!r} ({schedule.tz})"
+    return repr(schedule)
 
 
 class Misfire(StrEnum):

@@ -274,6 +274,15 @@ class ConveyorCounters:
                 for _, own in TOTALS:
                     self.retired[own] = self.retired.get(own, 0) + getattr(gone, own)
 
+    def lateness_totals(self, limit: int) -> list[tuple[str, tuple[int, ...], float, float]]:
+        """``(name, bucket counts, sum s, max s)`` of the first ``limit`` producers' lateness
+        histograms (read-only, for the status page's history; cheaper than a snapshot)."""
+        empty = (0,) * (len(LATENESS_BUCKETS) + 1)
+        with self.lock:
+            return [(p.name, tuple(p.lateness_counts) if p.lateness_counts else empty,
+                     p.lateness_sum, p.lateness_max)
+                    for p in itertools.islice(self.producers.values(), limit)]
+
     def snapshot(self) -> ConveyorStats:
         with self.lock:
             late = sorted(self.lateness)

@@ -120,7 +120,7 @@ def test_a_hung_consumer_past_health_bound_exits_1_with_the_problem(
     missing = health(f"{base}/nothing-here")
     assert missing.returncode == 1
     assert missing.stderr == (f"unhealthy: {base}/nothing-here: HTTP 404: not found: try "
-                              "/metrics, /healthz, /readyz\n")
+                              "/, /metrics, /healthz, /readyz\n")
 
 
 def test_connection_refused_exits_1() -> None:

@@ -80,6 +80,7 @@ def test_wheel_holds_the_consumers_once_inside_the_package(dist: Dist) -> None:
                   if n.startswith("aioconveyor/consumers/")) == CONSUMER_FILES
     assert not [n for n in names if n.startswith("consumers/")]
     assert "aioconveyor/py.typed" in names
+    assert "aioconveyor/_status_page.html" in names  # the status page, package data
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
@@ -92,6 +93,7 @@ def test_sdist_holds_the_consumers_once_as_files(dist: Dist) -> None:
     assert members["aioconveyor/consumers/__init__.py"].isfile()
     assert not [n for n, m in members.items() if m.issym() or m.islnk()]
     for name in ("LICENSE", "CHANGELOG.md", "README.md", "pyproject.toml",
+                 "aioconveyor/_status_page.html",
                  "examples/conveyor.toml", "examples/aioconveyor.service"):
         assert name in members, name
 
@@ -135,6 +137,27 @@ def test_installed_wheel_runs_the_seed_example(wheel_venv: Path, tmp_path: Path)
         """), encoding="utf-8")
     result = run(wheel_venv / "python", script, cwd=tmp_path, timeout=60)
     assert result.stdout.split() == ["2", "2", "2"]
+
+
+def test_installed_wheel_serves_the_status_page(wheel_venv: Path, tmp_path: Path) -> None:
+    script = tmp_path / "page.py"
+    script.write_text(textwrap.dedent("""\
+        import urllib.request
+
+        from aioconveyor import AioConveyor
+
+        conv = AioConveyor(lambda t: {"x": 1}, [], loop_interval=0.05, metrics_port=0)
+        with conv:
+            host, port = conv.metrics_address
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as answer:
+                page = answer.read().decode()
+            with urllib.request.urlopen(f"http://{host}:{port}/status.json", timeout=10) as a:
+                data = a.read().decode()
+        assert "<script>" in page and "status.json" in page, page[:200]
+        print(len(page) > 1000, '"schema":1' in data)
+        """), encoding="utf-8")
+    result = run(wheel_venv / "python", script, cwd=tmp_path, timeout=60)
+    assert result.stdout.split() == ["True", "True"]
 
 
 def test_installed_wheel_checks_the_example_config(wheel_venv: Path, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ def get(url: str) -> tuple[int, bytes]:
         with urllib.request.urlopen(url, timeout=5) as response:
             return int(response.status), response.read()
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        with exc:  # closes its socket (else a ResourceWarning may fail a later test)
+            return exc.code, exc.read()
 
 
 def wait_for_status(url: str, status: int, timeout: float = 10.0) -> bytes:
