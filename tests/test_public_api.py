@@ -26,8 +26,8 @@ PUBLIC = {
     ],
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
-        "CsvConsumer", "HaDiscovery", "HaSensor", "MqttConsumer", "PostgresConsumer",
-        "PrettyPrintConsumer",
+        "CsvConsumer", "HaDiscovery", "HaSensor", "MqttConsumer", "NatsConsumer",
+        "PostgresConsumer", "PrettyPrintConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
     "aioconveyor.consumers.pretty": ["PrettyPrintConsumer"],
