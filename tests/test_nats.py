@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -101,8 +103,9 @@ async def stored(js: JetStreamContext, stream: str) -> list[Any]:
 
 
 @contextlib.contextmanager
-def private_server(tmp_path: Path, *args: str) -> Iterator[int]:
-    """A nats-server of the test's own (with JetStream) on a free port of 127.0.0.1."""
+def private_server(tmp_path: Path, *args: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A nats-server of the test's own (with JetStream) on a free port of 127.0.0.1: its
+    port and its process."""
     if not Path(NATS_SERVER).exists():
         reason = f"{NATS_SERVER} is not installed (apt-get install nats-server)"
         if in_ci():
@@ -123,8 +126,10 @@ def private_server(tmp_path: Path, *args: str) -> Iterator[int]:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"nats-server {args} did not start") from None
                 time.sleep(0.05)
-        yield port
+        yield port, proc
     finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         try:
             proc.wait(timeout=10)
@@ -216,6 +221,25 @@ async def test_a_message_the_stream_already_has_is_delivered_once_and_counted(
     assert "already in stream" in caplog.text
 
 
+async def test_a_publish_without_a_puback_is_retried_and_stored_once(tmp_path: Path) -> None:
+    """The server takes the message but its PubAck never comes (the server hangs): the call
+    times out, and the retry on a new connection is recognised as a duplicate."""
+    with private_server(tmp_path) as (port, proc):
+        url = f"nats://127.0.0.1:{port}"
+        async with NatsConsumer(url, "hang.x", stream=NatsStream("HANG"), timeout=1) as sink:
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(NatsConnectionError, match="no PubAck within 1 s"):
+                    await sink({"v": 1}, T0)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)  # it reads and stores the message now
+            await sink({"v": 1}, T0)  # the lane's retry
+        assert sink.duplicates == 1
+        nc = await nats.connect(url)
+        assert (await nc.jetstream().stream_info("HANG")).state.messages == 1
+        await nc.close()
+
+
 async def test_every_tick_is_in_the_stream_exactly_once_across_connection_cuts(
     nats_url: str, js: JetStreamContext, tag: str, streams: list[str],
 ) -> None:
@@ -236,13 +260,14 @@ async def test_every_tick_is_in_the_stream_exactly_once_across_connection_cuts(
         run = asyncio.create_task(conv.run())
         lane = lambda: conv.stats().consumer("nats")  # noqa: E731
         for cut in range(3):  # bounded: three outages, each while ticks keep coming
-            assert await wait_until(lambda: lane().delivered >= 10 * (cut + 1), timeout=30)
+            assert await wait_until(lambda n=10 * (cut + 1): lane().delivered >= n, timeout=30)
             errors = lane().errors
             await asyncio.to_thread(proxy.cut)
-            assert await wait_until(lambda: lane().errors > errors, timeout=30)  # noticed
+            assert await wait_until(lambda e=errors: lane().errors > e, timeout=30)  # noticed
             await asyncio.to_thread(proxy.restore)
         await asyncio.wait_for(run, timeout=60)
         assert proxy.connections >= 4  # reconnected after every cut
+    logging.getLogger(__name__).info("%d duplicate(s) recognised", sink.duplicates)
     stats = conv.stats().consumer("nats")
     assert (stats.delivered, stats.dropped, stats.failed, stats.rejected) == (ticks, 0, 0, 0)
     got = await stored(js, name)
@@ -392,7 +417,7 @@ async def test_a_login_round_trip_and_a_refused_one_without_the_password(
 ) -> None:
     password = "pa:ss@wo/rd#1"
     caplog.set_level(logging.DEBUG)
-    with private_server(tmp_path, "--user", "alice", "--pass", password) as port:
+    with private_server(tmp_path, "--user", "alice", "--pass", password) as (port, _):
         spec = NatsStream("LOGIN", subjects=["login.>"])
         quoted = password.replace("%", "%25")
         async with NatsConsumer(f"nats://alice:{quoted}@127.0.0.1:{port}", "login.x",
@@ -417,7 +442,7 @@ async def test_a_login_round_trip_and_a_refused_one_without_the_password(
 
 async def test_a_token_login(tmp_path: Path) -> None:
     token = "s3cret-token"
-    with private_server(tmp_path, "--auth", token) as port:
+    with private_server(tmp_path, "--auth", token) as (port, _):
         async with NatsConsumer(f"nats://{token}@127.0.0.1:{port}", "tok.x",
                                 stream=NatsStream("TOK")) as sink:
             await sink({"v": 1}, T0)
@@ -431,7 +456,7 @@ async def test_a_token_login(tmp_path: Path) -> None:
 async def test_tls_with_a_private_ca_and_an_untrusted_certificate(tmp_path: Path) -> None:
     tls = make_tls(tmp_path)
     with private_server(tmp_path, "--tls", "--tlscert", str(tls.certfile),
-                        "--tlskey", str(tls.keyfile)) as port:
+                        "--tlskey", str(tls.keyfile)) as (port, _):
         async with NatsConsumer(f"tls://127.0.0.1:{port}", "secure.x",
                                 stream=NatsStream("SECURE"), tls=tls.client_context()) as sink:
             await sink({"v": 1}, T0)
