@@ -666,18 +666,15 @@ class NatsConsumer:
             )
             for m in messages
         ]
-        pending = set(tasks)
-        acks: list[PubAck] = []
+        acks = asyncio.gather(*tasks)  # fails with the first failed publish
         try:
-            while pending:
-                await asyncio.wait(pending | {conn.lost}, return_when=asyncio.FIRST_COMPLETED)
-                for task in [t for t in pending if t.done()]:
-                    pending.discard(task)
-                    acks.append(task.result())  # a failed publish raises
-                if pending and not conn.alive:
-                    raise nats.errors.ConnectionClosedError
+            either: set[asyncio.Future[Any]] = {acks, conn.lost}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not acks.done():
+                raise nats.errors.ConnectionClosedError
+            results: list[PubAck] = acks.result()
         except asyncio.CancelledError:  # the lane's timeout: remember, so a dead connection
-            if pending and conn.unacked_since is None:  # is replaced (see _connection)
+            if not acks.done() and conn.unacked_since is None:  # is replaced (_connection)
                 conn.unacked_since = time.monotonic()
             raise
         except Exception as exc:
@@ -690,14 +687,16 @@ class NatsConsumer:
                     task.cancel()
                 elif not task.cancelled():
                     task.exception()  # retrieved: a second failure is not logged by asyncio
+            if acks.done() and not acks.cancelled():
+                acks.exception()
         conn.unacked_since = None
-        duplicates = sum(1 for ack in acks if ack.duplicate)
+        duplicates = sum(1 for ack in results if ack.duplicate)
         if duplicates:
             self.duplicates += duplicates
             self._limiter.log(self._log, logging.INFO, "duplicates",
                               "NATS consumer %s: %d message(s) were already in stream %s "
                               "(retries of stored messages, not stored twice)", self.name,
-                              duplicates, acks[0].stream)
+                              duplicates, results[0].stream)
 
     def _failure(self, conn: _Connection, exc: Exception, message: _Message) -> Exception:
         """The error to raise for a failed publish (replacing the connection if it is
