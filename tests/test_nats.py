@@ -138,6 +138,13 @@ def private_server(tmp_path: Path, *args: str) -> Iterator[tuple[int, subprocess
             proc.wait()
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of process ``pid`` is stopped (SIGSTOP has taken effect)."""
+    states = [Path(f"/proc/{pid}/task/{t}/stat").read_text().rpartition(")")[2].split()[0]
+              for t in os.listdir(f"/proc/{pid}/task")]
+    return all(state in "Tt" for state in states)
+
+
 def meter(event_time: datetime) -> dict[str, Any]:
     return {"power_w": 1200.5, "minute": event_time.minute}
 
@@ -228,6 +235,7 @@ async def test_a_publish_without_a_puback_is_retried_and_stored_once(tmp_path: P
         url = f"nats://127.0.0.1:{port}"
         async with NatsConsumer(url, "hang.x", stream=NatsStream("HANG"), timeout=1) as sink:
             os.kill(proc.pid, signal.SIGSTOP)
+            assert await wait_until(lambda: stopped(proc.pid), timeout=10)
             try:
                 with pytest.raises(NatsConnectionError, match="no PubAck within 1 s"):
                     await sink({"v": 1}, T0)
