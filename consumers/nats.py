@@ -183,7 +183,7 @@ def _covers(pattern: str, subject: str) -> bool:
 
 def _grid_id(event_time: datetime) -> str:
     """The grid time as it appears in the message id: ISO 8601, in UTC when aware."""
-    if event_time.tzinfo is not None:
+    if event_time.tzinfo is not None and event_time.tzinfo is not UTC:
         event_time = event_time.astimezone(UTC)
     return event_time.isoformat()
 
@@ -301,7 +301,11 @@ class _Message(NamedTuple):
     subject: str
     payload: bytes
     msg_id: str
-    when: str
+    event_time: datetime
+
+    @property
+    def when(self) -> str:
+        return self.event_time.isoformat()
 
 
 @dataclass(slots=True, eq=False)
@@ -563,10 +567,15 @@ class NatsConsumer:
         messages: list[_Message] = []
         problems: list[NatsRecordError] = []
         ids: set[str] = set()
+        max_payload = conn.max_payload
+        fallback: str | None = None  # the current tick's producer, for records without one
         for when, item, producer in iter_produced(data, event_time):
+            if not producer:
+                if fallback is None:
+                    fallback = producer_now()
+                producer = fallback
             try:
-                message = self._message(item, when, producer or producer_now(),
-                                        conn.max_payload)
+                message = self._message(item, when, producer, max_payload)
                 if message.msg_id in ids:
                     raise NatsRecordError(
                         f"the record of {message.when} has the message id {message.msg_id!r} "
@@ -588,9 +597,9 @@ class NatsConsumer:
 
     def _message(self, data: Any, event_time: datetime, producer: str,
                  max_payload: int) -> _Message:
-        when = event_time.isoformat()
         subject = self.subject
         if self._templated:
+            when = event_time.isoformat()
             if not producer:
                 raise NatsRecordError(
                     f"subject {self.subject!r} needs the record's producer, and the record of "
@@ -608,19 +617,19 @@ class NatsConsumer:
         if self._stream_name is not None:
             size += len("Nats-Expected-Stream") + len(self._stream_name) + 4
         if size > max_payload:
-            raise NatsRecordError(f"the message of the record of {when} is {size} bytes "
+            raise NatsRecordError(f"the message of the record of {event_time.isoformat()} is "
+                                  f"{size} bytes "
                                   f"(payload and headers), more than the server's "
                                   f"max_payload of {max_payload} bytes")
-        return _Message(subject, payload, msg_id, when)
+        return _Message(subject, payload, msg_id, event_time)
 
     def _payload(self, data: Any, event_time: datetime) -> bytes:
-        when = event_time.isoformat()
         out: object
         if self.encoder is not None:
             try:
                 out = self.encoder(data, event_time)
             except Exception as exc:
-                raise NatsRecordError(f"encoder failed on the record of {when}: "
+                raise NatsRecordError(f"encoder failed on the record of {event_time.isoformat()}: "
                                       f"{type(exc).__name__}: {exc}") from exc
         elif isinstance(data, _PASSTHROUGH):
             out = data
@@ -631,7 +640,7 @@ class NatsConsumer:
         if isinstance(out, bytes | bytearray | memoryview):
             return bytes(out)
         raise NatsRecordError(f"encoder must return bytes or str, got {type(out).__name__} "
-                              f"for the record of {when}")
+                              f"for the record of {event_time.isoformat()}")
 
     def _json(self, data: Any, event_time: datetime) -> str:
         """The default payload: JSON, with ``event_time_key`` added to a mapping."""
@@ -644,10 +653,11 @@ class NatsConsumer:
             raise NatsRecordError(f"the record of {event_time.isoformat()} cannot be read as "
                                   f"a mapping: {type(exc).__name__}: {exc}") from exc
         else:
-            value = fields
-            if self.event_time_key is not None:
-                value = dict(fields)
-                value.setdefault(self.event_time_key, event_time)
+            value = fields if isinstance(fields, dict) else dict(fields)
+            key = self.event_time_key
+            if key is not None and key not in value:
+                # the ISO text json_dumps would make of the datetime, made here directly
+                value = {**value, key: event_time.isoformat()}
         try:
             return json_dumps(value)
         except Exception as exc:  # the data's own fault: retrying cannot help
