@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import importlib
 import logging
 import math
 import os
@@ -420,6 +421,11 @@ class NatsConsumer:
             if user is not None or token is not None:
                 check.conflict("credentials", credentials, "user/password or token",
                                "a .creds file is the whole login")
+            try:  # nats-py signs with nkeys, and imports it only when connecting
+                importlib.import_module("nkeys")
+            except ImportError as exc:
+                raise ImportError('NatsConsumer(credentials=...) needs the nkeys package; '
+                                  'install it with: pip install "nats-py[nkeys]"') from exc
         self._user, self._password, self._token = user, password, token
         self.credentials = None if credentials is None else os.fspath(credentials)
 

@@ -546,6 +546,12 @@ def test_bad_settings_raise_a_setting_error_naming_the_argument(
         assert secret not in str(info.value)
 
 
+def test_credentials_need_nkeys_and_name_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nkeys", None)
+    with pytest.raises(ImportError, match='pip install "nats-py\\[nkeys\\]"'):
+        NatsConsumer(credentials="/etc/nats/user.creds")
+
+
 def test_the_toml_type_builds_the_consumer(tmp_path: Path) -> None:
     from aioconveyor._config import load_config
 
