@@ -40,7 +40,7 @@ takes, so the consumer is the bottleneck (``overflow="block"`` holds the produce
 
 TABLE_COLUMNS = [
     ("method", "method"), ("messages", "messages"), ("seconds", "seconds"),
-    ("msg_per_s", "msg/s"), ("vs_raw", "x raw nats-py"),
+    ("msg_per_s", "msg/s"), ("vs_raw", "x raw nats-py"), ("cpu_us", "CPU µs/msg"),
 ]
 
 
@@ -70,13 +70,14 @@ async def _check_and_drop(nc: Any, name: str, expected: int) -> None:
     await nc.close()
 
 
-async def _raw(messages: list[tuple[dict[str, Any], datetime]], subject: str) -> float:
+async def _raw(messages: list[tuple[dict[str, Any], datetime]],
+               subject: str) -> tuple[float, float]:
     import nats
 
     admin, name = await _stream(subject)
     nc = await nats.connect(URL)
     js = nc.jetstream(timeout=10)
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(messages), CHUNK):
         await asyncio.gather(*(
             js.publish(subject, json.dumps({**data, "event_time": when.isoformat()},
@@ -84,10 +85,10 @@ async def _raw(messages: list[tuple[dict[str, Any], datetime]], subject: str) ->
                        headers={MSG_ID: when.isoformat()})
             for data, when in messages[i:i + CHUNK]
         ))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     await nc.close()
     await _check_and_drop(admin, name, len(messages))
-    return seconds
+    return seconds, cpu
 
 
 class _Timed:
@@ -97,6 +98,7 @@ class _Timed:
         self.sink = sink
         self.name = sink.name
         self.last = 0.0
+        self.last_cpu = 0.0
 
     async def open(self) -> None:
         await self.sink.open()
@@ -107,9 +109,11 @@ class _Timed:
     async def __call__(self, data: Any, event_time: datetime) -> None:
         await self.sink(data, event_time)
         self.last = time.perf_counter()
+        self.last_cpu = time.process_time()
 
 
-async def _conveyor(messages: list[tuple[dict[str, Any], datetime]], subject: str) -> float:
+async def _conveyor(messages: list[tuple[dict[str, Any], datetime]],
+                    subject: str) -> tuple[float, float]:
     from aioconveyor import AioConveyor, Batch, Consumer, Record, SystemClock
     from aioconveyor.consumers import NatsConsumer
 
@@ -121,7 +125,7 @@ async def _conveyor(messages: list[tuple[dict[str, Any], datetime]], subject: st
     async def produce(event_time: datetime) -> Batch:
         nonlocal position
         if not first:
-            first.append(time.perf_counter())
+            first.extend((time.perf_counter(), time.process_time()))
         chunk = Batch(records[position:position + CHUNK])
         position += CHUNK
         return chunk
@@ -137,17 +141,18 @@ async def _conveyor(messages: list[tuple[dict[str, Any], datetime]], subject: st
     assert stats.delivered == len(records) // CHUNK and stats.errors == 0, stats
     assert sink.duplicates == 0
     await _check_and_drop(admin, name, len(messages))
-    return timed.last - first[0]
+    return timed.last - first[0], timed.last_cpu - first[1]
 
 
 def nats_run(method: str, messages: int) -> Row:
     subject = f"aioconveyor.bench.{os.getpid()}"
     data = make_messages(messages)
     if method == "raw":
-        seconds = asyncio.run(_raw(data, subject))
+        seconds, cpu = asyncio.run(_raw(data, subject))
     else:
-        seconds = asyncio.run(_conveyor(data, subject))
-    return {"messages": messages, "seconds": seconds, "msg_per_s": messages / seconds}
+        seconds, cpu = asyncio.run(_conveyor(data, subject))
+    return {"messages": messages, "seconds": seconds, "msg_per_s": messages / seconds,
+            "cpu_us": 1e6 * cpu / messages}
 
 
 def run(quick: bool) -> Section:
@@ -178,6 +183,10 @@ def run(quick: bool) -> Section:
         convs[middle] | {"method": "conveyor + NatsConsumer", "vs_raw": ratios[middle]},
     ]
     section.notes.append(f"the rounds' ratios: {', '.join(f'{r:.2f}' for r in ratios)}")
+    cpu = [sorted(row["cpu_us"] for row in rows)[middle] for rows in (raws, convs)]
+    section.notes.append(f"CPU of the process per message, median: raw {cpu[0]:.0f} µs, "
+                         f"conveyor {cpu[1]:.0f} µs (the scheduler, lane and consumer "
+                         "included)")
     section.targets.append(Target("NATS consumer vs raw nats-py JetStream", ">= 90 %",
                                   100 * ratios[middle], 90.0, higher_is_better=True, unit="%"))
     return section
