@@ -546,6 +546,28 @@ def test_bad_settings_raise_a_setting_error_naming_the_argument(
         assert secret not in str(info.value)
 
 
+SECRET = "hunter2-Kx7q"
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"url": f"nats://u:{SECRET}@h".encode()},
+    {"url": f"nats://u:{SECRET}@h/path"},
+    {"url": f"http://u:{SECRET}@h"},
+    {"url": f"nats://u:{SECRET}@h:99999"},
+    {"url": f"nats://{SECRET}@h", "token": "other"},
+    {"user": "u", "password": SECRET.encode()},
+    {"password": SECRET},
+    {"token": SECRET, "user": "u", "password": "p"},
+    {"token": SECRET.encode()},
+], ids=["url-bytes", "url-path", "url-scheme", "url-port", "token-twice", "password-bytes",
+        "password-without-user", "token-with-user", "token-bytes"])
+def test_arguments_that_may_hold_a_secret_never_show_it(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(SettingError) as info:
+        NatsConsumer(**kwargs)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+    assert SECRET not in repr(info.value.value)
+
+
 def test_credentials_need_nkeys_and_name_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "nkeys", None)
     with pytest.raises(ImportError, match='pip install "nats-py\\[nkeys\\]"'):
