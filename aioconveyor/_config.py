@@ -89,6 +89,12 @@ def _mqtt_consumer() -> type[Any]:
     return MqttConsumer
 
 
+def _nats_consumer() -> type[Any]:
+    from .consumers.nats import NatsConsumer
+
+    return NatsConsumer
+
+
 def _postgres_consumer() -> type[Any]:
     from .consumers.postgres import PostgresConsumer
 
@@ -110,6 +116,7 @@ def _postgres_leader() -> type[Any]:
 BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "csv": _csv_consumer,
     "mqtt": _mqtt_consumer,
+    "nats": _nats_consumer,
     "postgres": _postgres_consumer,
     "pretty": _pretty_consumer,
 }

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .mqtt import HaDiscovery as HaDiscovery
     from .mqtt import HaSensor as HaSensor
     from .mqtt import MqttConsumer as MqttConsumer
+    from .nats import NatsConsumer as NatsConsumer
     from .postgres import PostgresConsumer as PostgresConsumer
     from .pretty import PrettyPrintConsumer as PrettyPrintConsumer
 
@@ -30,13 +31,14 @@ __all__ = [
     "HaDiscovery",
     "HaSensor",
     "MqttConsumer",
+    "NatsConsumer",
     "PostgresConsumer",
     "PrettyPrintConsumer",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # real imports, one module at a time: asyncpg, aiomqtt and rich load only when asked for
+    # real imports, one module at a time: asyncpg, aiomqtt, nats-py, rich load only when asked for
     if name == "CsvConsumer":
         from .csv import CsvConsumer
 
@@ -45,6 +47,10 @@ def __getattr__(name: str) -> Any:
         from . import mqtt
 
         return getattr(mqtt, name)
+    if name == "NatsConsumer":
+        from .nats import NatsConsumer
+
+        return NatsConsumer
     if name == "PostgresConsumer":
         from .postgres import PostgresConsumer
 

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from support.services import MQTT_URL, POSTGRES_DSN, require_server
+from support.services import MQTT_URL, NATS_URL, POSTGRES_DSN, require_server
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,14 @@ def mqtt_url() -> str:
     """URL of the real test Mosquitto (skip locally / fail under CI=true if unreachable)."""
     require_server("Mosquitto", MQTT_URL, 1883)
     return MQTT_URL
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> str:
+    """URL of the real test NATS server with JetStream (skip locally / fail under CI=true
+    if unreachable)."""
+    require_server("NATS", NATS_URL, 4222)
+    return NATS_URL
 
 
 @pytest.fixture

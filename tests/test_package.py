@@ -30,7 +30,7 @@ def test_import_is_light_and_silent(tmp_path: Path) -> None:
         "assert not heavy, heavy\n"
         "assert not logging.getLogger().handlers, 'logging configured at import'\n"
         "import aioconveyor.consumers\n"
-        "heavy = [m for m in ('rich', 'asyncpg', 'aiomqtt') if m in sys.modules]\n"
+        "heavy = [m for m in ('rich', 'asyncpg', 'aiomqtt', 'nats') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = run_python(code, tmp_path)
@@ -84,7 +84,7 @@ def test_version_matches_metadata() -> None:
     assert aioconveyor.__version__ == version("aioconveyor")
 
 
-@pytest.mark.parametrize("heavy", ["rich", "asyncpg", "aiomqtt", "prometheus_client"])
+@pytest.mark.parametrize("heavy", ["rich", "asyncpg", "aiomqtt", "prometheus_client", "nats"])
 def test_import_aioconveyor_does_not_import(heavy: str, tmp_path: Path) -> None:
     result = run_python(f"import aioconveyor, sys; assert {heavy!r} not in sys.modules", tmp_path)
     assert result.returncode == 0, result.stderr

@@ -27,8 +27,7 @@ PUBLIC = {
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
         "CsvConsumer", "HaBinarySensor", "HaDiscovery", "HaSensor", "MqttConsumer",
-        "PostgresConsumer",
-        "PrettyPrintConsumer",
+        "NatsConsumer", "PostgresConsumer", "PrettyPrintConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
     "aioconveyor.consumers.pretty": ["PrettyPrintConsumer"],

@@ -16,10 +16,13 @@ POSTGRES_DSN = os.environ.get(
     "AIOCONVEYOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MQTT_URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+NATS_URL = os.environ.get("AIOCONVEYOR_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 START_HINTS = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "Mosquitto": "mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    "NATS": ("start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- "
+             "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"),
 }
 
 
