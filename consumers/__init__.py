@@ -17,6 +17,7 @@ if __name__ != "aioconveyor.consumers":  # an editable install puts the checkout
 
 if TYPE_CHECKING:
     from .csv import CsvConsumer as CsvConsumer
+    from .influx import InfluxConsumer as InfluxConsumer
     from .mqtt import HaDiscovery as HaDiscovery
     from .mqtt import HaSensor as HaSensor
     from .mqtt import MqttConsumer as MqttConsumer
@@ -27,6 +28,7 @@ __all__ = [
     "CsvConsumer",
     "HaDiscovery",
     "HaSensor",
+    "InfluxConsumer",
     "MqttConsumer",
     "PostgresConsumer",
     "PrettyPrintConsumer",
@@ -39,6 +41,10 @@ def __getattr__(name: str) -> Any:
         from .csv import CsvConsumer
 
         return CsvConsumer
+    if name == "InfluxConsumer":
+        from .influx import InfluxConsumer
+
+        return InfluxConsumer
     if name in ("HaDiscovery", "HaSensor", "MqttConsumer"):
         from . import mqtt
 

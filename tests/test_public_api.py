@@ -26,7 +26,9 @@ PUBLIC = {
     ],
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
-        "CsvConsumer", "HaDiscovery", "HaSensor", "MqttConsumer", "PostgresConsumer",
+        "CsvConsumer", "HaDiscovery", "HaSensor",
+        "InfluxConsumer",
+        "MqttConsumer", "PostgresConsumer",
         "PrettyPrintConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
