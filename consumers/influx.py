@@ -24,6 +24,7 @@ protocol at all (NaN, a nested value, a newline in a tag) is rejected before the
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import decimal
 import email.utils
@@ -437,12 +438,13 @@ class InfluxConsumer:
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if self.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        self._auth: aiohttp.BasicAuth | None = None
+        basic = None
         if token is not None:
             self._headers["Authorization"] = f"Token {token}"
         elif username is not None:
-            self._auth = aiohttp.BasicAuth(username, password or "")
-        self._secrets = secrets_of(url, token, password)
+            basic = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {basic}"
+        self._secrets = secrets_of(url, token, password, basic)
 
         if name is not None:
             check.text("name", name)
@@ -557,7 +559,7 @@ class InfluxConsumer:
         self.requests += 1
         try:
             async with self._session.post(self._url, params=self._params, data=body,
-                                          headers=self._headers, auth=self._auth) as answer:
+                                          headers=self._headers) as answer:
                 detail = ""
                 if answer.status >= 300:
                     detail = (await answer.content.read(_ERROR_BODY)).decode("utf-8",
@@ -597,7 +599,8 @@ class InfluxConsumer:
             self._refusal(status, f"{short} (the line: {lines[0][:200]})")
             return len(lines)
         if status in (401, 403):
-            what = "token" if "Authorization" in self._headers else "credentials"
+            what = ("token" if self._headers.get("Authorization", "").startswith("Token ")
+                    else "credentials")
             raise InfluxAuthError(f"{self!r}: HTTP {status}, the server refused our {what}"
                                   f": {short}")
         if status in (429, 503):
