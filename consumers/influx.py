@@ -507,7 +507,7 @@ class InfluxConsumer:
                                         f"or a number: {exc}") from None
         tags: dict[str, Any] = dict(self.static_tags)
         for key in self.tags:
-            if key in values:
+            if values.get(key) is not None:
                 tags[key] = values[key]
         if self.fields is None:
             keys = self._tag_keys
@@ -543,10 +543,11 @@ class InfluxConsumer:
         self.written += len(lines) - refused
         self.refused += bad + refused
         if bad + refused:
+            total = len(lines) + bad
+            rest = "; the rest was written" if bad + refused < total else ""
             raise InfluxRecordError(
-                f"{bad + refused} of {len(lines) + bad} record(s) rejected ({bad} not line "
-                f"protocol, {refused} refused by the server); the rest was written",
-                count=bad + refused)
+                f"{bad + refused} of {total} record(s) rejected ({bad} not line protocol, "
+                f"{refused} refused by the server){rest}", count=bad + refused)
 
     # -- requests
 

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from support.influx import influxd_url
+
+__all__ = ["influxd_url"]  # a fixture, used by the blocks marked <!-- test: influx -->
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -73,6 +77,8 @@ def test_every_python_block_of_the_manual_is_tested() -> None:
 
 
 SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url"}
+SERVER_FIXTURES["influx"] = "influxd_url"  # a private InfluxDB 1.x (tests/support/influx.py)
+SERVER_ENV = {"influx": "INFLUX_URL"}
 
 
 def example_id(value: object) -> str:
@@ -86,7 +92,7 @@ def test_documented_example_runs(page: str, tags: str, lang: str, code: str, tmp
     for tag in tags.split():
         if tag in SERVER_FIXTURES:  # skip locally / fail in CI if down
             url = request.getfixturevalue(SERVER_FIXTURES[tag])
-            env["POSTGRES_DSN" if tag == "postgres" else "MQTT_URL"] = url
+            env[SERVER_ENV.get(tag, "POSTGRES_DSN" if tag == "postgres" else "MQTT_URL")] = url
     if lang == "python":
         result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=60, check=False)
