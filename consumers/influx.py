@@ -30,13 +30,14 @@ import decimal
 import email.utils
 import enum
 import gzip as gzip_module
+import itertools
 import json
 import logging
 import math
 import re
 import time
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 try:
@@ -88,6 +89,7 @@ _PRECISIONS: Final = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _INT64: Final = 2**63
 _ERROR_BODY: Final = 65_536  # bytes of an error answer read (1.x lists every bad line)
+_CACHE_SIZE: Final = 100_000  # escaped names remembered (then forgotten, and again)
 _MAX_SPLITS: Final = 64  # how deep a refused batch is halved to find its bad records
 
 
@@ -464,6 +466,19 @@ class InfluxConsumer:
         """HTTP requests sent (a refused record's batch takes more than one)."""
         self._session: aiohttp.ClientSession | None = None
         self._limiter = LogLimiter()
+        self._escaped: dict[str, str] = {}  # tag values and field keys, escaped
+        self._measurements: dict[str, str] = {}
+        # every tag key in order: (key, ",key=", whether records may carry it, its static
+        # value escaped)
+        self._tag_plan = tuple(
+            (key, f",{_name('tag key', key, _KEY_ESCAPES)}=", key in self._tag_keys,
+             _name(f"tag {key!r}", self.static_tags[key], _KEY_ESCAPES)
+             if self.static_tags.get(key) else None)
+            for key in sorted(self._tag_keys | set(self.static_tags)))
+        self._skip = self._tag_keys if self.fields is None else frozenset()
+        # timestamps: (event_time - epoch) // unit * scale, in integers only
+        self._unit = dt.timedelta(microseconds=max(1, self._divisor // 1000))
+        self._scale = 1000 if self.precision == "ns" else 1
 
     def __repr__(self) -> str:
         target = (f"db={self.database!r}" if self.api == "v1"
@@ -496,44 +511,124 @@ class InfluxConsumer:
     # -- records into lines
 
     def point(self, data: Any, event_time: dt.datetime, producer: str = "") -> str:
-        """The line of one record (:class:`InfluxRecordError` if it has none)."""
-        if isinstance(data, bool | int | float | str | decimal.Decimal):
-            values: Mapping[str, Any] = {VALUE_FIELD: data}
-        else:
-            try:
-                values = as_mapping(data)
-            except TypeError as exc:
-                raise InfluxRecordError(f"a record must be a mapping, a dataclass, a model "
-                                        f"or a number: {exc}") from None
-        tags: dict[str, Any] = dict(self.static_tags)
-        for key in self.tags:
-            if values.get(key) is not None:
-                tags[key] = values[key]
-        if self.fields is None:
-            keys = self._tag_keys
-            fields = {k: v for k, v in values.items() if k not in keys}
-        else:
-            fields = {k: values[k] for k in self.fields if k in values}
-        stamp = time_ns(event_time) // self._divisor
-        return encode_point(self.measurement or producer or DEFAULT_MEASUREMENT,
-                            tags, fields, stamp)
+        """The line of one record (:class:`InfluxRecordError` if it has none): the same
+        as :func:`encode_point` of its measurement, tags, fields and time."""
+        return self._encode([(data, event_time)], [producer], None)[0]
 
     def _lines(self, data: Any, event_time: dt.datetime) -> tuple[list[str], int]:
         """The lines of a record or a batch, and how many records had none (logged)."""
+        records: Sequence[tuple[Any, dt.datetime]]
         if isinstance(data, Batch):
-            items = [(r.data, r.event_time, r.producer) for r in data]
+            records = data  # a Record unpacks as (data, event_time)
+            producers = None if self.measurement else [r.producer for r in data]
         else:
             tick = current_tick()
-            items = [(data, event_time, "" if tick is None else tick.producer)]
+            records, producers = [(data, event_time)], [
+                "" if tick is None else tick.producer]
+        lines = self._encode(records, producers, self._skipped)
+        return lines, len(records) - len(lines)
+
+    def _skipped(self, data: Any, event_time: dt.datetime, exc: InfluxRecordError) -> None:
+        self._limiter.log(logger, logging.WARNING, ("record", type(data)),
+                          "consumer %s: rejected a record of %s: %s", self.name,
+                          event_time.isoformat(), exc)
+
+    def _encode(self, records: Iterable[tuple[Any, dt.datetime]],
+                producers: Iterable[str] | None,
+                skipped: Callable[[Any, dt.datetime, InfluxRecordError], None] | None,
+                ) -> list[str]:
+        """The line of each record, in order: the same as :func:`encode_point` of its
+        measurement, tags, fields and time, with the escaped names remembered and the common
+        value types on a fast path (a batch of a thousand records is encoded on the loop).
+        A record that has none is handed to ``skipped`` (``None``: raised)."""
+        names = self._escaped
+        if len(names) > _CACHE_SIZE:
+            names.clear()
+        heads = self._measurements
+        if len(heads) > _CACHE_SIZE:
+            heads.clear()
+        plan, skip, unit, scale = self._tag_plan, self._skip, self._unit, self._scale
+        only = self.fields
+        fixed = self.measurement
+        fixed_head = None if fixed is None else _name("measurement", fixed,
+                                                      _MEASUREMENT_ESCAPES)
         lines: list[str] = []
-        for item, when, producer in items:
+        line = lines.append
+        for (data, event_time), producer in zip(
+                records, itertools.repeat("") if producers is None else producers,
+                strict=False):
             try:
-                lines.append(self.point(item, when, producer))
+                if type(data) is dict:
+                    values: Mapping[str, Any] = data
+                elif isinstance(data, bool | int | float | str | decimal.Decimal):
+                    values = {VALUE_FIELD: data}
+                else:
+                    try:
+                        values = as_mapping(data)
+                    except TypeError as exc:
+                        raise InfluxRecordError(
+                            "a record must be a mapping, a dataclass, a model or a number: "
+                            f"{exc}") from None
+                if fixed_head is not None:
+                    head = fixed_head
+                else:
+                    measurement = producer or DEFAULT_MEASUREMENT
+                    head = heads.get(measurement) or heads.setdefault(
+                        measurement, _name("measurement", measurement, _MEASUREMENT_ESCAPES))
+                for key, prefix, from_record, static in plan:
+                    value = values.get(key) if from_record else None
+                    if value is None:
+                        text = static
+                    else:
+                        text = names.get(value) if type(value) is str else None
+                        if text is None:
+                            raw = _tag_value(key, value)
+                            if raw is None:
+                                text = static
+                            else:
+                                text = _name(f"tag {key!r}", raw, _KEY_ESCAPES)
+                                if type(value) is str:
+                                    names[value] = text
+                    if text:
+                        head = f"{head}{prefix}{text}"
+                fields: list[str] = []
+                add = fields.append
+                for key, value in (values.items() if only is None
+                                   else [(k, values[k]) for k in only if k in values]):
+                    if value is None or (skip and key in skip):
+                        continue
+                    try:
+                        name = names[key]
+                    except KeyError:
+                        if not isinstance(key, str) or not key:
+                            raise InfluxRecordError(
+                                f"a field key is {key!r}, not a non-empty str") from None
+                        name = names[key] = _name("field key", key, _KEY_ESCAPES)
+                    kind = type(value)
+                    if kind is float and value - value == 0.0:  # finite
+                        add(f"{name}={value!r}")
+                    elif kind is int and -_INT64 <= value < _INT64:
+                        add(f"{name}={value}i")
+                    elif kind is bool:
+                        add(f"{name}=true" if value else f"{name}=false")
+                    elif kind is str and '"' not in value and "\\" not in value:
+                        add(f'{name}="{value}"')
+                    else:
+                        text = _field_value(key, value)  # raises for what cannot be carried
+                        if text is not None:
+                            add(f"{name}={text}")
+                if not fields:
+                    raise InfluxRecordError(
+                        f"measurement {fixed or producer or DEFAULT_MEASUREMENT!r}: the record "
+                        "has no field with a value (line protocol needs at least one)")
+                if event_time.tzinfo is None:
+                    event_time = event_time.replace(tzinfo=dt.UTC)
+                line(f"{head} {','.join(fields)} {(event_time - _EPOCH) // unit * scale}")
             except InfluxRecordError as exc:
-                self._limiter.log(logger, logging.WARNING, ("record", type(item)),
-                                  "consumer %s: rejected a record of %s: %s", self.name,
-                                  when.isoformat(), exc)
-        return lines, len(items) - len(lines)
+                if skipped is None:
+                    raise
+                skipped(data, event_time, exc)
+        return lines
 
     async def __call__(self, data: Any, event_time: dt.datetime) -> None:
         if self._session is None:
