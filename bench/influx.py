@@ -185,7 +185,7 @@ def _median_row(runs: list[Row]) -> Row:
 
 
 def run(quick: bool) -> Section:
-    points, repeats = (50_000, 3) if quick else (100_000, 5)
+    points, repeats = (50_000, 3) if quick else (100_000, 9)
     section = Section(
         "influx", "InfluxDB line protocol: points/s to a private VictoriaMetrics",
         TABLE_COLUMNS,

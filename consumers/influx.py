@@ -234,6 +234,10 @@ _LINE_NUMBER: Final = re.compile(r'\bline (\d+)\b|"line_number"\s*:\s*(\d+)')
 _UNPARSED: Final = re.compile(r"unable to parse '((?:[^'\\]|\\.)*)'")
 """``unable to parse '<the line>': why`` (InfluxDB 1.x)."""
 _DROPPED: Final = re.compile(r"\bdropped=(\d+)")
+_REQUEST_ERROR: Final = re.compile(
+    r"database is required|database not found|bucket.{0,40}not found|organization.{0,40}"
+    r"not found|precision", re.I)
+"""A 400 about the request (a setting), not about a record: retried, never rejected."""
 
 
 def _refused_lines(detail: str, lines: Sequence[str]) -> set[int]:
@@ -304,7 +308,8 @@ class InfluxConsumer:
       VictoriaMetrics ``-httpAuth.*``).
     * ``measurement``: the measurement of every point; ``None``: the record's producer name.
     * ``tags``: record keys written as tags (sorted; a missing or empty one is left out);
-      ``static_tags``: tags added to every point (a record's own tag of the same key wins).
+      ``static_tags``: tags added to every point (a record's own non-empty tag of the same
+      key wins).
     * ``fields``: record keys written as fields; ``None``: every other key. ``None`` values
       are left out; a record that is a plain number, bool or str is the field ``value``.
     * ``precision``: of the timestamps: ``"ns"`` (default), ``"us"``, ``"ms"`` or ``"s"``.
@@ -687,6 +692,8 @@ class InfluxConsumer:
                     return len(lines)
                 rest = [line for i, line in enumerate(lines) if i not in named]
                 return len(named) + await self._write(rest, depth + 1)
+        if status == 400 and _REQUEST_ERROR.search(text):  # the request, not the data
+            raise InfluxServerError(status, short)
         if status in (400, 413, 422):  # which line is unknown (413: too big): halve it
             if len(lines) > 1 and depth < _MAX_SPLITS:
                 half = len(lines) // 2

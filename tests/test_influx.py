@@ -29,6 +29,7 @@ from aioconveyor.consumers.influx import (
     InfluxAuthError,
     InfluxConnectionError,
     InfluxRecordError,
+    InfluxServerError,
     encode_point,
     retry_after,
     time_ns,
@@ -219,6 +220,15 @@ async def test_a_400_naming_no_line_is_halved_until_the_bad_record_is_found(
     assert stage.statuses().count(400) == 4  # 8 lines, then 4, 2 and 1 hold the bad one
 
 
+async def test_a_400_about_the_request_is_retried_not_a_rejection(influxd_url: str) -> None:
+    """InfluxDB 1.x without a database: ``400 database is required``, a setting to fix."""
+    consumer = InfluxConsumer(influxd_url)  # no database: fine for VictoriaMetrics only
+    async with consumer:
+        with pytest.raises(InfluxServerError, match="HTTP 400: database is required"):
+            await consumer(Batch([Record({"v": 1.0}, T0), Record({"v": 2.0}, T0)]), T0)
+    assert consumer.requests == 1 and consumer.refused == 0
+
+
 def test_the_lines_a_3x_partial_write_names_are_found() -> None:
     from aioconveyor.consumers.influx import _refused_lines
 
@@ -384,6 +394,33 @@ def test_encoding_follows_the_line_protocol_rules() -> None:
                         {"f": 1.0, "i": -3, "t": True, "s": 'a"b\\c', "z": None}, 7) == (
         'm\\,1\\ x,a=1\\ \\,\\=,b=2 f=1.0,i=-3i,t=true,s="a\\"b\\\\c" 7')
     assert encode_point("m=x", {}, {"k=y z": False}) == "m=x k\\=y\\ z=false"
+
+
+SHAPES: list[tuple[dict[str, Any], Any]] = [
+    ({"tags": ["site"]}, {"site": "a b", "w": 1.5, "n": 3, "ok": False, "s": 'q"\\'}),
+    ({"tags": ["site"], "static_tags": {"host": "pi", "site": "dflt"}}, {"w": 2.0}),
+    ({"tags": ["site"], "static_tags": {"site": "dflt"}}, {"site": "own", "w": 2.0}),
+    ({"fields": ["b", "a"]}, {"a": 1, "b": True, "c": "left out"}),
+    ({"measurement": "fixed"}, {"e": Decimal("2.5"), "none": None, "big": -(2**63)}),
+    ({"precision": "s"}, {"v": 1}),
+    ({"precision": "us", "tags": ["t"]}, {"t": 7, "v": "x"}),
+    ({}, 42),
+]
+
+
+@pytest.mark.parametrize(("options", "record"), SHAPES)
+def test_the_consumers_lines_are_encode_point_lines(options: dict[str, Any], record: Any) -> None:
+    consumer = InfluxConsumer(database="d", **options)
+    when = dt.datetime(2026, 5, 1, 12, 0, 0, 123456, tzinfo=dt.UTC)
+    values = record if isinstance(record, dict) else {"value": record}
+    tags = dict(options.get("static_tags", {}))
+    tags |= {k: values[k] for k in options.get("tags", ()) if values.get(k)}
+    fields = ({k: values[k] for k in options["fields"] if k in values} if "fields" in options
+              else {k: v for k, v in values.items() if k not in options.get("tags", ())})
+    divisor = {"ns": 1, "us": 1000, "s": 10**9}[options.get("precision", "ns")]
+    expected = encode_point(options.get("measurement", "p"), tags, fields,
+                            time_ns(when) // divisor)
+    assert consumer.point(record, when, "p") == expected
 
 
 def test_a_plain_value_is_the_value_field_and_time_is_exact() -> None:
