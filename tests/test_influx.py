@@ -530,6 +530,20 @@ def test_the_config_runner_knows_type_influx(tmp_path: Path,
     sink = next(iter(loaded.specs.values())).fn
     assert isinstance(sink, InfluxConsumer) and sink.database == "solar"
 
+    path.write_text('[producer]\nfunction = "meter_mod:read"\n[conveyor]\ninterval = 1\n'
+                    '[[consumers]]\ntype = "influx"\nurl = "http://w:pw-1234@h:8086"\n'
+                    'bucket = "b"\ntoken = "tok-98765"\n')
+    with pytest.raises(Exception) as caught:  # token and a user in the url: contradictory
+        load_config(path)
+    assert "consumers[0].token" in str(caught.value)
+    assert "tok-98765" not in str(caught.value) and "pw-1234" not in str(caught.value)
+    path.write_text('[producer]\nfunction = "meter_mod:read"\n[conveyor]\ninterval = 1\n'
+                    '[[consumers]]\ntype = "influx"\nurl = "http://h:8086"\n'
+                    'bucket = "b"\ntoken = "tok-98765"\n')
+    loaded = load_config(path)
+    assert "tok-98765" in loaded.secrets
+    assert "tok-98765" not in " ".join(loaded.consumers)
+
 
 def test_without_aiohttp_the_import_names_the_extra(tmp_path: Path) -> None:
     code = (
