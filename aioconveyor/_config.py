@@ -83,6 +83,12 @@ def _csv_consumer() -> type[Any]:
     return CsvConsumer
 
 
+def _influx_consumer() -> type[Any]:
+    from .consumers.influx import InfluxConsumer
+
+    return InfluxConsumer
+
+
 def _mqtt_consumer() -> type[Any]:
     from .consumers.mqtt import MqttConsumer
 
@@ -115,6 +121,7 @@ def _postgres_leader() -> type[Any]:
 
 BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "csv": _csv_consumer,
+    "influx": _influx_consumer,
     "mqtt": _mqtt_consumer,
     "nats": _nats_consumer,
     "postgres": _postgres_consumer,

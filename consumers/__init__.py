@@ -17,6 +17,7 @@ if __name__ != "aioconveyor.consumers":  # an editable install puts the checkout
 
 if TYPE_CHECKING:
     from .csv import CsvConsumer as CsvConsumer
+    from .influx import InfluxConsumer as InfluxConsumer
     from .mqtt import HaBinarySensor as HaBinarySensor
     from .mqtt import HaDiscovery as HaDiscovery
     from .mqtt import HaSensor as HaSensor
@@ -30,6 +31,7 @@ __all__ = [
     "HaBinarySensor",
     "HaDiscovery",
     "HaSensor",
+    "InfluxConsumer",
     "MqttConsumer",
     "NatsConsumer",
     "PostgresConsumer",
@@ -43,6 +45,10 @@ def __getattr__(name: str) -> Any:
         from .csv import CsvConsumer
 
         return CsvConsumer
+    if name == "InfluxConsumer":
+        from .influx import InfluxConsumer
+
+        return InfluxConsumer
     if name in ("HaBinarySensor", "HaDiscovery", "HaSensor", "MqttConsumer"):
         from . import mqtt
 

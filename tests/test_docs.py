@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from support.influx import influxd_url
+
+__all__ = ["influxd_url"]  # a fixture, used by the blocks marked <!-- test: influx -->
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -72,8 +76,10 @@ def test_every_python_block_of_the_manual_is_tested() -> None:
                 "(or <!-- not tested: why -->)")
 
 
-SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url", "nats": "nats_url"}
-SERVER_ENV = {"postgres": "POSTGRES_DSN", "mqtt": "MQTT_URL", "nats": "NATS_URL"}
+SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url", "nats": "nats_url",
+                   "influx": "influxd_url"}  # influx: a private InfluxDB 1.x (support/influx.py)
+SERVER_ENV = {"postgres": "POSTGRES_DSN", "mqtt": "MQTT_URL", "nats": "NATS_URL",
+              "influx": "INFLUX_URL"}
 
 
 def example_id(value: object) -> str:

@@ -26,8 +26,8 @@ PUBLIC = {
     ],
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
-        "CsvConsumer", "HaBinarySensor", "HaDiscovery", "HaSensor", "MqttConsumer",
-        "NatsConsumer", "PostgresConsumer", "PrettyPrintConsumer",
+        "CsvConsumer", "HaBinarySensor", "HaDiscovery", "HaSensor", "InfluxConsumer",
+        "MqttConsumer", "NatsConsumer", "PostgresConsumer", "PrettyPrintConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
     "aioconveyor.consumers.pretty": ["PrettyPrintConsumer"],
