@@ -98,6 +98,12 @@ def _pretty_consumer() -> type[Any]:
     return PrettyPrintConsumer
 
 
+def _webhook_consumer() -> type[Any]:
+    from .consumers.webhook import WebhookConsumer
+
+    return WebhookConsumer
+
+
 def _postgres_leader() -> type[Any]:
     from ._leader_postgres import PostgresLeader
 
@@ -109,6 +115,7 @@ BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "mqtt": _mqtt_consumer,
     "postgres": _postgres_consumer,
     "pretty": _pretty_consumer,
+    "webhook": _webhook_consumer,
 }
 """The short ``type`` names of ``[[consumers]]``, each with a function that imports and
 returns the class it stands for."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .mqtt import MqttConsumer as MqttConsumer
     from .postgres import PostgresConsumer as PostgresConsumer
     from .pretty import PrettyPrintConsumer as PrettyPrintConsumer
+    from .webhook import WebhookConsumer as WebhookConsumer
 
 __all__ = [
     "CsvConsumer",
@@ -30,6 +31,7 @@ __all__ = [
     "MqttConsumer",
     "PostgresConsumer",
     "PrettyPrintConsumer",
+    "WebhookConsumer",
 ]
 
 
@@ -51,4 +53,8 @@ def __getattr__(name: str) -> Any:
         from .pretty import PrettyPrintConsumer
 
         return PrettyPrintConsumer
+    if name == "WebhookConsumer":
+        from .webhook import WebhookConsumer
+
+        return WebhookConsumer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
