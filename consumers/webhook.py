@@ -315,10 +315,11 @@ class WebhookConsumer:
         if auth is not None:
             if (isinstance(auth, str | bytes) or not isinstance(auth, Sequence)
                     or len(auth) != 2 or not all(isinstance(a, str) for a in auth)):
-                check.fail("auth", type(auth).__name__,
-                           "must be a (user, password) pair of str, got "
-                           f"{type(auth).__name__}" + (f" of {len(auth)}"
-                                                       if isinstance(auth, Sequence) else ""))
+                size = (f" of {len(auth)}" if isinstance(auth, Sequence)
+                        and not isinstance(auth, str | bytes) else "")
+                check.fail("auth", type(auth).__name__,  # by type: it may hold a password
+                           f"must be a (user, password) pair of str, got "
+                           f"{type(auth).__name__}{size}")
             credentials = (auth[0], auth[1])
         elif parsed.username is not None or parsed.password is not None:
             credentials = (parsed.username or "", parsed.password or "")
@@ -524,11 +525,9 @@ class WebhookConsumer:
             try:
                 url = self._url_for(producer, when)
                 encoded.append((url, self._encode(item, when, producer), _key(producer, when)))
-            except WebhookRejected as exc:
+            except WebhookRejected as exc:  # the lane logs it with the call's outcome
                 bad += 1
                 reason = reason or str(exc)
-                self._limiter.log(self._log, logging.WARNING, ("record", type(item)),
-                                  "webhook consumer %s: skipped a record: %s", self.name, exc)
         if self.batch == "each" or not isinstance(data, Batch):
             return [_Request(url, body.encode(), key, 1) for url, body, key in encoded], \
                 bad, reason

@@ -13,6 +13,7 @@ import base64
 import email.utils
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -437,7 +438,7 @@ async def test_records_that_cannot_be_encoded_are_rejected_the_rest_sent(
     batch = Batch([Record({"n": 0}, T0), Record({"n": object()}, T0),
                    Record({"n": 2}, T0 + timedelta(seconds=1))])
     async with WebhookConsumer(endpoint.url()) as sink:
-        with pytest.raises(WebhookRejected, match="1 of 3 record.*cannot be encoded as JSON"
+        with pytest.raises(WebhookRejected, match=r"1 of 3 record.*cannot be encoded as JSON"
                            ) as info:
             await sink(batch, T0)
     assert info.value.count == 1
@@ -448,7 +449,7 @@ async def test_each_rejects_one_record_and_sends_the_others(endpoint: Endpoint) 
     endpoint.plan = [Answer(200), Answer(400, body="bad")]
     batch = Batch([Record({"n": i}, T0 + timedelta(seconds=i)) for i in range(3)])
     async with WebhookConsumer(endpoint.url(), batch="each") as sink:
-        with pytest.raises(WebhookRejected, match="1 of 3 record.*HTTP 400") as info:
+        with pytest.raises(WebhookRejected, match=r"1 of 3 record.*HTTP 400") as info:
             await sink(batch, T0)
     assert info.value.count == 1
     assert [s.body["n"] for s in endpoint.accepted] == [0, 2]
@@ -577,22 +578,35 @@ def test_importing_the_consumers_does_not_import_aiohttp(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
 
 
-def test_a_toml_consumer_of_type_webhook(tmp_path: Path) -> None:
+def test_the_documented_toml_consumer_of_type_webhook(tmp_path: Path) -> None:
     from aioconveyor._config import load_config
 
-    (tmp_path / "meter_mod.py").write_text("def read(event_time):\n    return {'w': 1}\n")
-    (tmp_path / "conveyor.toml").write_text(
-        '[conveyor]\ninterval = 60\n\n[producer]\nfunction = "meter_mod:read"\n\n'
-        '[[consumers]]\ntype = "webhook"\nurl = "https://api.example/v1/{producer}"\n'
-        'token = "${HOOK_TOKEN}"\nbatch = "each"\nbatch_size = 10\nbatch_age = 5\n'
-        '[consumers.headers]\nX-Site = "barn"\n')
-    loaded = load_config(tmp_path / "conveyor.toml", env={"HOOK_TOKEN": TOKEN})
-    sink = loaded.specs["webhook"].fn
+    toml = PAGE.read_text().split("tests/test_webhook.py loads this block -->\n```toml\n",
+                                  1)[1].split("```", 1)[0]
+    (tmp_path / "home_meter.py").write_text("def read(event_time):\n    return {'w': 1}\n")
+    (tmp_path / "conveyor.toml").write_text(toml)
+    loaded = load_config(tmp_path / "conveyor.toml", env={"WEBHOOK_TOKEN": TOKEN})
+    spec = loaded.specs["webhook"]
+    sink = spec.fn
     assert isinstance(sink, WebhookConsumer)
     assert (sink.batch, sink._headers["X-Site"], sink._headers["Authorization"]) == (
-        "each", "barn", f"Bearer {TOKEN}")
-    assert loaded.specs["webhook"].batch_size == 10
+        "array", "barn", f"Bearer {TOKEN}")
+    assert (spec.batch_size, spec.batch_age) == (20, 30)
+    assert sink.url == "https://api.example.com/v1/sites/barn/{producer}"
     no_secret_in([*loaded.consumers, repr(sink)], TOKEN)
+
+
+def test_a_bad_toml_value_names_its_key(tmp_path: Path) -> None:
+    from aioconveyor._config import ConfigError, load_config
+
+    (tmp_path / "home_meter.py").write_text("def read(event_time):\n    return {'w': 1}\n")
+    (tmp_path / "conveyor.toml").write_text(
+        '[producer]\nfunction = "home_meter:read"\n[[consumers]]\ntype = "webhook"\n'
+        'url = "https://api.example/x"\nmethod = "GET"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "conveyor.toml")
+    assert info.value.key == "consumers[0].method"
+    assert "must be 'POST' or 'PUT', got 'GET'" in str(info.value)
 
 
 # -- bad input: a clear SettingError at construction ------------------------------------------
@@ -691,9 +705,24 @@ def test_bad_arguments_raise_a_setting_error_naming_them(kwargs: dict[str, Any],
     no_secret_in(exception_texts(info.value), PASSWORD, TOKEN)
 
 
-def test_the_bad_input_table_of_the_docs_matches_the_tests() -> None:
-    page = (Path(__file__).resolve().parent.parent / "docs" / "consumers" / "webhook.md")
-    table = page.read_text().split("## Bad input", 1)[1]
-    for _kwargs, _name, message in BAD:
-        shown = message.replace(PASSWORD, "<password>").replace(TOKEN, "<token>")
-        assert f"`{shown}`" in table.replace("\\|", "|") or shown in table, shown
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "consumers" / "webhook.md"
+
+
+def documented_bad_input() -> list[tuple[str, str]]:
+    """The rows of the page's bad-input table: (call, message)."""
+    table = PAGE.read_text().split("## Bad input", 1)[1]
+    return re.findall(r"^\| `(WebhookConsumer\(.*\))` \| `(.*)` \|$", table, re.M)
+
+
+def test_the_bad_input_table_of_the_docs_has_rows() -> None:
+    assert len(documented_bad_input()) >= 15
+
+
+@pytest.mark.parametrize(("call", "message"), documented_bad_input(),
+                         ids=[c[16:56] for c, _ in documented_bad_input()])
+def test_every_row_of_the_documented_bad_input_table_is_true(call: str, message: str) -> None:
+    call = call.replace("PASSWORD", PASSWORD).replace("TOKEN", TOKEN)
+    with pytest.raises(SettingError) as info:
+        eval(call, {"WebhookConsumer": WebhookConsumer, "URL": URL, "json": json})
+    assert str(info.value) == message.replace("\\r\\n", "\r\n")
+    no_secret_in(exception_texts(info.value), PASSWORD, TOKEN)
