@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import enum
+import json
 import logging
 import re
 import string
@@ -43,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from ssl import SSLContext
 from typing import Any, NamedTuple
+from urllib.parse import quote
 
 from aioconveyor import __version__
 from aioconveyor.kit import (
@@ -57,7 +59,7 @@ from aioconveyor.kit import (
     split_url,
 )
 
-from ._records import as_mapping, iter_produced, json_dumps
+from ._records import as_mapping, iter_produced, to_jsonable
 
 try:
     import aiohttp
@@ -91,6 +93,9 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 """A valid HTTP header name (RFC 9110 token)."""
 _RETRIED = frozenset({408, 429})
 """Client errors that a retry may cure."""
+_ENCODE = json.JSONEncoder(default=to_jsonable, separators=(",", ":"), allow_nan=False).encode
+"""Compact JSON, with ``to_jsonable`` for datetimes, Decimal, UUIDs...: one encoder, built
+once (``json.dumps`` with options builds one per call)."""
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -519,70 +524,102 @@ class WebhookConsumer:
     def _requests(self, data: Any, event_time: datetime) -> tuple[list[_Request], int, str]:
         """What to send for ``data``: the requests, how many records could not be encoded,
         and why the first of them could not."""
-        encoded: list[tuple[str, str, str]] = []  # (url, json, key)
+        values: list[tuple[str, Any, str]] = []  # (url, JSON value, key)
         bad, reason = 0, ""
         for when, item, producer in iter_produced(data, event_time):
             try:
-                url = self._url_for(producer, when)
-                encoded.append((url, self._encode(item, when, producer), _key(producer, when)))
+                stamp = when.isoformat()
+                url = self._url_for(producer, stamp)
+                key = f"{quote(producer, safe='')}/{stamp}" if producer else stamp
+                values.append((url, self._value(item, when, stamp, producer), key))
             except WebhookRejected as exc:  # the lane logs it with the call's outcome
                 bad += 1
                 reason = reason or str(exc)
         if self.batch == "each" or not isinstance(data, Batch):
-            return [_Request(url, body.encode(), key, 1) for url, body, key in encoded], \
-                bad, reason
-        groups: dict[str, list[tuple[str, str]]] = {}
-        for url, body, key in encoded:
-            groups.setdefault(url, []).append((body, key))
-        out: list[_Request] = []
+            out: list[_Request] = []
+            for url, value, key in values:
+                try:
+                    out.append(_Request(url, self._json(value, key).encode(), key, 1))
+                except WebhookRejected as exc:
+                    bad += 1
+                    reason = reason or str(exc)
+            return out, bad, reason
+        groups: dict[str, list[tuple[Any, str]]] = {}
+        for url, value, key in values:
+            groups.setdefault(url, []).append((value, key))
+        out = []
         for url, rows in groups.items():
-            key = rows[0][1] if len(rows) == 1 else f"{rows[0][1]}..{rows[-1][1]}"
-            array = f"[{','.join(body for body, _ in rows)}]".encode()
-            out.append(_Request(url, array, key, len(rows)))
+            try:  # the whole array at once; record by record only to find a bad one
+                array = _ENCODE([value for value, _ in rows])
+            except Exception:
+                good: list[tuple[str, str]] = []
+                for value, key in rows:
+                    try:
+                        good.append((self._json(value, key), key))
+                    except WebhookRejected as exc:
+                        bad += 1
+                        reason = reason or str(exc)
+                if not good:
+                    continue
+                array = f"[{','.join(text for text, _ in good)}]"
+                rows = good
+            first, last = rows[0][1], rows[-1][1]
+            out.append(_Request(url, array.encode(), first if len(rows) == 1
+                                else f"{first}..{last}", len(rows)))
         return out, bad, reason
 
-    def _url_for(self, producer: str, when: datetime) -> str:
+    def _url_for(self, producer: str, stamp: str) -> str:
         if not self._templated:
             return self._template
         if not producer:
             raise WebhookRejected(
                 f"url {self.url!r} needs the record's producer, and the record of "
-                f"{when.isoformat()} has none (it did not come from a conveyor's producer)")
-        return _FORMATTER.vformat(self._template, (),
-                                  {PRODUCER_FIELD: urllib.parse.quote(producer, safe="")})
+                f"{stamp} has none (it did not come from a conveyor's producer)")
+        return _FORMATTER.vformat(self._template, (), {PRODUCER_FIELD: quote(producer, safe="")})
 
-    def _encode(self, data: Any, when: datetime, producer: str) -> str:
-        value: Any
+    def _value(self, data: Any, when: datetime, stamp: str, producer: str) -> Any:
+        """The JSON value of one record (not yet encoded)."""
         if self.encoder is not None:
             try:
-                value = self.encoder(data, when)
+                return self.encoder(data, when)
             except Exception as exc:
-                raise WebhookRejected(f"encoder failed on the record of {when.isoformat()}: "
+                raise WebhookRejected(f"encoder failed on the record of {stamp}: "
                                       f"{type(exc).__name__}: {exc}") from exc
+        value: dict[str, Any]
+        if type(data) is dict:  # the usual case, quickly
+            value = data.copy()
         else:
             try:
                 fields = None if isinstance(data, str | bytes) else as_mapping(data)
             except TypeError:
                 fields = None
             except Exception as exc:
-                raise WebhookRejected(f"the record of {when.isoformat()} cannot be read as a "
-                                      f"mapping: {type(exc).__name__}: {exc}") from exc
+                raise WebhookRejected(f"the record of {stamp} cannot be read as a mapping: "
+                                      f"{type(exc).__name__}: {exc}") from exc
             value = {self.data_key: data} if fields is None else dict(fields)
-            if self.event_time_key is not None:
-                value.setdefault(self.event_time_key, when.isoformat())
-            if self.producer_key is not None:
-                value.setdefault(self.producer_key, producer)
+        if self.event_time_key is not None and self.event_time_key not in value:
+            value[self.event_time_key] = stamp
+        if self.producer_key is not None and self.producer_key not in value:
+            value[self.producer_key] = producer
+        return value
+
+    @staticmethod
+    def _json(value: Any, key: str) -> str:
         try:
-            return json_dumps(value)
+            return _ENCODE(value)
         except Exception as exc:  # the data's own fault: retrying cannot help
-            raise WebhookRejected(f"the record of {when.isoformat()} cannot be encoded as "
-                                  f"JSON: {type(exc).__name__}: {exc}") from exc
+            stamp = key.rpartition("/")[2]
+            raise WebhookRejected(f"the record of {stamp} cannot be encoded as JSON: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+    def _where(self, request: _Request) -> str:
+        """``POST <url>`` of ``request`` as shown (secrets masked), for messages."""
+        return f"{self.method} {self._mask(request.url)}"
 
     async def _send(self, session: aiohttp.ClientSession, request: _Request) -> None:
         """One request; returns on 2xx, else raises what the lane should do about it."""
         headers = ({} if self.idempotency_header is None
                    else {self.idempotency_header: request.key})
-        where = f"{self.method} {self._mask(request.url)}"
         try:
             async with session.request(self.method, request.url, data=request.body,
                                        headers=headers, allow_redirects=False) as response:
@@ -596,10 +633,13 @@ class WebhookConsumer:
                 date = response.headers.get("Date")
                 location = response.headers.get("Location")
         except TimeoutError:
+            where = self._where(request)
             raise WebhookTimeoutError(f"{where}: no answer within {self.timeout:g} s") from None
         except aiohttp.ClientError as exc:  # refused, reset, bad answer; may name the URL
+            where = self._where(request)
             raise WebhookConnectionError(
                 f"{where}: {type(exc).__name__}: {self._mask(str(exc))}") from None
+        where = self._where(request)
         detail = self._mask(" ".join(detail.split())[:_EXCERPT])
         text = f"{where}: HTTP {status}{' ' + reason if reason else ''}"
         if location is not None:
@@ -621,8 +661,4 @@ class WebhookConsumer:
         raise WebhookRejected(f"{text} (not retried)", status=status, count=request.records)
 
 
-def _key(producer: str, when: datetime) -> str:
-    """The idempotency key of one record: ``producer/event_time``."""
-    stamp = when.isoformat()
-    return f"{urllib.parse.quote(producer, safe='')}/{stamp}" if producer else stamp
 
