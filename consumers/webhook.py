@@ -75,6 +75,7 @@ __all__ = [
     "WebhookError",
     "WebhookHttpError",
     "WebhookRejected",
+    "WebhookTimeoutError",
     "retry_after_seconds",
 ]
 
@@ -303,7 +304,7 @@ class WebhookConsumer:
         self.method = method.upper()
         self.batch = check.one_of("batch", batch, ("array", "each"))
         self.timeout = check.positive("timeout", timeout)
-        self.max_retry_after = check.non_negative("max_retry_after", max_retry_after)
+        self.max_retry_after = check.positive("max_retry_after", max_retry_after)
 
         secrets: list[str] = [*secrets_of(url), *_query_secrets(parsed.template)]
         self.url = mask_text(url, secrets)

@@ -639,7 +639,7 @@ BAD = [
     ({"timeout": 0}, "timeout", "timeout must be a finite number > 0, got 0"),
     ({"timeout": "5"}, "timeout", "timeout must be a number, got '5' (str)"),
     ({"max_retry_after": -1}, "max_retry_after",
-     "max_retry_after must be a finite number >= 0, got -1"),
+     "max_retry_after must be a finite number > 0, got -1"),
     ({"headers": ["X-A: 1"]}, "headers", "headers must be a mapping of str to str or None, "
                                           "got list"),
     ({"headers": {"X A": "1"}}, "headers", "headers keys must be valid header names, "
