@@ -6,7 +6,8 @@ a fresh process, the same bodies (a small mapping plus ``event_time`` and ``prod
 compact JSON, with the same ``Content-Type`` and ``Idempotency-Key`` headers):
 
 * ``batch each``: one record per request, one request after the other. Raw: one
-  ``aiohttp.ClientSession`` posting them in a loop, JSON-encoding each. Conveyor: a
+  ``aiohttp.ClientSession`` posting them in a loop, JSON-encoding each (with one
+  ``json.JSONEncoder`` built beforehand; an array is encoded in one call). Conveyor: a
   producer returning a :class:`~aioconveyor.Batch` of ``CHUNK`` records per tick (every
   10 ms on the real clock, more than the consumer can send: it is the bottleneck), sent by
   ``WebhookConsumer(batch="each")``.
@@ -92,9 +93,12 @@ def _stats(url: str) -> dict[str, int]:
     return result
 
 
-def _body(data: dict[str, Any], when: datetime, producer: str) -> str:
-    return json.dumps({**data, "event_time": when.isoformat(), "producer": producer},
-                      separators=(",", ":"))
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+"""The raw client's JSON encoder, built once (as the consumer's is)."""
+
+
+def _value(data: dict[str, Any], when: datetime, producer: str) -> dict[str, Any]:
+    return {**data, "event_time": when.isoformat(), "producer": producer}
 
 
 def _key(when: datetime, producer: str) -> str:
@@ -111,14 +115,14 @@ async def _raw(mode: str, url: str,
         if mode == "array":
             for i in range(0, len(records), ARRAY):
                 chunk = records[i:i + ARRAY]
-                body = f"[{','.join(_body(d, w, producer) for d, w in chunk)}]".encode()
+                body = _ENCODE([_value(d, w, producer) for d, w in chunk]).encode()
                 key = f"{_key(chunk[0][1], producer)}..{_key(chunk[-1][1], producer)}"
                 async with session.post(url, data=body, headers={"Idempotency-Key": key}) as r:
                     await r.read()
                     assert r.status == 204, r.status
         else:
             for data, when in records:
-                async with session.post(url, data=_body(data, when, producer).encode(),
+                async with session.post(url, data=_ENCODE(_value(data, when, producer)).encode(),
                                         headers={"Idempotency-Key": _key(when, producer)}) as r:
                     await r.read()
                     assert r.status == 204, r.status

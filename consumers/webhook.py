@@ -525,53 +525,52 @@ class WebhookConsumer:
     def _requests(self, data: Any, event_time: datetime) -> tuple[list[_Request], int, str]:
         """What to send for ``data``: the requests, how many records could not be encoded,
         and why the first of them could not."""
-        values: list[tuple[str, Any, str]] = []  # (url, JSON value, key)
+        values: list[tuple[str, Any, str, str]] = []  # (url, JSON value, producer, time)
         bad, reason = 0, ""
         for when, item, producer in iter_produced(data, event_time):
             try:
                 stamp = when.isoformat()
-                url = self._url_for(producer, stamp)
-                key = f"{quote(producer, safe='')}/{stamp}" if producer else stamp
-                values.append((url, self._value(item, when, stamp, producer), key))
+                url = self._url_for(producer, stamp) if self._templated else self._template
+                values.append((url, self._value(item, when, stamp, producer), producer, stamp))
             except WebhookRejected as exc:  # the lane logs it with the call's outcome
                 bad += 1
                 reason = reason or str(exc)
+        out: list[_Request] = []
         if self.batch == "each" or not isinstance(data, Batch):
-            out: list[_Request] = []
-            for url, value, key in values:
+            for url, value, producer, stamp in values:
                 try:
-                    out.append(_Request(url, self._json(value, key).encode(), key, 1))
+                    out.append(_Request(url, _json(value, stamp).encode(),
+                                        _key(producer, stamp), 1))
                 except WebhookRejected as exc:
                     bad += 1
                     reason = reason or str(exc)
             return out, bad, reason
-        groups: dict[str, list[tuple[Any, str]]] = {}
-        for url, value, key in values:
-            groups.setdefault(url, []).append((value, key))
-        out = []
+        groups: dict[str, list[tuple[Any, str, str]]] = {}
+        for url, value, producer, stamp in values:
+            groups.setdefault(url, []).append((value, producer, stamp))
         for url, rows in groups.items():
             try:  # the whole array at once; record by record only to find a bad one
-                array = _ENCODE([value for value, _ in rows])
+                array = _ENCODE([value for value, _, _ in rows])
             except Exception:
-                good: list[tuple[str, str]] = []
-                for value, key in rows:
+                good: list[tuple[str, str, str]] = []
+                for value, producer, stamp in rows:
                     try:
-                        good.append((self._json(value, key), key))
+                        good.append((_json(value, stamp), producer, stamp))
                     except WebhookRejected as exc:
                         bad += 1
                         reason = reason or str(exc)
                 if not good:
                     continue
-                array = f"[{','.join(text for text, _ in good)}]"
+                array = f"[{','.join(text for text, _, _ in good)}]"
                 rows = good
-            first, last = rows[0][1], rows[-1][1]
-            out.append(_Request(url, array.encode(), first if len(rows) == 1
-                                else f"{first}..{last}", len(rows)))
+            key = _key(rows[0][1], rows[0][2])
+            if len(rows) > 1:
+                key = f"{key}..{_key(rows[-1][1], rows[-1][2])}"
+            out.append(_Request(url, array.encode(), key, len(rows)))
         return out, bad, reason
 
     def _url_for(self, producer: str, stamp: str) -> str:
-        if not self._templated:
-            return self._template
+        """The templated URL filled with ``producer``."""
         if not producer:
             raise WebhookRejected(
                 f"url {self.url!r} needs the record's producer, and the record of "
@@ -603,15 +602,6 @@ class WebhookConsumer:
         if self.producer_key is not None and self.producer_key not in value:
             value[self.producer_key] = producer
         return value
-
-    @staticmethod
-    def _json(value: Any, key: str) -> str:
-        try:
-            return _ENCODE(value)
-        except Exception as exc:  # the data's own fault: retrying cannot help
-            stamp = key.rpartition("/")[2]
-            raise WebhookRejected(f"the record of {stamp} cannot be encoded as JSON: "
-                                  f"{type(exc).__name__}: {exc}") from exc
 
     def _where(self, request: _Request) -> str:
         """``POST <url>`` of ``request`` as shown (secrets masked), for messages."""
@@ -662,4 +652,16 @@ class WebhookConsumer:
         raise WebhookRejected(f"{text} (not retried)", status=status, count=request.records)
 
 
+def _json(value: Any, stamp: str) -> str:
+    """One record's JSON; a value JSON cannot hold rejects the record."""
+    try:
+        return _ENCODE(value)
+    except Exception as exc:  # the data's own fault: retrying cannot help
+        raise WebhookRejected(f"the record of {stamp} cannot be encoded as JSON: "
+                              f"{type(exc).__name__}: {exc}") from exc
 
+
+def _key(producer: str, stamp: str) -> str:
+    """The idempotency key of one record: ``producer/event_time`` (the producer
+    percent-encoded), or the time alone for a record without a producer."""
+    return f"{quote(producer, safe='')}/{stamp}" if producer else stamp
