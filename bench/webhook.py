@@ -27,8 +27,9 @@ benchmark wants anyway.
 The conveyor runs with ``Consumer(copy=False, overflow="block", queue_size=4,
 timeout=math.inf)`` and is timed from the first producer call to the last delivery; raw
 from the first request to the last answer. The server's counts are checked after each run.
-Raw and conveyor runs alternate, ``RUNS`` of each, and the best of each counts: on a shared
-machine the other processes' load only ever slows a run down.
+Raw and conveyor runs alternate, ``RUNS`` of each (``--quick``: 5); the fastest of each
+counts (on a shared machine the other processes' load only ever slows a run down), next to
+the median of the ratios of the pairs run one after the other.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from ._util import ROOT, Row, Section, Target, ratio, run_worker
 
 CHUNK = 500
 ARRAY = 100
-RUNS = 5
+RUNS = 9
+"""Runs of each method per row (``--quick``: 5)."""
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 TABLE_COLUMNS = [
@@ -229,6 +231,7 @@ def _start_server() -> tuple[subprocess.Popen[bytes], str]:
 
 
 def run(quick: bool) -> Section:
+    repeats = 5 if quick else RUNS
     counts = {"batch each": 3_000 if quick else 10_000, "array": 30_000 if quick else 100_000,
               "each": 3_000 if quick else 10_000}
     section = Section(
@@ -239,8 +242,8 @@ def run(quick: bool) -> Section:
                f"per record; array: {ARRAY} records per request as a JSON array, a tick each; "
                "each: one record per tick, one request each; array and each on "
                "FakeClock(settle=5)",
-               f"raw and conveyor runs alternate, {RUNS} of each: the rows are the fastest run of "
-               "each (on a shared, busy machine the least disturbed), next to the median of "
+               f"raw and conveyor runs alternate, {repeats} of each: the rows are the fastest "
+               "run of each (on a shared, busy machine the least disturbed), next to the median of "
                "the ratios of the runs made one after the other; client CPU: the lowest "
                "process_time over the same span as the wall time (the conveyor's start and "
                "stop excluded)"],
@@ -249,7 +252,7 @@ def run(quick: bool) -> Section:
     try:
         for mode, records in counts.items():
             runs: dict[str, list[Row]] = {"raw": [], "conveyor": []}
-            for _ in range(RUNS):
+            for _ in range(repeats):
                 for method in ("raw", "conveyor"):
                     runs[method].append(run_worker(
                         "bench.webhook", "webhook_run", timeout=900.0, method=method,
