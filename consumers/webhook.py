@@ -631,7 +631,7 @@ class WebhookConsumer:
             raise WebhookConnectionError(
                 f"{where}: {type(exc).__name__}: {self._mask(str(exc))}") from None
         where = self._where(request)
-        detail = self._mask(" ".join(detail.split())[:_EXCERPT])
+        detail = " ".join(self._mask(detail).split())[:_EXCERPT]  # masked, then cut short
         text = f"{where}: HTTP {status}{' ' + reason if reason else ''}"
         if location is not None:
             text += f" (redirect to {self._mask(location)})"
