@@ -113,6 +113,12 @@ def _pretty_consumer() -> type[Any]:
     return PrettyPrintConsumer
 
 
+def _webhook_consumer() -> type[Any]:
+    from .consumers.webhook import WebhookConsumer
+
+    return WebhookConsumer
+
+
 def _postgres_leader() -> type[Any]:
     from ._leader_postgres import PostgresLeader
 
@@ -126,6 +132,7 @@ BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "nats": _nats_consumer,
     "postgres": _postgres_consumer,
     "pretty": _pretty_consumer,
+    "webhook": _webhook_consumer,
 }
 """The short ``type`` names of ``[[consumers]]``, each with a function that imports and
 returns the class it stands for."""

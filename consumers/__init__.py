@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .nats import NatsConsumer as NatsConsumer
     from .postgres import PostgresConsumer as PostgresConsumer
     from .pretty import PrettyPrintConsumer as PrettyPrintConsumer
+    from .webhook import WebhookConsumer as WebhookConsumer
 
 __all__ = [
     "CsvConsumer",
@@ -36,6 +37,7 @@ __all__ = [
     "NatsConsumer",
     "PostgresConsumer",
     "PrettyPrintConsumer",
+    "WebhookConsumer",
 ]
 
 
@@ -65,4 +67,8 @@ def __getattr__(name: str) -> Any:
         from .pretty import PrettyPrintConsumer
 
         return PrettyPrintConsumer
+    if name == "WebhookConsumer":
+        from .webhook import WebhookConsumer
+
+        return WebhookConsumer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

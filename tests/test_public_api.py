@@ -28,6 +28,7 @@ PUBLIC = {
     "aioconveyor.consumers": [
         "CsvConsumer", "HaBinarySensor", "HaDiscovery", "HaSensor", "InfluxConsumer",
         "MqttConsumer", "NatsConsumer", "PostgresConsumer", "PrettyPrintConsumer",
+        "WebhookConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
     "aioconveyor.consumers.pretty": ["PrettyPrintConsumer"],
