@@ -86,6 +86,12 @@ def _mqtt_consumer() -> type[Any]:
     return MqttConsumer
 
 
+def _redis_consumer() -> type[Any]:
+    from .consumers.redis import RedisStreamConsumer
+
+    return RedisStreamConsumer
+
+
 def _postgres_consumer() -> type[Any]:
     from .consumers.postgres import PostgresConsumer
 
@@ -109,6 +115,7 @@ BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "mqtt": _mqtt_consumer,
     "postgres": _postgres_consumer,
     "pretty": _pretty_consumer,
+    "redis": _redis_consumer,
 }
 """The short ``type`` names of ``[[consumers]]``, each with a function that imports and
 returns the class it stands for."""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .mqtt import MqttConsumer as MqttConsumer
     from .postgres import PostgresConsumer as PostgresConsumer
     from .pretty import PrettyPrintConsumer as PrettyPrintConsumer
+    from .redis import RedisStreamConsumer as RedisStreamConsumer
 
 __all__ = [
     "CsvConsumer",
@@ -30,11 +31,12 @@ __all__ = [
     "MqttConsumer",
     "PostgresConsumer",
     "PrettyPrintConsumer",
+    "RedisStreamConsumer",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # real imports, one module at a time: asyncpg, aiomqtt and rich load only when asked for
+    # real imports, one module at a time: asyncpg, aiomqtt, redis and rich load only when asked for
     if name == "CsvConsumer":
         from .csv import CsvConsumer
 
@@ -51,4 +53,8 @@ def __getattr__(name: str) -> Any:
         from .pretty import PrettyPrintConsumer
 
         return PrettyPrintConsumer
+    if name == "RedisStreamConsumer":
+        from .redis import RedisStreamConsumer
+
+        return RedisStreamConsumer
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

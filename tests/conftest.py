@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from support.services import MQTT_URL, POSTGRES_DSN, require_server
+from support.services import MQTT_URL, POSTGRES_DSN, REDIS_URL, require_server
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,13 @@ def mqtt_url() -> str:
     """URL of the real test Mosquitto (skip locally / fail under CI=true if unreachable)."""
     require_server("Mosquitto", MQTT_URL, 1883)
     return MQTT_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real test Redis (skip locally / fail under CI=true if unreachable)."""
+    require_server("Redis", REDIS_URL, 6379)
+    return REDIS_URL
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ PUBLIC = {
     "aioconveyor.testing": ["FakeClock", "MemoryConsumer", "wait_until", "wait_until_blocking"],
     "aioconveyor.consumers": [
         "CsvConsumer", "HaDiscovery", "HaSensor", "MqttConsumer", "PostgresConsumer",
-        "PrettyPrintConsumer",
+        "PrettyPrintConsumer", "RedisStreamConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
     "aioconveyor.consumers.pretty": ["PrettyPrintConsumer"],

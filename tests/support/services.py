@@ -16,10 +16,13 @@ POSTGRES_DSN = os.environ.get(
     "AIOCONVEYOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MQTT_URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+REDIS_URL = os.environ.get("AIOCONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 START_HINTS = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "Mosquitto": "mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    "Redis": ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+              "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"),
 }
 
 
