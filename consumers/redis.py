@@ -37,9 +37,8 @@ import json
 import logging
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from aioconveyor.kit import (
     ConveyorError,
@@ -145,6 +144,9 @@ def entry_id(event_time: datetime) -> str:
 
 def _text(value: Any) -> bytes:
     """One field value: str and bytes as they are, int and float as text, the rest JSON."""
+    fast = _FAST.get(type(value))
+    if fast is not None:
+        return fast(value)
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
     if isinstance(value, str):
@@ -163,6 +165,16 @@ def _text(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
+_FAST: dict[type, Callable[[Any], bytes]] = {
+    str: str.encode,
+    bytes: bytes,
+    bool: lambda v: b"true" if v else b"false",
+    int: lambda v: int.__repr__(v).encode(),
+    float: lambda v: float.__repr__(v).encode(),
+}
+"""The exact types of most values, each with its conversion (one dict lookup)."""
+
+
 def _name(key: Any) -> bytes:
     if isinstance(key, str):
         return key.encode("utf-8")
@@ -171,8 +183,18 @@ def _name(key: Any) -> bytes:
     raise TypeError(f"field names must be str or bytes, got {key!r} ({type(key).__name__})")
 
 
+def _flat(mapping: Mapping[Any, Any]) -> dict[bytes, bytes]:
+    """A field per key of ``mapping``."""
+    try:  # str keys, as nearly always
+        return {k.encode(): _text(v) for k, v in mapping.items()}
+    except AttributeError:
+        return {_name(k): _text(v) for k, v in mapping.items()}
+
+
 def _mapping(data: Any) -> Mapping[Any, Any] | None:
     """The record as a mapping (mapping, dataclass, ``model_dump()``), or None."""
+    if type(data) is dict:
+        return data
     if isinstance(data, str | bytes | bytearray | memoryview):
         return None
     try:
@@ -181,8 +203,7 @@ def _mapping(data: Any) -> Mapping[Any, Any] | None:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
+class _Entry(NamedTuple):
     stream: str
     id: str
     fields: dict[bytes, bytes]
@@ -429,7 +450,7 @@ class RedisStreamConsumer:
                 if not isinstance(out, Mapping):
                     raise TypeError(f"the encoder must return a mapping of field to value, "
                                     f"got {type(out).__name__}")
-                fields = {_name(k): _text(v) for k, v in out.items()}
+                fields = _flat(out)
             elif self.layout == "json":
                 fields = {DATA_FIELD.encode(): json_dumps(data).encode("utf-8")}
             else:
@@ -437,7 +458,7 @@ class RedisStreamConsumer:
                 if mapping is None:
                     fields = {DATA_FIELD.encode(): _text(data)}
                 else:
-                    fields = {_name(k): _text(v) for k, v in mapping.items()}
+                    fields = _flat(mapping)
             if self._time_key is not None and self.encoder is None:
                 fields.setdefault(self._time_key, when.encode())
         except Exception as exc:  # the record's own fault: retrying cannot help

@@ -197,6 +197,25 @@ async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
         server.stop()
 
 
+async def run_until_delivered(conv: AioConveyor, items: int, consumer: str = "redis") -> None:
+    """Run ``conv`` (on a FakeClock) until ``consumer`` has settled ``items`` items, then stop
+    it with nothing in flight.
+
+    Not ``max_ticks``: a FakeClock jumps to its next timer whenever the loop waits, also
+    for a reply from Redis, so a stop deadline (and the call timeout: hence
+    ``timeout=math.inf``) could pass during one real round trip. The producers return
+    None once done; their later ticks offer nothing.
+    """
+    running = asyncio.create_task(conv.run())
+    try:
+        assert await wait_until(
+            lambda: (s := conv.stats().consumer(consumer)).offered >= items
+            and s.queued == s.in_flight == 0, timeout=30), conv.stats().consumer(consumer)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+
 # -- through a conveyor ----------------------------------------------------------------
 
 
@@ -205,19 +224,20 @@ async def test_every_tick_of_every_producer_is_one_entry_with_its_grid_time_id(
 ) -> None:
     produced: dict[str, list[datetime]] = {"inverter": [], "meter": []}
 
-    def make(name: str) -> Any:
-        def produce(event_time: datetime) -> dict[str, Any]:
+    def make(name: str, ticks: int) -> Any:
+        def produce(event_time: datetime) -> dict[str, Any] | None:
+            if len(produced[name]) == ticks:
+                return None
             produced[name].append(event_time)
             return {"device": name, "n": len(produced[name]), "power_w": 1.5}
         return produce
 
     sink = RedisStreamConsumer(redis_url, stream=streams.key())
     conv = AioConveyor(producers=[
-        Producer(make("inverter"), name="inverter", every=1.0, max_ticks=4),
-        Producer(make("meter"), name="meter", every=2.0, offset=0.5, max_ticks=3),
-    ], consumers=[Consumer(sink, timeout=math.inf)], clock=FakeClock(start=1_767_225_600.0),
-        stop_timeout=60)
-    await conv.run()
+        Producer(make("inverter", 4), name="inverter", every=1.0),
+        Producer(make("meter", 3), name="meter", every=2.0, offset=0.5),
+    ], consumers=[Consumer(sink, timeout=math.inf)], clock=FakeClock(start=1_767_225_600.0))
+    await run_until_delivered(conv, 7)
     for name, times in produced.items():
         entries = await streams.entries(streams.key(name))
         assert [i for i, _ in entries] == [entry_id(t) for t in times]
@@ -239,16 +259,18 @@ async def test_a_lost_reply_is_retried_by_the_lane_and_the_tick_is_stored_once(
                                    max_backoff=0.5)
         times: list[datetime] = []
 
-        def produce(event_time: datetime) -> dict[str, int]:
+        def produce(event_time: datetime) -> dict[str, int] | None:
+            if len(times) == 5:
+                return None
             times.append(event_time)
             if len(times) == 3:
                 proxy.drop = 1  # the reply to this tick's XADD is lost
             return {"n": len(times)}
 
-        conv = AioConveyor(producers=[Producer(produce, name="pv", every=10.0, max_ticks=5)],
+        conv = AioConveyor(producers=[Producer(produce, name="pv", every=10.0)],
                            consumers=[Consumer(sink, timeout=math.inf)],
-                           clock=FakeClock(start=1_767_225_600.0), stop_timeout=60)
-        await conv.run()
+                           clock=FakeClock(start=1_767_225_600.0))
+        await run_until_delivered(conv, 5)
     assert proxy.dropped == 1
     assert await streams.ids(streams.key("pv")) == [entry_id(t) for t in times]
     stats = conv.stats().consumer("redis")
@@ -556,10 +578,18 @@ async def test_the_password_may_hold_any_character_and_never_shows(
     async with sink:
         await sink(batch(("pv", {"n": 1}, T0)), T0)
         assert SECRET not in repr(sink)
-    conv = AioConveyor(lambda t: {"n": 1}, [RedisStreamConsumer(
-        f"redis://127.0.0.1:{private_redis.port}/0", password=password, name="by-arg")],
-        loop_interval=1.0, clock=FakeClock(), max_ticks=2, stop_timeout=30)
-    await conv.run()
+    ticks: list[datetime] = []
+
+    def meter(event_time: datetime) -> dict[str, int] | None:
+        if len(ticks) == 2:
+            return None
+        ticks.append(event_time)
+        return {"n": len(ticks)}
+
+    conv = AioConveyor(meter, [Consumer(RedisStreamConsumer(
+        f"redis://127.0.0.1:{private_redis.port}/0", password=password, name="by-arg"),
+        timeout=math.inf)], loop_interval=1.0, clock=FakeClock())
+    await run_until_delivered(conv, 2, "by-arg")
     assert conv.stats().consumer("by-arg").delivered == 2
 
     wrong = RedisStreamConsumer(f"redis://:wrong-{SECRET}@127.0.0.1:{private_redis.port}/0")
