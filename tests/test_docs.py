@@ -72,7 +72,8 @@ def test_every_python_block_of_the_manual_is_tested() -> None:
                 "(or <!-- not tested: why -->)")
 
 
-SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url"}
+SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url", "redis": "redis_url"}
+SERVER_ENV = {"postgres": "POSTGRES_DSN", "mqtt": "MQTT_URL", "redis": "REDIS_URL"}
 
 
 def example_id(value: object) -> str:
@@ -86,7 +87,7 @@ def test_documented_example_runs(page: str, tags: str, lang: str, code: str, tmp
     for tag in tags.split():
         if tag in SERVER_FIXTURES:  # skip locally / fail in CI if down
             url = request.getfixturevalue(SERVER_FIXTURES[tag])
-            env["POSTGRES_DSN" if tag == "postgres" else "MQTT_URL"] = url
+            env[SERVER_ENV[tag]] = url
     if lang == "python":
         result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=60, check=False)
