@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import uuid
@@ -35,7 +36,8 @@ from aioconveyor.consumers.redis import (
 from aioconveyor.kit import Tick
 from aioconveyor.testing import FakeClock, wait_until
 from support.proxy import TcpProxy, proxied
-from support.services import free_port, host_port
+from support.services import free_port, host_port, in_ci
+from support.tls import TlsFiles, make_tls
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SECRET = "s3cr3t-Pa55"
@@ -149,12 +151,21 @@ def started(proxy: TcpProxy) -> Iterator[TcpProxy]:
 class PrivateRedis:
     """A redis-server of this test's own on a free port (a password, nothing saved)."""
 
-    def __init__(self, tmp_path: Path, password: str) -> None:
+    def __init__(self, tmp_path: Path, password: str | None = None,
+                 tls: TlsFiles | None = None) -> None:
         self.port = free_port()
         conf = tmp_path / "redis.conf"
-        quoted = password.replace("\\", "\\\\").replace('"', '\\"')
-        conf.write_text(f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\n'
-                        f'dir {tmp_path}\nrequirepass "{quoted}"\n')
+        lines = ["bind 127.0.0.1", 'save ""', "appendonly no", f"dir {tmp_path}"]
+        if password is not None:
+            quoted = password.replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'requirepass "{quoted}"')
+        if tls is None:
+            lines.append(f"port {self.port}")
+        else:  # TLS only
+            lines += ["port 0", f"tls-port {self.port}", f"tls-cert-file {tls.certfile}",
+                      f"tls-key-file {tls.keyfile}", f"tls-ca-cert-file {tls.cafile}",
+                      "tls-auth-clients no"]
+        conf.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen(["redis-server", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
 
@@ -183,18 +194,25 @@ class PrivateRedis:
             self.process.wait(timeout=10)
 
 
-@pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    import shutil
-
+@contextlib.asynccontextmanager
+async def private(tmp_path: Path, **options: Any) -> AsyncIterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis(tmp_path, "p@ss/w:rd?#" + SECRET)
+        reason = "redis-server is not installed"
+        if in_ci():
+            pytest.fail(f"CI=true: {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = PrivateRedis(tmp_path, **options)
     try:
         await server.ready()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def private_redis(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    async with private(tmp_path, password="p@ss/w:rd?#" + SECRET) as server:
+        yield server
 
 
 async def run_until_delivered(conv: AioConveyor, items: int, consumer: str = "redis") -> None:
@@ -601,6 +619,23 @@ async def test_the_password_may_hold_any_character_and_never_shows(
         await nopass.open()
     for text in (str(info.value), repr(wrong), caplog.text):
         assert SECRET not in text
+
+
+async def test_rediss_verifies_the_server_certificate(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path)
+    async with private(tmp_path, tls=tls) as server:
+        url = f"rediss://127.0.0.1:{server.port}/0"
+        trusting = RedisStreamConsumer(url, stream="tls:{producer}",
+                                       client_options={"ssl_ca_certs": str(tls.cafile)})
+        async with trusting:
+            await trusting(batch(("pv", {"n": 1}, T0)), T0)
+        assert trusting.written == 1
+        untrusting = RedisStreamConsumer(url, timeout=5)  # the system's CAs only
+        with pytest.raises(RedisConnectionError, match=r"cannot connect: .*CERTIFICATE_VERIFY_FAILED"):
+            await untrusting.open()
+        plain = RedisStreamConsumer(f"redis://127.0.0.1:{server.port}/0", timeout=2)
+        with pytest.raises(RedisConnectionError):  # a TLS port does not speak plain RESP
+            await plain.open()
 
 
 def test_the_url_is_shown_masked_and_tls_comes_with_rediss() -> None:
