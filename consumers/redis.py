@@ -427,6 +427,7 @@ class RedisStreamConsumer:
         if problems:
             self.rejected += len(problems)
             if len(problems) == 1:
+                problems[0].count = 1  # only this one: the lane counts the rest delivered
                 raise problems[0]
             raise RedisRecordError(f"{len(problems)} records could not be stored; the first: "
                                    f"{problems[0]}", count=len(problems)) from problems[0]

@@ -268,6 +268,30 @@ async def test_every_tick_of_every_producer_is_one_entry_with_its_grid_time_id(
     assert (sink.written, sink.duplicates, sink.rejected) == (7, 0, 0)
 
 
+async def test_a_bad_record_in_a_lane_batch_is_the_only_one_rejected(
+    streams: Streams, redis_url: str,
+) -> None:
+    times: list[datetime] = []
+
+    def produce(event_time: datetime) -> dict[str, Any] | None:
+        if len(times) == 6:
+            return None
+        times.append(event_time)
+        return {"n": len(times), "bad": object()} if len(times) == 2 else {"n": len(times)}
+
+    sink = RedisStreamConsumer(redis_url, stream=streams.key())
+    conv = AioConveyor(producers=[Producer(produce, name="pv", every=1.0)],
+                       consumers=[Consumer(sink, batch_size=3, batch_age=60, timeout=math.inf,
+                                           copy=False)],
+                       clock=FakeClock(start=1_767_225_600.0))
+    await run_until_delivered(conv, 6)
+    assert await streams.ids(streams.key("pv")) == [entry_id(t) for i, t in enumerate(times)
+                                                    if i != 1]
+    stats = conv.stats().consumer("redis")
+    assert (stats.offered, stats.delivered, stats.rejected, stats.retries) == (6, 5, 1, 0)
+    assert "cannot encode the record of" in (stats.last_error or "")
+
+
 async def test_a_lost_reply_is_retried_by_the_lane_and_the_tick_is_stored_once(
     streams: Streams, redis_url: str,
 ) -> None:
