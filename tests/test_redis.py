@@ -92,12 +92,26 @@ def batch(*items: tuple[str, Any, datetime]) -> Batch:
 
 class ReplyDropper(TcpProxy):
     """A proxy that forwards requests but, ``drop`` times, throws the server's reply away
-    and cuts both connections: the command ran, its answer never came back."""
+    and cuts both connections: the command ran, its answer never came back. While ``hold``
+    is set it keeps the replies back instead (a slow network), until :meth:`release`."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         super().__init__(target_host, target_port)
         self.drop = 0
         self.dropped = 0
+        self.hold = False
+        self._held: list[tuple[asyncio.StreamWriter, bytes]] = []
+
+    def release(self) -> None:
+        """Send the replies held back to their connections (if still open)."""
+        self.hold = False
+        self._call(self._release())
+
+    async def _release(self) -> None:
+        for writer, data in self._held:
+            if not writer.is_closing():
+                writer.write(data)
+        self._held.clear()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -125,6 +139,9 @@ class ReplyDropper(TcpProxy):
                         self.drop -= 1
                         self.dropped += 1
                         break
+                    if self.hold:
+                        self._held.append((writer, data))
+                        continue
                     writer.write(data)
                     await writer.drain()
             except (OSError, asyncio.CancelledError):
@@ -348,6 +365,29 @@ async def test_a_batch_whose_replies_were_lost_is_stored_once_on_the_retry(
             await sink(records, T0)  # the client reconnects
     assert await streams.ids(streams.key("pv")) == [entry_id(at(i)) for i in range(50)]
     assert sink.duplicates == stored and sink.written == 50 - stored
+
+
+async def test_a_call_cancelled_while_waiting_for_replies_leaves_no_stale_reply_behind(
+    streams: Streams, redis_url: str,
+) -> None:
+    """The lane's timeout cancels a call whose replies are late; they arrive afterwards.
+    The next calls must read their own replies, not those (the connection is dropped)."""
+    first = batch(*[("pv", {"n": i}, at(i)) for i in range(20)])
+    second = batch(*[("pv", {"n": i}, at(i)) for i in range(20, 40)])
+    with started(ReplyDropper(*host_port(redis_url, 6379))) as proxy:
+        assert isinstance(proxy, ReplyDropper)
+        async with RedisStreamConsumer(proxied(redis_url, proxy.port),
+                                       stream=streams.key()) as sink:
+            proxy.hold = True
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await sink(first, T0)
+            assert await wait_until(lambda: len(proxy._held) > 0, timeout=10)
+            await asyncio.to_thread(proxy.release)
+            await sink(second, T0)
+            await sink(first, T0)  # the retry of the cancelled call: found stored
+    assert await streams.ids(streams.key("pv")) == [entry_id(at(i)) for i in range(40)]
+    assert (sink.written, sink.duplicates, sink.rejected) == (20, 20, 0)
 
 
 async def test_cutting_the_connection_mid_stream_again_and_again_loses_and_doubles_nothing(
