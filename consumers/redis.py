@@ -38,6 +38,7 @@ import logging
 import string
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any, NamedTuple
 
 from aioconveyor.kit import (
@@ -476,9 +477,10 @@ class RedisStreamConsumer:
         """One pipeline of XADDs; the refused IDs are looked up. Returns the records that
         can never be stored; raises for anything a retry may cure."""
         pipe = client.pipeline(transaction=False)
+        trim: tuple[Any, ...] = () if self.maxlen is None else (b"MAXLEN", b"~", self.maxlen)
+        add = pipe.execute_command  # what pipe.xadd() does, without rebuilding its arguments
         for e in entries:
-            pipe.xadd(e.stream, e.fields, id=e.id, maxlen=self.maxlen,  # type: ignore[arg-type]
-                      approximate=True)
+            add("XADD", e.stream, *trim, e.id, *chain.from_iterable(e.fields.items()))
         replies = await self._execute(pipe, "write")
         refused: list[_Entry] = []
         failed: list[tuple[_Entry, ResponseError]] = []
