@@ -36,6 +36,7 @@ import enum
 import json
 import logging
 import string
+import urllib.parse
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from itertools import chain
@@ -295,6 +296,11 @@ class RedisStreamConsumer:
         except ValueError as exc:
             check.fail("url", self.url, f"must look like redis://host:6379/0, rediss://host "
                                         f"or unix:///path: {exc}; got {self.url!r}")
+        path = urllib.parse.urlsplit(bare).path
+        if head.lower() != "unix://" and path not in ("", "/") and not path[1:].isdigit():
+            # redis-py would quietly use database 0
+            check.fail("url", self.url, f"must name the database by its number "
+                                        f"(redis://host:6379/0), got {self.url!r}")
         if password is not None and url_password is not None:
             check.conflict("password", "***", "a password in url", "give it once")
         self._bare_url = bare

@@ -718,6 +718,8 @@ def test_the_url_is_shown_masked_and_tls_comes_with_rediss() -> None:
     ({"url": f"http://u:{SECRET}@h"}, "url", "url must look like redis://host:6379/0, "
      "rediss://host or unix:///path: Redis URL must specify one of the following schemes "
      "(redis://, rediss://, unix://); got 'http://u:***@h'"),
+    ({"url": f"redis://:{SECRET}@h/cache"}, "url", "url must name the database by its number "
+     "(redis://host:6379/0), got 'redis://:***@h/cache'"),
     ({"url": f"redis://:{SECRET}@h", "password": "x"}, "password",
      "password cannot be combined with a password in url (give it once)"),
     ({"password": b"x"}, "password", "password must be a str or None, got bytes"),
