@@ -702,6 +702,28 @@ async def test_rediss_verifies_the_server_certificate(tmp_path: Path) -> None:
             await plain.open()
 
 
+M = "Zq9xK"
+ODD_PASSWORDS = [f"{M}#{M}", f"{M}/{M}", f"{M}?{M}", f"{M}@{M}", f"{M}:{M}", f"{M} {M}",
+                 f"{M}%{M}", f"{M}'{M}", f"{M}é€😀{M}", f"{M}/{M}@{M}#{M}?{M}", f"{M}?x=1@{M}",
+                 f"{M}:{M}@{M}:{M}", f"{M}[{M}]{M}"]
+
+
+@pytest.mark.parametrize("password", ODD_PASSWORDS)
+async def test_any_password_is_read_from_the_url_and_never_shown(
+    password: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    closed = free_port()
+    sink = RedisStreamConsumer(f"redis://alice:{password}@127.0.0.1:{closed}/3", timeout=1)
+    assert sink.url == f"redis://alice:***@127.0.0.1:{closed}/3"
+    assert (sink._username, sink._password, sink._bare_url) == (
+        "alice", password, f"redis://127.0.0.1:{closed}/3")
+    with pytest.raises(RedisConnectionError) as info:
+        await sink.open()
+    for text in (repr(sink), str(info.value), caplog.text):
+        assert M not in text
+
+
 def test_the_url_is_shown_masked_and_tls_comes_with_rediss() -> None:
     assert RedisStreamConsumer().url == "redis://127.0.0.1:6379/0"
     c = RedisStreamConsumer(f"rediss://alice:{SECRET}@cache.example:6380/2")
