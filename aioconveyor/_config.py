@@ -99,6 +99,10 @@ def _nats_consumer() -> type[Any]:
     from .consumers.nats import NatsConsumer
 
     return NatsConsumer
+def _redis_consumer() -> type[Any]:
+    from .consumers.redis import RedisStreamConsumer
+
+    return RedisStreamConsumer
 
 
 def _postgres_consumer() -> type[Any]:
@@ -133,6 +137,7 @@ BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "postgres": _postgres_consumer,
     "pretty": _pretty_consumer,
     "webhook": _webhook_consumer,
+    "redis": _redis_consumer,
 }
 """The short ``type`` names of ``[[consumers]]``, each with a function that imports and
 returns the class it stands for."""

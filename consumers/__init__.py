@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .nats import NatsConsumer as NatsConsumer
     from .postgres import PostgresConsumer as PostgresConsumer
     from .pretty import PrettyPrintConsumer as PrettyPrintConsumer
+    from .redis import RedisStreamConsumer as RedisStreamConsumer
     from .webhook import WebhookConsumer as WebhookConsumer
 
 __all__ = [
@@ -37,12 +38,14 @@ __all__ = [
     "NatsConsumer",
     "PostgresConsumer",
     "PrettyPrintConsumer",
+    "RedisStreamConsumer",
     "WebhookConsumer",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # real imports, one module at a time: asyncpg, aiomqtt, nats-py, rich load only when asked for
+    # real imports, one module at a time: asyncpg, aiomqtt, nats-py, redis, aiohttp and rich
+    # load only when asked for
     if name == "CsvConsumer":
         from .csv import CsvConsumer
 
@@ -67,6 +70,10 @@ def __getattr__(name: str) -> Any:
         from .pretty import PrettyPrintConsumer
 
         return PrettyPrintConsumer
+    if name == "RedisStreamConsumer":
+        from .redis import RedisStreamConsumer
+
+        return RedisStreamConsumer
     if name == "WebhookConsumer":
         from .webhook import WebhookConsumer
 

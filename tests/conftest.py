@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from support.services import MQTT_URL, NATS_URL, POSTGRES_DSN, require_server
+from support.services import MQTT_URL, NATS_URL, POSTGRES_DSN, REDIS_URL, require_server
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +28,13 @@ def nats_url() -> str:
     if unreachable)."""
     require_server("NATS", NATS_URL, 4222)
     return NATS_URL
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real test Redis (skip locally / fail under CI=true if unreachable)."""
+    require_server("Redis", REDIS_URL, 6379)
+    return REDIS_URL
 
 
 @pytest.fixture

@@ -77,9 +77,10 @@ def test_every_python_block_of_the_manual_is_tested() -> None:
 
 
 SERVER_FIXTURES = {"postgres": "postgres_dsn", "mqtt": "mqtt_url", "nats": "nats_url",
+                   "redis": "redis_url",
                    "influx": "influxd_url"}  # influx: a private InfluxDB 1.x (support/influx.py)
 SERVER_ENV = {"postgres": "POSTGRES_DSN", "mqtt": "MQTT_URL", "nats": "NATS_URL",
-              "influx": "INFLUX_URL"}
+              "redis": "REDIS_URL", "influx": "INFLUX_URL"}
 
 
 def example_id(value: object) -> str:

@@ -28,7 +28,7 @@ PUBLIC = {
     "aioconveyor.consumers": [
         "CsvConsumer", "HaBinarySensor", "HaDiscovery", "HaSensor", "InfluxConsumer",
         "MqttConsumer", "NatsConsumer", "PostgresConsumer", "PrettyPrintConsumer",
-        "WebhookConsumer",
+        "RedisStreamConsumer", "WebhookConsumer",
     ],
     "aioconveyor.consumers.csv": ["CsvConsumer"],
     "aioconveyor.consumers.pretty": ["PrettyPrintConsumer"],

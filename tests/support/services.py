@@ -17,12 +17,15 @@ POSTGRES_DSN = os.environ.get(
 )
 MQTT_URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 NATS_URL = os.environ.get("AIOCONVEYOR_TEST_NATS_URL", "nats://127.0.0.1:4222")
+REDIS_URL = os.environ.get("AIOCONVEYOR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 START_HINTS = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "Mosquitto": "mosquitto -d -c /etc/mosquitto/mosquitto.conf",
     "NATS": ("start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- "
              "-a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"),
+    "Redis": ('redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" '
+              "--appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log"),
 }
 
 
