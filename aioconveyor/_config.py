@@ -104,6 +104,12 @@ def _postgres_leader() -> type[Any]:
     return PostgresLeader
 
 
+def _postgres_group() -> type[Any]:
+    from ._group_postgres import PostgresGroup
+
+    return PostgresGroup
+
+
 BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "csv": _csv_consumer,
     "mqtt": _mqtt_consumer,
@@ -113,7 +119,10 @@ BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
 """The short ``type`` names of ``[[consumers]]``, each with a function that imports and
 returns the class it stands for."""
 
-BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {"postgres": _postgres_leader}
+BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {
+    "postgres": _postgres_leader,
+    "postgres-group": _postgres_group,
+}
 """The short ``type`` names of ``[leader]``, the same way."""
 
 _SECTIONS = ("conveyor", "producer", "producers", "consumers", "leader", "metrics")

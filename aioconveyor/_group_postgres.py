@@ -402,12 +402,12 @@ class PostgresGroup:
             holders = await conn.fetch(_HOLDERS_SQL, timeout=self.connect_timeout)
         finally:
             await conn.close(timeout=self.connect_timeout)
-        ids = {lock_id_for(self._lock_name(k)): k for k in keys}
+        ids = {lock_id_for(self.lock_name(k)): k for k in keys}
         held: dict[int, list[str]] = {}
         for row in holders:
             lock = row["id"] - (1 << 64) if row["id"] >= 1 << 63 else row["id"]
             if lock in ids:
-                held.setdefault(row["pid"], []).append(self._lock_name(ids[lock]))
+                held.setdefault(row["pid"], []).append(self.lock_name(ids[lock]))
         found = []
         for row in rows:
             if row["pid"] is None or row["c"] != self.group_id:
@@ -676,7 +676,9 @@ class PostgresGroup:
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def _lock_name(self, key: str | None) -> str:
+    def lock_name(self, key: str | None) -> str:
+        """What is hashed and locked for producer key ``key``: ``group/key`` (``None``:
+        ``group``); the lock id is ``lock_id_for`` of it."""
         return self.group if key is None else f"{self.group}/{key}"
 
     def _slot(self, key: str | None) -> _Slot:
@@ -684,7 +686,7 @@ class PostgresGroup:
         if slot is None:
             if key is not None:
                 _validate.text("key", key)
-            name = self._lock_name(key)
+            name = self.lock_name(key)
             slot = self._slots[key] = _Slot(key, name, lock_id_for(name))
             self._keys_version += 1
             self._kick()  # show the new set, and try its lock soon
