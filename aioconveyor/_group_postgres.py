@@ -53,10 +53,15 @@ STANDBY = "standby"
 UNKNOWN = "unknown"
 
 _APP = "aioconveyor group "
+_AGREE_CHECKS = 3
+"""Checks a member's set of producers must stay the same before it is shown, and a
+difference between members must last before the plain assignment takes over."""
+_NAMED = 5
+"""Producers named in one log line about many."""
 _JOIN_SQL = "SELECT pg_try_advisory_lock($1::int, $2::int)"
 _DIGEST_SQL = ("SELECT pg_advisory_unlock_shared($1::int, $2::int) "
                "WHERE $2::int >= 0 UNION ALL "
-               "SELECT pg_try_advisory_lock_shared($1::int, $3::int)")
+               "SELECT pg_try_advisory_lock_shared($1::int, $3::int) WHERE $3::int >= 0")
 _CHECK_SQL = """
 WITH u AS (
   SELECT count(*) FILTER (WHERE pg_advisory_unlock(id)) AS n
@@ -99,6 +104,11 @@ def member_id_for(group: str, name: str) -> int:
 
 def _digest(names: Iterable[str]) -> int:
     return _id31(b"aioconveyor.keys:", "\n".join(sorted(names)))
+
+
+def _names(slots: list[_Slot]) -> str:
+    shown = ", ".join(s.name for s in slots[:_NAMED])
+    return shown + (f" and {len(slots) - _NAMED} more" if len(slots) > _NAMED else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +242,8 @@ class PostgresGroup:
         self._member_names: dict[str, str] = {}
         self._agreed = False
         self._digest = -1  # the digest lock held (-1: none)
+        self._keys_changed = -math.inf  # when the set of producer keys last changed
+        self._disagree_since: float | None = None
         self._assigned: dict[str, str] = {}
         self._assigned_for: tuple[Any, ...] = ()
         self._proven_at = -math.inf
@@ -491,6 +503,7 @@ class PostgresGroup:
         clock = self._time()
         while not self._closed:
             again = False
+            self._wake.clear()  # a kick during the check runs another one right after
             try:
                 again = await self._check()
             except Exception as exc:
@@ -501,9 +514,8 @@ class PostgresGroup:
             finally:
                 self._settle_released()
                 self._stats = self._snapshot()
-            if again:
+            if again or self._wake.is_set():
                 continue
-            self._wake.clear()
             try:
                 async with timeout(clock, self.check_interval):
                     await self._wake.wait()
@@ -546,22 +558,25 @@ class PostgresGroup:
         for slot in unlocks:
             slot.held = False
             slot.inflight.clear()
-            if slot.leaving:
+            if slot.leaving and not slot.gone:
                 self._handovers += 1
-                self._log.debug("group %s: %s handed %r over", self.group, self.name, slot.name)
             slot.leaving = False
-        gained = 0
+        gained = []
         for slot in tries:
             if slot.lock_id in got:
                 slot.held, slot.session, slot.acquired = True, self._session, answered
                 slot.takeovers += 1
                 self._takeovers += 1
-                gained += 1
+                gained.append(slot)
                 if slot.gone:
                     slot.leaving = True
+        handed = [s for s in unlocks if not s.gone]
+        if handed:
+            self._log.info("group %s: member %s handed over %d producers: %s", self.group,
+                           self.name, len(handed), _names(handed))
         if gained:
-            self._log.info("group %s: member %s took %d producers", self.group, self.name,
-                           gained)
+            self._log.info("group %s: member %s took %d producers: %s", self.group,
+                           self.name, len(gained), _names(gained))
         changed = self._see(rows)
         mine = self._current_assignment()
         waiting = False
@@ -603,7 +618,19 @@ class PostgresGroup:
         if self._me not in members.values():
             raise ConveyorError("this member's lock is gone from pg_locks")
         view = tuple(sorted(members.values()))
-        agreed = all(digests.get(pid) == self._digest for pid in members)
+        # A member that shows no digest yet (it just joined: its producers have not all
+        # ticked) is taken to run the same ones, and a difference must last a few checks
+        # (not one member seeing a new producer's first tick before the others): else
+        # every join would flap the assignment.
+        own = _digest(s.name for s in self._slots.values() if not s.gone)
+        differ = any(digests.get(pid, own) != own for pid in members)
+        now = self._now()
+        if not differ:
+            self._disagree_since = None
+        elif self._disagree_since is None:
+            self._disagree_since = now
+        agreed = self._disagree_since is None or \
+            now - self._disagree_since < _AGREE_CHECKS * self.check_interval
         changed = view != self._members
         if changed:
             joined = sorted(names[m] for m in set(view) - set(self._members))
@@ -612,18 +639,34 @@ class PostgresGroup:
             self._log.info("group %s: member %s sees %d members%s%s", self.group, self.name,
                            len(view), f"; joined: {', '.join(joined)}" if joined else "",
                            f"; left: {', '.join(left)}" if left else "")
+        if agreed != self._agreed and view:
+            if agreed:
+                self._log.info("group %s: member %s: every member runs the same producers: "
+                               "balanced assignment", self.group, self.name)
+            else:
+                self._log.warning("group %s: member %s: the members run different producers "
+                                  "(digests %s, own %d): plain rendezvous assignment",
+                                  self.group, self.name, sorted(set(digests.values())), own)
         self._members, self._member_names, self._agreed = view, names, agreed
         return changed
 
     async def _swap_digest(self) -> None:
-        """Show the producers this member runs (a shared lock on their digest)."""
-        digest = _digest(s.name for s in self._slots.values() if not s.gone)
+        """Show the producers this member runs (a shared lock on their digest), once the
+        set has stayed the same for a few checks; while it changes, show none (a member
+        without a digest counts as agreeing)."""
+        names = [s.name for s in self._slots.values() if not s.gone]
+        digest = _digest(names)
         if digest == self._digest:
             return
+        settled = self._now() - self._keys_changed >= _AGREE_CHECKS * self.check_interval
+        if not names or not settled:
+            if self._digest < 0:
+                return
+            digest = -1
         self._round_trips += 1
         rows = await self._conn.fetch(_DIGEST_SQL, self.group_id + 1, self._digest, digest,
                                       timeout=self.connect_timeout)
-        if not rows[-1][0]:
+        if digest >= 0 and not rows[-1][0]:
             raise ConveyorError("the shared digest lock was refused")
         self._digest = digest
 
@@ -689,6 +732,7 @@ class PostgresGroup:
             name = self.lock_name(key)
             slot = self._slots[key] = _Slot(key, name, lock_id_for(name))
             self._keys_version += 1
+            self._keys_changed = self._now()
             self._kick()  # show the new set, and try its lock soon
         return slot
 
@@ -697,6 +741,7 @@ class PostgresGroup:
         if not slot.held:
             del self._slots[slot.key]
         self._keys_version += 1
+        self._keys_changed = self._now()
 
     def _sweep(self) -> None:
         now = self._now()
