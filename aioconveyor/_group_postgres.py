@@ -247,6 +247,7 @@ class PostgresGroup:
         self._assigned: dict[str, str] = {}
         self._assigned_for: tuple[Any, ...] = ()
         self._proven_at = -math.inf
+        self._proven_wall = -math.inf
         self._proven_session = 0
         self._round_trips = 0
         self._takeovers = 0
@@ -485,9 +486,14 @@ class PostgresGroup:
                 and self._current_assignment().get(slot.name) == self._me)
 
     def _fresh(self, now: float) -> bool:
+        """Whether the last check stands for a tick now: at most two checks old on the
+        monotonic clock *and* on the wall clock (a resumed VM's monotonic clock may have
+        stood still while its session was ended)."""
+        limit = 2 * self.check_interval
+        wall = self._time().time() - self._proven_wall
         return (self._conn is not None and not self._conn.is_closed()
                 and self._proven_session == self._session
-                and now - self._proven_at <= 2 * self.check_interval)
+                and now - self._proven_at <= limit and -limit <= wall <= limit)
 
     # -- the checks ------------------------------------------------------------------
 
@@ -547,13 +553,14 @@ class PostgresGroup:
         mine = self._current_assignment()
         tries = [s for s in self._slots.values()
                  if not s.held and not s.gone and mine.get(s.name) == self._me]
-        sent = now
+        sent, sent_wall = self._now(), self._time().time()
         self._round_trips += 1
         rows = await self._conn.fetch(
             _CHECK_SQL, self.group_id, self.group_id + 1, [s.lock_id for s in unlocks],
             [s.lock_id for s in tries], timeout=self.connect_timeout)
         answered = self._time().time()
         self._proven_at, self._proven_session = sent, self._session
+        self._proven_wall = sent_wall
         got = set(rows[0]["got"]) if rows else set()
         for slot in unlocks:
             slot.held = False
