@@ -39,6 +39,7 @@ from ._stats import ConsumerStats, ConveyorStats, LatenessStats, ProducerStats
 from ._tick import Tick, current_tick
 
 if TYPE_CHECKING:
+    from ._group_nats import NatsGroup
     from ._group_postgres import PostgresGroup
     from ._leader_postgres import PostgresLeader
     from ._ticks import ticks
@@ -61,6 +62,7 @@ __all__ = [
     "LatenessStats",
     "Leader",
     "Misfire",
+    "NatsGroup",
     "Overflow",
     "PostgresGroup",
     "PostgresLeader",
@@ -94,6 +96,10 @@ def __getattr__(name: str) -> Any:
         from ._leader_postgres import PostgresLeader
 
         return PostgresLeader
+    if name == "NatsGroup":  # imports nats-py only when one is created
+        from ._group_nats import NatsGroup
+
+        return NatsGroup
     if name == "PostgresGroup":  # likewise
         from ._group_postgres import PostgresGroup
 

@@ -104,6 +104,12 @@ def _postgres_leader() -> type[Any]:
     return PostgresLeader
 
 
+def _nats_group() -> type[Any]:
+    from ._group_nats import NatsGroup
+
+    return NatsGroup
+
+
 def _postgres_group() -> type[Any]:
     from ._group_postgres import PostgresGroup
 
@@ -122,6 +128,7 @@ returns the class it stands for."""
 BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {
     "postgres": _postgres_leader,
     "postgres-group": _postgres_group,
+    "nats-group": _nats_group,
 }
 """The short ``type`` names of ``[leader]``, the same way."""
 

@@ -550,7 +550,7 @@ class PostgresGroup:
             self._sweep()
         await self._swap_digest()
         unlocks = [s for s in self._slots.values() if s.held and self._may_go(s, now)]
-        mine = self._current_assignment()
+        mine = self._current_assignment(refresh=True)
         tries = [s for s in self._slots.values()
                  if not s.held and not s.gone and mine.get(s.name) == self._me]
         sent, sent_wall = self._now(), self._time().time()
@@ -585,7 +585,7 @@ class PostgresGroup:
             self._log.info("group %s: member %s took %d producers: %s", self.group,
                            self.name, len(gained), _names(gained))
         changed = self._see(rows)
-        mine = self._current_assignment()
+        mine = self._current_assignment(refresh=True)
         waiting = False
         for slot in self._slots.values():
             assigned_here = mine.get(slot.name) == self._me and not slot.gone
@@ -677,9 +677,12 @@ class PostgresGroup:
             raise ConveyorError("the shared digest lock was refused")
         self._digest = digest
 
-    def _current_assignment(self) -> dict[str, str]:
+    def _current_assignment(self, refresh: bool = False) -> dict[str, str]:
+        """The assignment for the members seen; a change of the producer keys is taken in
+        at the next check (``refresh``), not at every new producer's first tick (300 new
+        producers would compute it 300 times in a row)."""
         inputs = (self._members, self._keys_version, self._agreed)
-        if inputs != self._assigned_for:
+        if inputs != self._assigned_for and (refresh or inputs[0::2] != self._assigned_for[0::2]):
             names = [s.name for s in self._slots.values() if not s.gone]
             self._assigned = assignment(names, self._members, balanced=self._agreed,
                                         balance=self.balance)

@@ -31,6 +31,7 @@ import pytest
 
 from aioconveyor import PostgresGroup
 from support.private_postgres import PrivatePostgres
+from support.services import NATS_URL, require_server
 
 WORKER = Path(__file__).parent / "support" / "fleet_worker.py"
 PRODUCERS = 300
@@ -74,7 +75,7 @@ class Member:
             [sys.executable, str(WORKER), "--dsn", fleet.data_dsn, "--group-dsn",
              fleet.group_dsn, "--group", fleet.group, "--name", name, "--table", fleet.table,
              "--producers", str(PRODUCERS), "--interval", str(PERIOD), "--log",
-             str(self.log), "--status", str(self.status_path)],
+             str(self.log), "--status", str(self.status_path), "--backend", fleet.backend],
             stdout=subprocess.PIPE, stderr=self.stderr, text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
 
@@ -108,12 +109,14 @@ class Member:
 
 
 class Fleet:
-    def __init__(self, pg: PrivatePostgres, tmp: Path) -> None:
+    def __init__(self, pg: PrivatePostgres, tmp: Path, backend: str = "postgres",
+                 coordinator: str | None = None) -> None:
         self.dir = tmp
+        self.backend = backend
         self.group = f"fleet-{uuid.uuid4().hex[:8]}"
         self.table = f"fleet_{uuid.uuid4().hex[:8]}"
         self.data_dsn = pg.dsn("postgres")
-        self.group_dsn = pg.dsn("fleet")
+        self.group_dsn = coordinator or pg.dsn("fleet")
         sql(self.data_dsn, f'CREATE TABLE "{self.table}" (producer text, event_time '
                            "timestamptz, instance text, PRIMARY KEY (producer, event_time))")
         self.members: dict[str, Member] = {}
@@ -313,3 +316,61 @@ async def test_coordination_round_trips_do_not_grow_with_the_producers(
     assert many <= 2 * (4.0 / 0.5 + 12), many
     figure("cost_statements_3_producers", few)
     figure("cost_statements_300_producers", many)
+
+
+@pytest.fixture
+def nats_fleet(pg: PrivatePostgres, tmp_path: Path) -> Iterator[Fleet]:
+    require_server("NATS", NATS_URL, 4222)
+    f = Fleet(pg, tmp_path, backend="nats", coordinator=NATS_URL)
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+def test_nats_group_splits_300_producers_survives_a_kill_and_takes_in_a_fourth(
+    nats_fleet: Fleet,
+) -> None:
+    """The same figures with NatsGroup: per-tick claims in a JetStream bucket."""
+    fleet = nats_fleet
+    for name in ("a", "b", "c"):
+        fleet.spawn(name)
+    steady = wait_until(lambda: fleet.balanced(PRODUCERS / 3), 60, "3 members at 100 ± 5")
+    start = grid(steady) + PERIOD
+    wait_until(lambda: latest(fleet.rows()) >= start + 5 * PERIOD, 30, "5 steady periods")
+    rows = fleet.rows()
+    assert missing(rows, start, start + 4 * PERIOD) == []
+    shares = Counter(i for p, t, i in rows if start <= t <= start + 4 * PERIOD)
+    assert all(abs(n / 5 - 100) <= 5 for n in shares.values()), shares
+    figure("nats_steady_shares", sorted(n // 5 for n in shares.values()))
+
+    fleet.spawn("d")
+    seen = wait_until(lambda: "d" in fleet.members["a"].status().get("members", ()), 30,
+                      "d in a's member list")
+    wait_until(lambda: fleet.balanced(PRODUCERS / 4), 30, "4 members at 75 ± 5")
+    joined = grid(seen)
+    wait_until(lambda: latest(fleet.rows()) >= joined + (3 + SLACK + 2) * PERIOD, 30,
+               "periods after the join")
+    rows = fleet.rows()
+    by_d = Counter(t for p, t, i in rows if i == "d")
+    first_full = min(t for t, n in by_d.items() if n >= 70)
+    assert first_full <= joined + (3 + SLACK) * PERIOD, (joined, sorted(by_d.items()))
+    assert missing(rows, start, latest(rows) - PERIOD) == []
+    figure("nats_join_periods_to_full_share", max(0.0, (first_full - joined) / PERIOD))
+
+    fleet.members["c"].kill()
+    killed = time.time()
+    bound = grid(killed) + (2 + SLACK) * PERIOD
+    wait_until(lambda: latest(fleet.rows()) >= bound + 3 * PERIOD, 30, "periods after kill")
+    rows = fleet.rows()
+    assert missing(rows, bound, latest(rows) - PERIOD) == []
+    gone = missing(rows, grid(killed), bound)
+    figure("nats_kill_periods_to_takeover",
+           (max((t for _, t in gone), default=grid(killed) - PERIOD) + PERIOD - grid(killed))
+           / PERIOD)
+    wait_until(lambda: fleet.balanced(PRODUCERS / 3), 30, "3 members at 100 ± 5 again")
+
+    twice = [k for k, n in fleet.produced().items() if n > 1]
+    assert twice == []
+    finals = {m.name: m.stop() for m in fleet.live()}
+    assert all(f["producer_errors"] == 0 for f in finals.values()), finals

@@ -18,7 +18,7 @@ PUBLIC = {
         "AioConveyor", "Batch", "Clock", "Consumer", "ConsumerFunc", "ConsumerStats",
         "ConsumerTimeout", "ContainedError", "ConveyorError", "ConveyorStats", "CronSchedule",
         "GroupStats",
-        "Health", "IntervalSchedule", "LatenessStats", "Leader", "Misfire", "Overflow",
+        "Health", "IntervalSchedule", "LatenessStats", "Leader", "Misfire", "NatsGroup", "Overflow",
         "PostgresGroup",
         "PostgresLeader",
         "Producer",

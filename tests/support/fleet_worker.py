@@ -7,7 +7,8 @@
 appends ``"<producer> <grid time>"`` to ``--log`` (this process's own file, written
 unbuffered line by line, so a ``kill -9`` loses nothing written) and goes to a
 ``PostgresConsumer`` keyed on (producer, grid time) into ``--table``. Its
-``PostgresGroup`` connects to ``--group-dsn``. Every 0.2 s it replaces ``--status`` with
+``PostgresGroup`` connects to ``--group-dsn`` (with ``--backend nats``: its ``NatsGroup``
+to the NATS URL given there). Every 0.2 s it replaces ``--status`` with
 a JSON line of its group stats. It prints ``ready`` once started; after SIGTERM one JSON
 line with its final stats, then exits.
 """
@@ -24,7 +25,7 @@ import threading
 from datetime import datetime
 from typing import Any, TextIO
 
-from aioconveyor import AioConveyor, PostgresGroup, Producer, current_tick
+from aioconveyor import AioConveyor, NatsGroup, PostgresGroup, Producer, current_tick
 from aioconveyor.consumers import PostgresConsumer
 
 
@@ -41,11 +42,12 @@ class Produce:
         return {"instance": self.instance}
 
 
-def status(group: PostgresGroup) -> dict[str, Any]:
+def status(group: PostgresGroup | NatsGroup) -> dict[str, Any]:
     g = group.group_stats()
     return {"members": list(g.members), "owned": len(g.owned), "assigned": g.assigned,
             "takeovers": g.takeovers, "handovers": g.handovers, "lost": g.lost,
-            "agreed": g.agreed, "role": group.role, "round_trips": group.round_trips}
+            "agreed": g.agreed, "role": group.role,
+            "round_trips": getattr(group, "round_trips", 0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--producers", type=int, required=True)
     parser.add_argument("--interval", type=float, required=True)
     parser.add_argument("--check-interval", type=float, default=1.0)
+    parser.add_argument("--backend", choices=("postgres", "nats"), default="postgres")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -62,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     log = open(args.log, "a", buffering=1)
-    group = PostgresGroup(args.group_dsn, args.group, name=args.name,
+    group: PostgresGroup | NatsGroup
+    if args.backend == "nats":  # --group-dsn is then the NATS URL
+        group = NatsGroup(args.group_dsn, args.group, name=args.name,
                           check_interval=args.check_interval, connect_timeout=2)
+    else:
+        group = PostgresGroup(args.group_dsn, args.group, name=args.name,
+                              check_interval=args.check_interval, connect_timeout=2)
     produce = Produce(log, args.name)
     producers = [Producer(produce, name=f"p{i:03d}", every=args.interval)
                  for i in range(args.producers)]

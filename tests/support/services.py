@@ -16,10 +16,12 @@ POSTGRES_DSN = os.environ.get(
     "AIOCONVEYOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 MQTT_URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+NATS_URL = os.environ.get("AIOCONVEYOR_TEST_NATS_URL", "nats://127.0.0.1:4222")
 
 START_HINTS = {
     "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
     "Mosquitto": "mosquitto -d -c /etc/mosquitto/mosquitto.conf",
+    "NATS": "nats-server -js -a 127.0.0.1 -p 4222 &",
 }
 
 
