@@ -200,6 +200,7 @@ def latest(rows: list[tuple[str, float, str]]) -> float:
     return max((t for _, t, _ in rows), default=0.0)
 
 
+@pytest.mark.timeout(240)  # four phases of real processes on a loaded 2-core machine
 def test_three_members_split_300_producers_survive_a_kill_and_take_in_a_fourth(
     fleet: Fleet, pg: PrivatePostgres,
 ) -> None:
@@ -275,6 +276,7 @@ def test_three_members_split_300_producers_survive_a_kill_and_take_in_a_fourth(
     assert d.proc.returncode == 0
 
 
+@pytest.mark.timeout(120)
 async def test_coordination_round_trips_do_not_grow_with_the_producers(
     pg: PrivatePostgres,
 ) -> None:
@@ -328,6 +330,7 @@ def nats_fleet(pg: PrivatePostgres, tmp_path: Path) -> Iterator[Fleet]:
         f.close()
 
 
+@pytest.mark.timeout(180)
 def test_nats_group_splits_300_producers_survives_a_kill_and_takes_in_a_fourth(
     nats_fleet: Fleet,
 ) -> None:
