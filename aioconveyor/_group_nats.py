@@ -14,7 +14,9 @@ on a JetStream key-value bucket (``bucket``, created if missing, its entries liv
   members, as in ``PostgresGroup``) claims at the grid time; the next ones in the key's
   rendezvous order (``tries`` in all) claim ``preference_delay`` seconds later each, so
   the preferred member wins while it is alive and a dead member's ticks are claimed by the
-  runner-up from its very next tick.
+  runner-up from its very next tick. While the preferred member's heartbeat is fresh the
+  runner-up waits 30 % of the producer's period instead (a busy member that is merely
+  late still wins its ticks).
 
 nats-py is imported when the first :class:`NatsGroup` is created (extra ``nats``).
 """
@@ -158,6 +160,8 @@ class NatsGroup:
         self._seen: dict[str, tuple[float, str, str]] = {}  # token -> (when, name, digest)
         self._members: tuple[str, ...] = ()
         self._keys: dict[str | None, str] = {}  # producer key -> its name (hashed, shown)
+        self._asked: dict[str | None, float] = {}  # when each key was last asked about
+        self._gaps: dict[str | None, float] = {}  # between its last two asks: its period
         self._keys_changed = -math.inf
         self._keys_version = 0
         self._disagree_since: float | None = None
@@ -171,6 +175,7 @@ class NatsGroup:
         self._role = "unknown"
         self._since: datetime | None = None
         self._members_since: datetime | None = None
+        self._stats = self._snapshot()
 
     def __repr__(self) -> str:
         servers = ",".join(mask_text(s, self._secrets) for s in self._servers)
@@ -242,6 +247,7 @@ class NatsGroup:
                 pass
         self._owned.clear()
         self._set_role("unknown")
+        self._stats = self._snapshot()
 
     async def lead(self, event_time: datetime, key: str | None = None) -> bool:
         """Claim ``key``'s tick at ``event_time`` if this member is among the first
@@ -249,6 +255,11 @@ class NatsGroup:
         if self._closed or self._kv is None or not self._nc.is_connected:
             return False
         name = self._name_of(key)
+        now = self._now()
+        asked = self._asked.get(key)
+        if asked is not None and now - asked > 1e-3:
+            self._gaps[key] = now - asked
+        self._asked[key] = now
         order = self._order(name)
         rank = order.index(self._me) if self._me in order else len(order)
         if rank >= self.tries:
@@ -256,7 +267,8 @@ class NatsGroup:
             self._update_role()
             return False
         if rank:
-            await self._time().sleep_until(event_time.timestamp() + rank * self.preference_delay)
+            await self._time().sleep_until(
+                event_time.timestamp() + rank * self._patience(key, order[:rank]))
         claim = f"{self._g}.c.{_token(name)}.{round(event_time.timestamp() * 1000)}"
         try:
             async with timeout(self._time(), self.connect_timeout):
@@ -286,6 +298,8 @@ class NatsGroup:
     async def release(self, key: str) -> None:
         """Forget producer key ``key`` (its producer was removed)."""
         _validate.text("key", key)
+        self._asked.pop(key, None)
+        self._gaps.pop(key, None)
         if self._keys.pop(key, None) is not None:
             self._keys_changed = self._now()
             self._keys_version += 1
@@ -294,7 +308,11 @@ class NatsGroup:
     # -- what it shows ---------------------------------------------------------------
 
     def group_stats(self) -> GroupStats:
-        """This member's view of the group."""
+        """This member's view of the group (safe from any thread: a snapshot replaced at
+        every heartbeat and membership change)."""
+        return self._stats
+
+    def _snapshot(self) -> GroupStats:
         mine = self._current_assignment()
         return GroupStats(
             group=self.group, name=self.name,
@@ -307,13 +325,13 @@ class NatsGroup:
 
     @property
     def members(self) -> tuple[str, ...]:
-        """The names of the live members."""
-        return self.group_stats().members
+        """The names of the live members (in the conveyor's loop)."""
+        return self._snapshot().members
 
     @property
     def owned(self) -> tuple[str, ...]:
-        """The producer keys whose last tick this member claimed."""
-        return self.group_stats().owned
+        """The producer keys whose last tick this member claimed (in the conveyor's loop)."""
+        return self._snapshot().owned
 
     # -- inside ----------------------------------------------------------------------
 
@@ -324,6 +342,19 @@ class NatsGroup:
             self._keys_changed = self._now()
             self._keys_version += 1
         return name
+
+    def _patience(self, key: str | None, before: list[str]) -> float:
+        """How long after the grid time each rank waits: ``preference_delay``, or while
+        the members before it beat their hearts, 30 % of the producer's period (a busy
+        preferred member that is merely late still wins; a dead one is still replaced
+        within the tick's default grace of half a period)."""
+        gap = self._gaps.get(key, 0.0)
+        now = self._now()
+        alive = all(now - self._seen.get(m, (-math.inf, "", ""))[0] <= 1.5 * self.check_interval
+                    for m in before)
+        if not alive or gap <= 0:
+            return self.preference_delay
+        return max(self.preference_delay, 0.3 * gap / max(1, self.tries - 1))
 
     def _order(self, name: str) -> list[str]:
         """The members in the order they claim ``name``'s ticks: its assigned member,
@@ -419,6 +450,7 @@ class NatsGroup:
             now - self._disagree_since < _AGREE_CHECKS * self.check_interval
         self._current_assignment(refresh=True)
         self._update_role()
+        self._stats = self._snapshot()
 
     def _update_role(self) -> None:
         if self._nc is None or not self._nc.is_connected:

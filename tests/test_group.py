@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from aioconveyor import AioConveyor, PostgresGroup, Producer, SettingError
 from aioconveyor._leader import KeyedLeader, accepts_key
 from support.http import get
+from support.proxy import proxied, proxy_to
 
 KEYS = [f"meter-{i:02d}" for i in range(20)]
 STEP = 0.2
@@ -52,9 +53,10 @@ def group() -> str:
 async def make(postgres_dsn: str, group: str) -> AsyncIterator[Callable[..., PostgresGroup]]:
     made: list[PostgresGroup] = []
 
-    def build(name: str, **kwargs: Any) -> PostgresGroup:
+    def build(name: str, dsn: str | None = None, **kwargs: Any) -> PostgresGroup:
         kwargs.setdefault("check_interval", STEP)
-        member = PostgresGroup(postgres_dsn, group, name=f"{name}-{group[-6:]}", **kwargs)
+        member = PostgresGroup(dsn or postgres_dsn, group, name=f"{name}-{group[-6:]}",
+                               **kwargs)
         made.append(member)
         return member
 
@@ -133,6 +135,27 @@ async def test_a_closed_member_hands_its_keys_to_the_other(
     await run_ticks([b], KEYS, lambda: len(b.owned) == len(KEYS), grants)
     assert max(grants.values()) == 1
     assert b.group_stats().takeovers >= len(KEYS) and b.members == (b.name,)
+
+
+async def test_a_cut_connection_stops_its_member_at_once_and_the_other_takes_over(
+    make: Callable[..., PostgresGroup], postgres_dsn: str,
+) -> None:
+    with proxy_to(postgres_dsn) as proxy:
+        a = make("a", dsn=proxied(postgres_dsn, proxy.port))
+        b = make("b")
+        await a.open()
+        await b.open()
+        grants: Counter[tuple[str, float]] = Counter()
+        await run_ticks([a, b], KEYS, lambda: owned([a, b]) == [10, 10], grants)
+        proxy.cut()  # a's connection reset, and no new one for a while
+        await eventually(lambda: a.owned == () and a.role == "unknown", "a standing down",
+                         timeout=2 * STEP + 2)
+        await run_ticks([a, b], KEYS, lambda: len(b.owned) == len(KEYS), grants)
+        assert max(grants.values()) == 1
+        assert a.group_stats().lost == 10 and b.members == (b.name,)
+        proxy.restore()  # a rejoins and gets its share back, handed over by b
+        await run_ticks([a, b], KEYS, lambda: owned([a, b]) == [10, 10], grants)
+        assert max(grants.values()) == 1 and b.group_stats().handovers >= 10
 
 
 async def test_a_lock_taken_during_a_tick_serves_from_the_next_grid_time(
