@@ -349,7 +349,6 @@ def nats_fleet(pg: PrivatePostgres, tmp_path: Path) -> Iterator[Fleet]:
         f.close()
 
 
-@pytest.mark.timeout(180)
 NATS_MISSING: list[int] = []
 
 
@@ -359,6 +358,7 @@ def assert_few_missing(gone: list[Any], periods: float) -> None:
     assert len(gone) <= 0.02 * PRODUCERS * periods, gone[:20]
 
 
+@pytest.mark.timeout(180)
 def test_nats_group_splits_300_producers_survives_a_kill_and_takes_in_a_fourth(
     nats_fleet: Fleet,
 ) -> None:
