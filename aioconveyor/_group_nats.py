@@ -13,10 +13,10 @@ on a JetStream key-value bucket (``bucket``, created if missing, its entries liv
   tick is produced twice. The assigned member (balanced rendezvous hashing over the live
   members, as in ``PostgresGroup``) claims at the grid time; the next ones in the key's
   rendezvous order (``tries`` in all) claim ``preference_delay`` seconds later each, so
-  the preferred member wins while it is alive and a dead member's ticks are claimed by the
-  runner-up from its very next tick. While the preferred member's heartbeat is fresh the
-  runner-up waits 30 % of the producer's period instead (a busy member that is merely
-  late still wins its ticks).
+  the preferred member wins while it is alive. The runner-up claims only while the ones
+  before it are *suspect* (their heartbeat more than ``1.5 * check_interval`` old): a busy
+  member that is merely late keeps its ticks (the work stays balanced), a dead one's are
+  claimed from the first tick after its heartbeat is late.
 
 nats-py is imported when the first :class:`NatsGroup` is created (extra ``nats``).
 """
@@ -80,8 +80,8 @@ class NatsGroup:
     * ``check_interval``: seconds between heartbeats; ``member_timeout``: a member whose
       heartbeat is older is gone (default ``3 * check_interval``).
     * ``preference_delay``: seconds each member after the preferred one waits past the
-      grid time before it claims; ``tries``: how many members (in the key's order) claim
-      a tick (the others never do): ``tries - 1`` can die at once without a missed tick.
+      grid time before it claims, when the ones before it are suspect; ``tries``: how many
+      members (in the key's order) may claim a tick (the others never do).
     * ``balance``: as for ``PostgresGroup``.
     * ``claim_ttl``: seconds a claim is kept; longer than the producers' misfire grace.
     * ``connect_timeout``: seconds to connect; each claim gets the same bound.
@@ -160,8 +160,6 @@ class NatsGroup:
         self._seen: dict[str, tuple[float, str, str]] = {}  # token -> (when, name, digest)
         self._members: tuple[str, ...] = ()
         self._keys: dict[str | None, str] = {}  # producer key -> its name (hashed, shown)
-        self._asked: dict[str | None, float] = {}  # when each key was last asked about
-        self._gaps: dict[str | None, float] = {}  # between its last two asks: its period
         self._keys_changed = -math.inf
         self._keys_version = 0
         self._disagree_since: float | None = None
@@ -255,20 +253,15 @@ class NatsGroup:
         if self._closed or self._kv is None or not self._nc.is_connected:
             return False
         name = self._name_of(key)
-        now = self._now()
-        asked = self._asked.get(key)
-        if asked is not None and now - asked > 1e-3:
-            self._gaps[key] = now - asked
-        self._asked[key] = now
         order = self._order(name)
         rank = order.index(self._me) if self._me in order else len(order)
-        if rank >= self.tries:
-            self._owned.discard(key)
+        if rank >= self.tries or not all(self._suspect(m) for m in order[:rank]):
+            self._owned.discard(key)  # not among the first, or the ones before are alive
             self._update_role()
             return False
         if rank:
-            await self._time().sleep_until(
-                event_time.timestamp() + rank * self._patience(key, order[:rank]))
+            await self._time().sleep_until(event_time.timestamp()
+                                           + rank * self.preference_delay)
         claim = f"{self._g}.c.{_token(name)}.{round(event_time.timestamp() * 1000)}"
         try:
             async with timeout(self._time(), self.connect_timeout):
@@ -298,8 +291,6 @@ class NatsGroup:
     async def release(self, key: str) -> None:
         """Forget producer key ``key`` (its producer was removed)."""
         _validate.text("key", key)
-        self._asked.pop(key, None)
-        self._gaps.pop(key, None)
         if self._keys.pop(key, None) is not None:
             self._keys_changed = self._now()
             self._keys_version += 1
@@ -343,18 +334,10 @@ class NatsGroup:
             self._keys_version += 1
         return name
 
-    def _patience(self, key: str | None, before: list[str]) -> float:
-        """How long after the grid time each rank waits: ``preference_delay``, or while
-        the members before it beat their hearts, 30 % of the producer's period (a busy
-        preferred member that is merely late still wins; a dead one is still replaced
-        within the tick's default grace of half a period)."""
-        gap = self._gaps.get(key, 0.0)
-        now = self._now()
-        alive = all(now - self._seen.get(m, (-math.inf, "", ""))[0] <= 1.5 * self.check_interval
-                    for m in before)
-        if not alive or gap <= 0:
-            return self.preference_delay
-        return max(self.preference_delay, 0.3 * gap / max(1, self.tries - 1))
+    def _suspect(self, member: str) -> bool:
+        """Whether ``member``'s heartbeat is late: older than ``1.5 * check_interval``."""
+        seen = self._seen.get(member)
+        return seen is None or self._now() - seen[0] > 1.5 * self.check_interval
 
     def _order(self, name: str) -> list[str]:
         """The members in the order they claim ``name``'s ticks: its assigned member,

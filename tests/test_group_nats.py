@@ -101,7 +101,7 @@ async def test_a_member_that_leaves_is_replaced_from_the_next_tick(
     assert max(grants.values()) == 1 and b.members == ("b",)
 
 
-async def test_a_silent_member_s_ticks_are_claimed_by_the_runner_up(
+async def test_a_silent_member_s_ticks_are_claimed_once_its_heartbeat_is_late(
     make: Callable[..., NatsGroup],
 ) -> None:
     a, b = make("a"), make("b")
@@ -109,8 +109,11 @@ async def test_a_silent_member_s_ticks_are_claimed_by_the_runner_up(
     await b.open()
     grants: Counter[tuple[str, float]] = Counter()
     await settle([a, b], [10, 10], grants)
-    assert await tick([b], grants) == [20]  # a still a member, but not claiming
-    assert b.takeovers == 10 and max(grants.values()) == 1
+    assert await tick([a, b], grants) == [10, 10]
+    await a._nc.close()  # gone without a goodbye: its heartbeat key stays, unrefreshed
+    counts = [await tick([b], grants) for _ in range(4)]
+    assert counts[-1] == [20]  # claimed once a is suspect (0.3 s), then a is dropped (0.6 s)
+    assert max(grants.values()) == 1
 
 
 def test_it_is_a_keyed_leader_whose_bad_arguments_are_named() -> None:
