@@ -7,7 +7,7 @@ produced by it alone. :class:`GroupStats` is what ``conveyor.stats().group`` sho
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -58,8 +58,3 @@ def assignment(keys: Iterable[str], members: Iterable[str], *, balanced: bool,
         if owner is not None:
             result[key] = owner
     return result
-
-
-def owned_counts(assigned: Mapping[str, str]) -> dict[str, int]:
-    """How many keys each member is assigned."""
-    return _rendezvous.counts(assigned)
