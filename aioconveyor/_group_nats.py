@@ -198,26 +198,67 @@ class NatsGroup:
         return self._takeovers
 
     async def open(self) -> None:
-        """Connect, make sure the bucket exists, start the heartbeat and the watcher."""
+        """Connect, make sure the bucket exists, start the heartbeat and the watcher.
+
+        A server that cannot be reached yet does not fail the start: the member claims
+        nothing and tries again every ``check_interval`` (logged)."""
+        try:
+            await self._connect()
+        except Exception as exc:
+            self._log.warning("group %s: member %s: NATS not reachable yet, retrying every "
+                              "%g s: %s", self.group, self.name, self.check_interval,
+                              self._describe(exc))
+            self._tasks = [asyncio.get_running_loop().create_task(
+                self._connect_later(), name=f"aioconveyor[{self.name}].group.connect")]
+
+    async def _connect_later(self) -> None:
+        clock = self._time()
+        while not self._closed:
+            await clock.sleep(self.check_interval)
+            try:
+                await self._connect()
+                return
+            except Exception as exc:
+                self._limiter.log(self._log, logging.WARNING, "connect",
+                                  "group %s: member %s: NATS still not reachable: %s",
+                                  self.group, self.name, self._describe(exc))
+
+    async def _connect(self) -> None:
         nats = self._nats
-        self._nc = await nats.connect(
+        nc = await nats.connect(
             servers=self._servers, connect_timeout=self.connect_timeout,
             name=f"aioconveyor group {self.name}", allow_reconnect=True,
-            max_reconnect_attempts=-1, reconnect_time_wait=min(1.0, self.check_interval),
-            **self._options)
-        js = self._nc.jetstream(timeout=self.connect_timeout)
+            max_reconnect_attempts=1,  # the first connect: fail, and retry at our pace
+            reconnect_time_wait=min(1.0, self.check_interval),
+            error_cb=self._nats_error, **self._options)
+        nc.options["max_reconnect_attempts"] = -1  # once connected: reconnect for ever
+        if self._closed:
+            await nc.close()
+            return
+        js = nc.jetstream(timeout=self.connect_timeout)
         try:
-            self._kv = await js.key_value(self.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            self._kv = await js.create_key_value(bucket=self.bucket, history=1,
-                                                 ttl=self.claim_ttl)
+            try:
+                kv = await js.key_value(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await js.create_key_value(bucket=self.bucket, history=1,
+                                               ttl=self.claim_ttl)
+        except BaseException:  # no JetStream, no rights...: not half connected
+            await nc.close()
+            raise
+        self._nc, self._kv = nc, kv
         loop = asyncio.get_running_loop()
-        self._tasks = [
+        self._tasks += [
             loop.create_task(self._heartbeats(), name=f"aioconveyor[{self.name}].group.beat"),
             loop.create_task(self._watch(), name=f"aioconveyor[{self.name}].group.watch"),
         ]
         self._seen[self._me] = (self._now(), self.name, "")
         self._refresh()
+
+    async def _nats_error(self, exc: Exception) -> None:
+        """nats-py's error callback: one rate-limited line instead of its tracebacks."""
+        self._limiter.log(self._log, logging.WARNING, ("nats", type(exc).__qualname__),
+                          "group %s: member %s: NATS: %s", self.group, self.name,
+                          self._describe(exc))
 
     async def close(self) -> None:
         """Leave the group (delete the heartbeat, so the others see it at once) and

@@ -23,7 +23,8 @@ import pytest
 import aioconveyor
 from aioconveyor import NatsGroup, SettingError
 from aioconveyor._leader import KeyedLeader
-from support.services import NATS_URL, require_server
+from support.proxy import TcpProxy
+from support.services import NATS_URL, host_port, require_server
 
 KEYS = [f"meter-{i:02d}" for i in range(20)]
 STEP = 0.5
@@ -43,7 +44,8 @@ async def make(nats_url: str) -> AsyncIterator[Callable[..., NatsGroup]]:
     def build(name: str, **kwargs: Any) -> NatsGroup:
         kwargs.setdefault("check_interval", 0.2)
         kwargs.setdefault("preference_delay", 0.1)
-        member = NatsGroup(nats_url, group, name=name, **kwargs)
+        servers = kwargs.pop("servers", nats_url)
+        member = NatsGroup(servers, group, name=name, **kwargs)
         made.append(member)
         return member
 
@@ -114,6 +116,20 @@ async def test_a_silent_member_s_ticks_are_claimed_once_its_heartbeat_is_late(
     counts = [await tick([b], grants) for _ in range(4)]
     assert counts[-1] == [20]  # claimed once a is suspect (0.3 s), then a is dropped (0.6 s)
     assert max(grants.values()) == 1
+
+
+async def test_an_unreachable_server_does_not_fail_the_start_and_it_joins_later(
+    make: Callable[..., NatsGroup], nats_url: str,
+) -> None:
+    with TcpProxy(*host_port(nats_url, 4222)) as proxy:
+        proxy.cut()  # refused for now
+        a = make("a", servers=f"nats://127.0.0.1:{proxy.port}", connect_timeout=1)
+        await a.open()
+        grants: Counter[tuple[str, float]] = Counter()
+        assert await tick([a], grants) == [0] and a.role == "unknown"
+        proxy.restore()
+        await settle([a], [20], grants)
+        assert a.role == "leader" and max(grants.values()) == 1
 
 
 def test_it_is_a_keyed_leader_whose_bad_arguments_are_named() -> None:
