@@ -30,6 +30,7 @@ from ._errors import (
     SettingError,
     StartupError,
 )
+from ._group import GroupStats
 from ._health import Health
 from ._leader import Leader
 from ._producer import Producer
@@ -38,6 +39,8 @@ from ._stats import ConsumerStats, ConveyorStats, LatenessStats, ProducerStats
 from ._tick import Tick, current_tick
 
 if TYPE_CHECKING:
+    from ._group_nats import NatsGroup
+    from ._group_postgres import PostgresGroup
     from ._leader_postgres import PostgresLeader
     from ._ticks import ticks
 
@@ -53,12 +56,15 @@ __all__ = [
     "ConveyorError",
     "ConveyorStats",
     "CronSchedule",
+    "GroupStats",
     "Health",
     "IntervalSchedule",
     "LatenessStats",
     "Leader",
     "Misfire",
+    "NatsGroup",
     "Overflow",
+    "PostgresGroup",
     "PostgresLeader",
     "Producer",
     "ProducerStats",
@@ -90,6 +96,14 @@ def __getattr__(name: str) -> Any:
         from ._leader_postgres import PostgresLeader
 
         return PostgresLeader
+    if name == "NatsGroup":  # imports nats-py only when one is created
+        from ._group_nats import NatsGroup
+
+        return NatsGroup
+    if name == "PostgresGroup":  # likewise
+        from ._group_postgres import PostgresGroup
+
+        return PostgresGroup
     if name == "ticks":  # the pull face (and the fake clock it knows) loads when asked for
         from ._ticks import ticks
 

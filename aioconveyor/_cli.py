@@ -71,6 +71,8 @@ commands:
   aioconveyor ha-clear CONFIG [--producer NAME]
                                          remove the Home Assistant devices CONFIG's MQTT
                                          consumers announce (their retained configs)
+  aioconveyor group CONFIG [--set K=V]   the live members of CONFIG's [leader] group
+                                         (type = "postgres-group") and their producers
 
 exit codes: 0 done (also after Ctrl-C / SIGTERM; health: healthy), 1 the conveyor
             failed (health: unhealthy or unreachable), 2 bad arguments or config file,
@@ -216,6 +218,9 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
                "are added, replaced or removed without losing queued items; a broken file is "
                "logged and ignored; changes to [conveyor], [producer], [leader] and [metrics] "
                "need a restart.",
+        "group": "Show the group of CONFIG's [leader] (type = \"postgres-group\"): its live "
+                 "members, how many producers each is assigned and holds, and the producers "
+                 "nobody holds. Connects to PostgreSQL; joins nothing.",
         "check": "Validate CONFIG: read it, fill in ${ENV} references, import the producer, "
                  "build the consumers and the conveyor, open nothing. Prints what it would run.",
         "ha-clear": "Remove from Home Assistant what the MQTT consumers of CONFIG announce: "
@@ -280,8 +285,8 @@ def health_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``aioconveyor`` and ``python -m aioconveyor``; returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
-    command = (args[0] if args and args[0] in ("demo", "run", "check", "health", "ha-clear")
-               else "demo")
+    command = (args[0] if args and args[0] in ("demo", "run", "check", "health", "ha-clear",
+                                                 "group") else "demo")
     if args and args[0] == command:
         args = args[1:]
     if command == "demo":
@@ -300,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(options)
     if command == "ha-clear":
         return _ha_clear(options)
+    if command == "group":
+        return _group(options)
     return _run(options)
 
 
@@ -377,6 +384,43 @@ def _ha_clear(options: argparse.Namespace) -> int:
         for topic in topics:
             _echo(f"  {topic}")
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _group(options: argparse.Namespace) -> int:
+    setup_logging(options.log_level)
+    loaded = _load(options)
+    if loaded is None:
+        return EXIT_CONFIG
+    from ._group import assignment
+    from ._group_postgres import PostgresGroup
+
+    group = loaded.conveyor.leader
+    if not isinstance(group, PostgresGroup):
+        _echo(f"aioconveyor: error: {options.config}: [leader] is not a group "
+              '(type = "postgres-group")', err=True)
+        return EXIT_CONFIG
+    keys: list[str | None] = (
+        [p.leader_key or name for name, p in loaded.producer_specs.items()]
+        if loaded.producer_specs else [None])
+    try:
+        members = asyncio.run(group.members_now(keys))
+    except Exception as exc:
+        _echo(f"aioconveyor: error: group {group.group}: {loaded.mask(str(exc))}", err=True)
+        return EXIT_FAILED
+    names = {group.lock_name(k) for k in keys}
+    planned = assignment(names, [str(m.member_id) for m in members], balanced=True,
+                         balance=group.balance)
+    held = {name for m in members for name in m.producers}
+    _echo(f"group {group.group!r}: {len(members)} members, {len(names)} producers")
+    for m in members:
+        share = sum(1 for owner in planned.values() if owner == str(m.member_id))
+        _echo(f"  {m.name}: assigned {share}, holds {len(m.producers)} (pid {m.pid})")
+    orphans = sorted(names - held)
+    if orphans:
+        shown = ", ".join(orphans[:10]) + (f" and {len(orphans) - 10} more"
+                                           if len(orphans) > 10 else "")
+        _echo(f"  held by nobody: {len(orphans)}: {shown}")
+    return EXIT_OK
 
 
 def _health(options: argparse.Namespace) -> int:

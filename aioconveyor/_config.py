@@ -129,6 +129,18 @@ def _postgres_leader() -> type[Any]:
     return PostgresLeader
 
 
+def _nats_group() -> type[Any]:
+    from ._group_nats import NatsGroup
+
+    return NatsGroup
+
+
+def _postgres_group() -> type[Any]:
+    from ._group_postgres import PostgresGroup
+
+    return PostgresGroup
+
+
 BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
     "csv": _csv_consumer,
     "influx": _influx_consumer,
@@ -142,7 +154,11 @@ BUILTIN_CONSUMERS: Mapping[str, Callable[[], type[Any]]] = {
 """The short ``type`` names of ``[[consumers]]``, each with a function that imports and
 returns the class it stands for."""
 
-BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {"postgres": _postgres_leader}
+BUILTIN_LEADERS: Mapping[str, Callable[[], type[Any]]] = {
+    "postgres": _postgres_leader,
+    "postgres-group": _postgres_group,
+    "nats-group": _nats_group,
+}
 """The short ``type`` names of ``[leader]``, the same way."""
 
 _SECTIONS = ("conveyor", "producer", "producers", "consumers", "leader", "metrics")

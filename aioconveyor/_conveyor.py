@@ -454,7 +454,11 @@ class AioConveyor:
 
     def stats(self) -> ConveyorStats:
         """A consistent snapshot of the counters; safe from any thread at any time."""
-        return self._counters.snapshot()
+        stats = self._counters.snapshot()
+        group_stats = getattr(self.leader, "group_stats", None)
+        if callable(group_stats):  # a group backend (PostgresGroup) shows its view
+            stats = dataclasses.replace(stats, group=group_stats())
+        return stats
 
     def health(self, now: datetime | None = None) -> Health:
         """Healthy while running, ticking on time (every producer within its own bound:

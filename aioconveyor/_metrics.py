@@ -116,6 +116,8 @@ class _StatsCollector:
                                             labels=["conveyor"])
             takeovers.add_metric(labels, s.takeovers)
             yield takeovers
+        if s.group is not None:
+            yield from _group_metrics(s)
         late = s.lateness
         hist = HistogramMetricFamily("aioconveyor_tick_lateness_seconds",
                                      "Tick start minus its planned time.", labels=["conveyor"])
@@ -200,3 +202,28 @@ def render(stats: Callable[[], ConveyorStats]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_StatsCollector(stats))
     return generate_latest(registry)
+
+
+def _group_metrics(s: ConveyorStats) -> Iterator[Any]:
+    """The series of a group member (``PostgresGroup``)."""
+    g = s.group
+    assert g is not None
+    labels = ["conveyor", "group"]
+    values = [s.name, g.group]
+    for metric, doc, value in (
+        ("members", "Live members of the group, as this instance sees them.", len(g.members)),
+        ("owned_producers", "Producers this instance produces now.", len(g.owned)),
+        ("assigned_producers", "Producers the assignment gives this instance.", g.assigned),
+        ("agreed", "1 while every member runs the same producers.", 1.0 if g.agreed else 0.0),
+    ):
+        gauge = GaugeMetricFamily(f"aioconveyor_group_{metric}", doc, labels=labels)
+        gauge.add_metric(values, value)
+        yield gauge
+    for metric, doc, count in (
+        ("takeovers", "Producers this instance took.", g.takeovers),
+        ("handovers", "Producers this instance handed over to another member.", g.handovers),
+        ("lost", "Producers this instance lost with its session.", g.lost),
+    ):
+        counter = CounterMetricFamily(f"aioconveyor_group_{metric}", doc, labels=labels)
+        counter.add_metric(values, count)
+        yield counter

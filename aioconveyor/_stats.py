@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from ._group import GroupStats
+
 if TYPE_CHECKING:
     from ._clock import Clock
     from ._lanes.ledger import Ledger
@@ -147,6 +149,9 @@ class ConveyorStats:
     next_tick_time: datetime | None
     consumers: tuple[ConsumerStats, ...]
     producers: tuple[ProducerStats, ...] = ()
+    group: GroupStats | None = None
+    """With a group backend as leader (``PostgresGroup``): its members, the producers this
+    instance owns, takeovers and handovers; else ``None``."""
 
     def consumer(self, name: str) -> ConsumerStats:
         """The stats of the consumer called ``name``."""

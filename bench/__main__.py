@@ -20,7 +20,8 @@ from typing import Any
 from ._util import ROOT, Section, machine, markdown_table, text_table
 
 BENCHMARKS = ("punctuality", "cpu", "fanout", "postgres", "mqtt", "memory", "importtime",
-              "hotpath", "tickcost", "fleet", "nats", "influx", "webhook", "redis")
+              "hotpath", "tickcost", "fleet", "nats", "influx", "webhook", "redis",
+              "fleet_sim")
 RESULTS = ROOT / "bench" / "results"
 README = ROOT / "bench" / "README.md"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"

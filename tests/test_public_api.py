@@ -17,7 +17,9 @@ PUBLIC = {
     "aioconveyor": [
         "AioConveyor", "Batch", "Clock", "Consumer", "ConsumerFunc", "ConsumerStats",
         "ConsumerTimeout", "ContainedError", "ConveyorError", "ConveyorStats", "CronSchedule",
-        "Health", "IntervalSchedule", "LatenessStats", "Leader", "Misfire", "Overflow",
+        "GroupStats",
+        "Health", "IntervalSchedule", "LatenessStats", "Leader", "Misfire", "NatsGroup", "Overflow",
+        "PostgresGroup",
         "PostgresLeader",
         "Producer",
         "ProducerStats", "Record", "Rejected", "RestartBudgetExceeded", "RetryAfter",
