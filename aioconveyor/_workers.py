@@ -20,17 +20,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import heapq
 import inspect
 import math
 import queue
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Generator
-from functools import partial
 from typing import Any
 
 from . import _tick as tick_module
-from ._clock import Clock, running_clock, timeout, wait_done
+from ._clock import Clock, SystemClock, running_clock, timeout, wait_done
 from ._errors import ContainedError
 from ._tick import Tick
 
@@ -107,73 +107,120 @@ _Job = tuple[
 #: A timeout therefore fires up to this much late, never early.
 TIMEOUT_GRAIN = 0.01
 
-#: Per loop: (clock id, slot number) -> what ends in that slot (waiter futures of
-#: :func:`_wait_call`, timeout watches of :meth:`Caller.run_here`), and the one timer that
-#: will expire them.
+#: Per loop, per clock (by id): the calls whose timeouts end in each slot.
 _slots: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[int, int], _Slot],
+    asyncio.AbstractEventLoop, dict[int, _Slots],
 ] = weakref.WeakKeyDictionary()
 
 
-class _Slot:
-    """The calls whose timeouts end in one :data:`TIMEOUT_GRAIN` slot, and its timer."""
+class _Slots:
+    """The call timeouts of one clock in one loop, by :data:`TIMEOUT_GRAIN` slot (what
+    ends in each: waiter futures of :func:`_wait_call`, timeout watches of
+    :meth:`Caller.run_here`, direct producer calls), behind one timer, armed for the
+    earliest slot.
 
-    __slots__ = ("items", "sweep", "timer")
+    A call that ends in time leaves its slot; an emptied slot is not swept at once. With
+    the real clock its timer just runs out, finds nothing and is armed again for the first
+    slot with calls in it (one timer per timeout's length, where a call that starts and
+    ends every tick cost a timer armed and cancelled every tick). With any other clock
+    (a fake one jumps ahead to the next timer when idle) an emptied first slot's timer is
+    moved on or cancelled at the end of the loop's turn, so no timer is left pending for
+    nothing."""
 
-    def __init__(self) -> None:
-        self.items: set[Any] = set()
+    __slots__ = ("armed", "clock", "heap", "items", "lazy", "loop", "sweep", "timer")
+
+    def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
+        self.clock = clock
+        self.loop = loop
+        self.items: dict[int, set[Any]] = {}  # slot number -> what ends in it
+        self.heap: list[int] = []  # the slot numbers of items, earliest first
         self.timer: Any = None
-        self.sweep = False  # a check "still empty? then cancel the timer" is scheduled
+        self.armed: int | None = None  # the slot the timer is armed for
+        self.lazy = type(clock) is SystemClock
+        self.sweep = False  # a _sweep is scheduled
+
+    def add(self, seconds: float, item: Any) -> tuple[_Slots, int]:
+        clock = self.clock
+        n = math.ceil((clock.monotonic() + seconds) / TIMEOUT_GRAIN)
+        items = self.items.get(n)
+        if items is None:
+            items = self.items[n] = set()
+            heapq.heappush(self.heap, n)
+            if self.armed is None or n < self.armed:
+                self._arm(n)
+        items.add(item)
+        return self, n
+
+    def discard(self, n: int, item: Any) -> None:
+        items = self.items.get(n)
+        if items is None:  # expired already
+            return
+        items.discard(item)
+        if not items and not self.lazy and n == self.armed and not self.sweep:
+            self.sweep = True
+            self.loop.call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        self.sweep = False
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Drop the emptied slots in front; the timer armed for the first slot left."""
+        heap, items = self.heap, self.items
+        while heap and not items.get(heap[0]):
+            items.pop(heapq.heappop(heap), None)
+        first = heap[0] if heap else None
+        if first != self.armed:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.armed = None
+            if first is not None:
+                self._arm(first)
+
+    def _arm(self, n: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed = n
+        self.timer = self.clock.call_later(n * TIMEOUT_GRAIN - self.clock.monotonic(),
+                                           self._fire)
+
+    def _fire(self) -> None:
+        if asyncio._get_running_loop() is not self.loop:  # a fake clock's advance() outside
+            self.loop.call_soon(self._fire)  # the loop: expiring needs the loop running
+            return
+        limit = self.armed
+        self.timer = self.armed = None
+        heap, items = self.heap, self.items
+        now = self.clock.monotonic() / TIMEOUT_GRAIN
+        while heap and ((limit is not None and heap[0] <= limit) or heap[0] <= now):
+            for item in items.pop(heapq.heappop(heap), ()):
+                if isinstance(item, asyncio.Future):
+                    if not item.done():
+                        item.set_result(False)
+                else:
+                    item.expire()
+        self._rearm()
 
 
-def _expire_slot(slots: dict[tuple[int, int], _Slot], key: tuple[int, int]) -> None:
-    slot = slots.pop(key, None)
-    for item in () if slot is None else slot.items:
-        if isinstance(item, asyncio.Future):
-            if not item.done():
-                item.set_result(False)
-        else:
-            item.expire()
-
-
-def _slot_add(clock: Clock, seconds: float, item: Any) -> tuple[int, int]:
+def _slot_add(clock: Clock, seconds: float, item: Any,
+              loop: asyncio.AbstractEventLoop | None = None) -> tuple[_Slots, int]:
     """Expire ``item`` once ``seconds`` passed on ``clock`` (up to :data:`TIMEOUT_GRAIN`
-    later), on the timer shared by its slot; returns the slot's key for
-    :func:`_slot_discard`."""
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
+    later), on the timer shared by the slots; returns the key for :func:`_slot_discard`.
+    ``loop``: the running loop, if the caller knows it (a look-up is a system call)."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    per_clock = _slots.get(loop)
+    if per_clock is None:
+        per_clock = _slots[loop] = {}
+    slots = per_clock.get(id(clock))
     if slots is None:
-        slots = _slots[loop] = {}
-    key = (id(clock), math.ceil((clock.monotonic() + seconds) / TIMEOUT_GRAIN))
-    slot = slots.get(key)
-    if slot is None:
-        slot = slots[key] = _Slot()
-        slot.timer = clock.call_later(key[1] * TIMEOUT_GRAIN - clock.monotonic(),
-                                      partial(_expire_slot, slots, key))
-    slot.items.add(item)
-    return key
+        slots = per_clock[id(clock)] = _Slots(clock, loop)
+    return slots.add(seconds, item)
 
 
-def _slot_discard(key: tuple[int, int], item: Any) -> None:
-    """``item`` ended before its timeout. The slot's timer is cancelled once the slot is
-    empty at the end of the loop's turn, not at once: calls awaited in their lanes' tasks
-    run one after the other, each done before the next starts, so "the last one out
-    cancels" armed and cancelled a timer per call; this way they share it."""
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
-    if slots is None or (slot := slots.get(key)) is None:  # expired already
-        return
-    slot.items.discard(item)
-    if not slot.items and not slot.sweep:
-        slot.sweep = True
-        loop.call_soon(_sweep_slot, slots, key, slot)
-
-
-def _sweep_slot(slots: dict[tuple[int, int], _Slot], key: tuple[int, int], slot: _Slot) -> None:
-    slot.sweep = False
-    if not slot.items and slots.get(key) is slot:
-        del slots[key]
-        slot.timer.cancel()
+def _slot_discard(key: tuple[_Slots, int], item: Any) -> None:
+    """``item`` ended before its timeout (see :class:`_Slots` for what follows)."""
+    key[0].discard(key[1], item)
 
 
 async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
@@ -190,7 +237,7 @@ async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) 
         if not waiter.done():
             waiter.set_result(True)
 
-    key = _slot_add(clock, seconds, waiter)
+    key = _slot_add(clock, seconds, waiter, waiter.get_loop())
     future.add_done_callback(on_done)
     try:
         return await waiter
@@ -323,23 +370,26 @@ class Caller:
         self.name = name
         self.clock = clock
         self.is_async = is_async_callable(fn)
+        self._call_name = f"{name}.call"
         self.busy_since: float | None = None  # clock.monotonic() start of the call running
         self.hung: asyncio.Future[Any] | None = None  # the call left running after a timeout
         self._worker: SyncWorker | None = None
 
     def _start(self, tick: Tick | None, fn: Callable[..., Any],
-               args: tuple[Any, ...]) -> asyncio.Future[Any]:
+               args: tuple[Any, ...],
+               loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
         token = tick_module._set(tick)
         try:
             if self.is_async if fn is self.fn else is_async_callable(fn):
+                if loop is None:
+                    loop = asyncio.get_running_loop()
                 try:
                     call = fn(*args)
                 except BaseException as exc:  # raised before its first await
-                    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                    failed: asyncio.Future[Any] = loop.create_future()
                     failed.set_exception(contain(exc))
                     return failed
-                return asyncio.get_running_loop().create_task(guarded(call),
-                                                              name=f"{self.name}.call")
+                return loop.create_task(guarded(call), name=self._call_name)
             if self._worker is None:
                 self._worker = SyncWorker(f"{self.name}.worker")
             work = self._worker.submit(fn, *args)
@@ -348,17 +398,18 @@ class Caller:
         finally:
             tick_module._reset(token)
 
-    def start(self, tick: Tick | None, *args: Any,
-              fn: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
+    def start(self, tick: Tick | None, *args: Any, fn: Callable[..., Any] | None = None,
+              loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
         """Start the call (no wait): its future. Raises :class:`CallerBusy` while an
         earlier call is :attr:`hung`. Whoever starts it sees to its timeout (as
-        :meth:`call` does) and sets :attr:`busy_since` back to None when it ends."""
+        :meth:`call` does) and sets :attr:`busy_since` back to None when it ends.
+        ``loop``: the running loop, if the caller knows it (a look-up is a system call)."""
         if self.hung is not None:
             if not self.hung.done():
                 raise CallerBusy(self.name, self.busy_since or self.clock.monotonic())
             self.hung = None
             self.busy_since = None
-        future = self._start(tick, self.fn if fn is None else fn, args)
+        future = self._start(tick, self.fn if fn is None else fn, args, loop)
         self.busy_since = self.clock.monotonic()
         return future
 
@@ -439,7 +490,7 @@ class Caller:
             async with asyncio.timeout(None) as scope:
                 if 0 < timeout < math.inf:
                     watch = _CallTimeout(clock, scope, started, on_hung)
-                    key = _slot_add(clock, timeout, watch)
+                    key = _slot_add(clock, timeout, watch, watch.loop)
                 try:
                     result = await guarded(call if first is _NOT_STARTED
                                            else _Resumed(call, first))

@@ -260,11 +260,12 @@ class Lane:
         q = self.queue
         items = q.entries  # tested directly: this loop runs once per item per consumer
         one = not self.settings.batching  # one item per call: taken without _take()
+        loop = asyncio.get_running_loop()  # once: each look-up is a system call (getpid)
         while True:
             # an idle lane waits here, on the queue's future itself (see LaneQueue.arrival):
             # the interval long, and nothing of the last delivery is kept meanwhile
             while not items and not self._closing:
-                await q.arrival()
+                await q.arrival(loop)
             if one and items:
                 entries = q.take(1)
             else:
