@@ -34,8 +34,8 @@ from ._clock import Clock, SystemClock, running_clock, timeout, wait_done
 from ._errors import ContainedError
 from ._tick import Tick
 
-__all__ = ["CallTimeout", "Caller", "CallerBusy", "SyncWorker", "call_in_loop", "consume",
-           "guarded", "is_async_callable", "is_awaitable", "slot_add", "slot_discard"]
+__all__ = ["CallTimeout", "Caller", "CallerBusy", "Started", "SyncWorker", "call_in_loop",
+           "consume", "guarded", "is_async_callable", "is_awaitable", "slot_add", "slot_discard"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -442,8 +442,36 @@ class Caller:
         future.add_done_callback(consume)
         return None
 
+    def run_now(self, tick: Tick | None, *args: Any) -> Any:
+        """The first step of :meth:`run_here`'s call, in the running task, without a
+        coroutine of its own: its result when it returns without suspending (what it
+        raises comes out as :meth:`run_here` lets it out); else a :class:`Started` to
+        hand to ``run_here(started=...)``, which goes on with it."""
+        clock = self.clock
+        started = self.busy_since = clock.monotonic()
+        token = tick_module._set(tick)
+        try:
+            try:
+                call = self.fn(*args)
+            except BaseException as exc:  # raised before its first await
+                raise contain(exc) from None
+            send = getattr(call, "send", None)
+            if send is None:  # an awaitable that is no coroutine: awaited as it is
+                return Started(call, _NOT_STARTED, started)
+            try:
+                first = send(None)
+            except StopIteration as done:
+                return done.value
+            except BaseException as exc:
+                _raise_contained(exc)
+            return Started(call, first, started)
+        finally:
+            tick_module._reset(token)
+            self.busy_since = None
+
     async def run_here(self, tick: Tick | None, *args: Any, timeout: float,
-                       on_hung: Callable[[float], float | None]) -> Any:
+                       on_hung: Callable[[float], float | None],
+                       started: Started | None = None) -> Any:
         """Call the async function and await it in the running task, not a task of its own.
 
         For a lane's consumer: :meth:`call` costs a task, a waiter future, a done-callback
@@ -465,31 +493,38 @@ class Caller:
           outcome (result or exception) is returned as usual.
         """
         clock = self.clock
-        started = self.busy_since = clock.monotonic()
+        if started is None:
+            begun = self.busy_since = clock.monotonic()
+        else:  # run_now() made its first step
+            begun = self.busy_since = started.started
         token = tick_module._set(tick)
         watch: _CallTimeout | None = None
         try:
-            try:
-                call = self.fn(*args)
-            except BaseException as exc:  # raised before its first await
-                raise contain(exc) from None
-            # The call's first step runs at once, in this task as `await` would run it. A
-            # call that returns without suspending (most do: a counter, a buffer append)
-            # cannot have run past a timeout, which only acts at a suspension: it costs no
-            # timeout scope and no timer slot. Only one that suspends gets them.
-            send = getattr(call, "send", None)
-            if send is None:  # an awaitable that is no coroutine: awaited as it is
-                first: Any = _NOT_STARTED
+            if started is not None:
+                call, first = started.call, started.first
             else:
                 try:
-                    first = send(None)
-                except StopIteration as done:
-                    return done.value
-                except BaseException as exc:
-                    _raise_contained(exc)
+                    call = self.fn(*args)
+                except BaseException as exc:  # raised before its first await
+                    raise contain(exc) from None
+                # The call's first step runs at once, in this task as `await` would run
+                # it. A call that returns without suspending (most do: a counter, a buffer
+                # append) cannot have run past a timeout, which only acts at a suspension:
+                # it costs no timeout scope and no timer slot. Only one that suspends gets
+                # them.
+                send = getattr(call, "send", None)
+                if send is None:  # an awaitable that is no coroutine: awaited as it is
+                    first = _NOT_STARTED
+                else:
+                    try:
+                        first = send(None)
+                    except StopIteration as done:
+                        return done.value
+                    except BaseException as exc:
+                        _raise_contained(exc)
             async with asyncio.timeout(None) as scope:
                 if 0 < timeout < math.inf:
-                    watch = _CallTimeout(clock, scope, started, on_hung)
+                    watch = _CallTimeout(clock, scope, begun, on_hung)
                     key = _slot_add(clock, timeout, watch, watch.loop)
                 try:
                     result = await guarded(call if first is _NOT_STARTED
@@ -538,6 +573,18 @@ class Caller:
 
 
 _NOT_STARTED: Any = object()
+
+
+class Started:
+    """A call whose first step :meth:`Caller.run_now` made and that suspended (or an
+    awaitable that is no coroutine, not begun: ``first`` is ``_NOT_STARTED``)."""
+
+    __slots__ = ("call", "first", "started")
+
+    def __init__(self, call: Any, first: Any, started: float) -> None:
+        self.call = call
+        self.first = first
+        self.started = started  # clock.monotonic() when it began
 
 
 def _raise_contained(exc: BaseException) -> None:

@@ -346,8 +346,16 @@ class Lane:
                     self.ledger.move(n, Place.IN_FLIGHT, Place.DROPPED)
                 return
             retries = 0
+            delivery = self.delivery
+            now = self._caller.is_async  # the call's first step without a coroutine
             while True:
-                result = await self.delivery.attempt(payload, n, last.tick, retries)
+                if now:
+                    began = delivery.attempt_now(payload, n, last.tick, retries)
+                    result = (began if isinstance(began, Attempt)
+                              else await delivery.attempt(payload, n, last.tick, retries,
+                                                          later=began))
+                else:
+                    result = await delivery.attempt(payload, n, last.tick, retries)
                 if self._flight is not entries:  # given up on while its call hung
                     return
                 if result.outcome is not Outcome.RETRY:
