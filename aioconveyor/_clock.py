@@ -83,7 +83,8 @@ class SystemClock:
     With ``margin=None`` (the default) the margin follows the wake-up delays actually
     seen: their 95th percentile plus 0.1 ms, between 0.1 and 1 ms (never more than the
     sleep). ``busy`` bounds the stretch spent waiting actively: at most ``busy`` times
-    the sleep (0.01, the default). When more than that is left after the first wake-up,
+    the sleep (0.01, the default), and at most 0.1 ms unless ``busy=1``. When more than
+    that is left after the first wake-up,
     the clock sleeps once more on the timer, until a few tens of microseconds before the
     deadline (as early as such short sleeps are seen to wake late: a virtual CPU idle
     for a moment wakes far faster than one idle for milliseconds), and spins only that:
@@ -166,7 +167,10 @@ class SystemClock:
         total = deadline - now
         if total <= 0:
             return
-        budget = total * self.busy  # the most this sleep may spend waiting actively
+        busy = self.busy
+        # the most this sleep may spend waiting actively (but with busy=1, when a second
+        # short sleep can do it, at most _MAX_SPIN)
+        budget = total * busy if busy >= 1.0 else min(total * busy, _MAX_SPIN)
         wake_at = deadline - self._margin(total)
         loop = waker = None
         try:
@@ -288,6 +292,8 @@ _MAX_MARGIN = 0.001
 _DEFAULT_NEAR = 0.00002
 _NEAR_QUANTILE = 0.75
 _MAX_NEAR = 0.0001
+#: Below busy=1, a sleep spins at most this long (seconds) after its first wake-up.
+_MAX_SPIN = 0.0001
 
 
 def _close_all(wakers: list[_Waker]) -> None:
