@@ -80,14 +80,18 @@ class SystemClock:
     to the loop (``sleep(0)``), re-reading the wall clock each time: punctual, but that
     stretch keeps a core busy.
 
-    ``busy`` bounds that trade: the margin is at most ``busy`` times the sleep (0.1, the
-    default: at most a tenth of a core spent waiting actively, at any tick rate). With
-    ``margin=None`` (the default) the margin follows the wake-up delays actually seen:
-    their 95th percentile plus 0.1 ms, between 0.1 and 1 ms, within that bound. So a slow
-    tick rate gets the whole margin (at 10 Hz about 1 % of a core) and a fast one as much
-    as the bound allows (at 1 kHz 0.1 ms per tick). ``busy=0`` never spins (the least CPU:
-    a tick is as late as the machine wakes, like a thread in ``time.sleep``); ``busy=1``
-    lets the margin be the whole sleep (the most punctual: at 1 kHz a whole core).
+    With ``margin=None`` (the default) the margin follows the wake-up delays actually
+    seen: their 95th percentile plus 0.1 ms, between 0.1 and 1 ms (never more than the
+    sleep). ``busy`` bounds the stretch spent waiting actively: at most ``busy`` times
+    the sleep (0.01, the default), and at most 0.1 ms unless ``busy=1``. When more than
+    that is left after the first wake-up,
+    the clock sleeps once more on the timer, until a few tens of microseconds before the
+    deadline (as early as such short sleeps are seen to wake late: a virtual CPU idle
+    for a moment wakes far faster than one idle for milliseconds), and spins only that:
+    nearly as punctual as spinning the whole margin, at about the CPU of not spinning.
+    ``busy=0`` never wakes early nor spins (the least CPU: a tick is as late as the
+    machine wakes, like a thread in ``time.sleep``); ``busy=1`` spins the whole margin
+    (the most punctual: at 1 kHz about a third of a core).
 
     Elsewhere (or with ``precise=False``) the sleep uses asyncio timers and yields for the
     last ``spin`` seconds. Either way long sleeps are cut into pieces of at most
@@ -96,7 +100,7 @@ class SystemClock:
 
     def __init__(self, *, spin: float = 0.002, max_chunk: float = 1.0,
                  precise: bool = True, margin: float | None = None,
-                 busy: float = 0.1) -> None:
+                 busy: float = 0.01) -> None:
         if not 0.0 <= busy <= 1.0:  # also refuses nan
             raise ValueError(f"busy must be a share between 0 and 1, got {busy!r}")
         self.spin = spin
@@ -107,6 +111,8 @@ class SystemClock:
         self._late: deque[float] = deque(maxlen=64)  # recent timer wake-up delays
         self._wakes = 0
         self._auto_margin = _DEFAULT_MARGIN
+        self._near_late: deque[float] = deque(maxlen=16)  # wake-up delays of short sleeps
+        self._auto_near = _DEFAULT_NEAR
         self._timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, list[_Waker]] = (
             weakref.WeakKeyDictionary()
         )
@@ -141,8 +147,11 @@ class SystemClock:
                 await asyncio.sleep(0)
 
     def _margin(self, remaining: float) -> float:
+        """How early the (first) timer is armed for a sleep of ``remaining`` seconds."""
+        if self.busy == 0:
+            return 0.0
         margin = self._auto_margin if self.margin is None else self.margin
-        return min(margin, remaining * self.busy)
+        return min(margin, remaining)
 
     def _note_wake(self, late: float) -> None:
         self._late.append(late)
@@ -155,27 +164,59 @@ class SystemClock:
 
     async def _sleep_timerfd(self, deadline: float) -> None:
         now = time.time()
-        wake_at = deadline - self._margin(deadline - now)
-        if wake_at > now:
-            loop = asyncio.get_running_loop()
-            wakers = self._timers.get(loop)
-            if wakers is None:
-                wakers = self._timers[loop] = []
-                weakref.finalize(loop, _close_all, wakers)
-            waker = wakers.pop() if wakers else _Waker(loop)
-            try:
+        total = deadline - now
+        if total <= 0:
+            return
+        busy = self.busy
+        # the most this sleep may spend waiting actively (but with busy=1, when a second
+        # short sleep can do it, at most _MAX_SPIN)
+        budget = total * busy if busy >= 1.0 else min(total * busy, _MAX_SPIN)
+        wake_at = deadline - self._margin(total)
+        loop = waker = None
+        try:
+            if wake_at > now:
+                loop = asyncio.get_running_loop()
+                waker = self._take_waker(loop)
                 while now < wake_at:
                     target = min(wake_at, now + self.max_chunk)
                     await waker.wait(target)
                     now = time.time()
                     if target == wake_at:
                         self._note_wake(max(0.0, now - wake_at))
-            except BaseException:
+            if deadline - now > budget > 0:
+                # spinning the rest would take more than `busy` allows: sleep once more, a
+                # short sleep (a virtual CPU idle for a moment wakes within microseconds)
+                near_at = deadline - self._auto_near
+                if near_at > now:
+                    if waker is None:
+                        loop = asyncio.get_running_loop()
+                        waker = self._take_waker(loop)
+                    await waker.wait(near_at)
+                    now = time.time()
+                    self._note_near(max(0.0, now - near_at))
+        except BaseException:
+            if waker is not None:
                 waker.close()
-                raise
-            wakers.append(waker)
+            raise
+        if waker is not None:
+            self._timers[loop].append(waker)  # type: ignore[index]
         while time.time() < deadline:  # noqa: ASYNC110 - the deliberate last short stretch
             await asyncio.sleep(0)
+
+    def _take_waker(self, loop: asyncio.AbstractEventLoop) -> _Waker:
+        wakers = self._timers.get(loop)
+        if wakers is None:
+            wakers = self._timers[loop] = []
+            weakref.finalize(loop, _close_all, wakers)
+        return wakers.pop() if wakers else _Waker(loop)
+
+    def _note_near(self, late: float) -> None:
+        near = self._near_late
+        near.append(late)
+        if len(near) == near.maxlen:  # every 16th wake-up
+            ordered = sorted(near)
+            near.clear()
+            self._auto_near = min(_MAX_NEAR, ordered[int(_NEAR_QUANTILE * (len(ordered) - 1))])
 
 
 _running: contextvars.ContextVar[Clock | None] = contextvars.ContextVar(
@@ -246,6 +287,13 @@ async def timeout(clock: Clock, seconds: float | None) -> AsyncIterator[None]:
 _DEFAULT_MARGIN = 0.0003
 _MIN_MARGIN = 0.0001
 _MAX_MARGIN = 0.001
+#: The second, short sleep ends this long before the deadline at first, then as early as
+#: that many of its recent wake-up delays (the quantile), at most _MAX_NEAR.
+_DEFAULT_NEAR = 0.00002
+_NEAR_QUANTILE = 0.75
+_MAX_NEAR = 0.0001
+#: Below busy=1, a sleep spins at most this long (seconds) after its first wake-up.
+_MAX_SPIN = 0.0001
 
 
 def _close_all(wakers: list[_Waker]) -> None:

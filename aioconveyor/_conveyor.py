@@ -278,6 +278,7 @@ class AioConveyor:
         self._counters = ConveyorCounters(self.name)
         self._ledgers = [self._counters.lane(s.name, self.clock) for s in self._lane_settings]
         self._producers: list[ProducerSettings] = []
+        self._producer_names: set[str] = set()  # theirs: a name is checked in O(1)
         if produce is not None:
             assert self.planner is not None and self.producer_timeout is not None
             self._register(ProducerSettings(
@@ -317,6 +318,7 @@ class AioConveyor:
         start, and by the engine while running."""
         self._check_producer(settings, argument)
         self._producers.append(settings)
+        self._producer_names.add(settings.name)
         self._counters.producer(settings.name, settings.consumers)
 
     def _replace_settings(self, settings: ProducerSettings) -> None:
@@ -331,8 +333,7 @@ class AioConveyor:
                         replacing: str | None = None) -> None:
         """A name not taken (but by the producer it replaces), consumers that exist."""
         consumers = [s.name for s in self._lane_settings]
-        if settings.name != replacing and any(p.name == settings.name
-                                              for p in self._producers):
+        if settings.name != replacing and settings.name in self._producer_names:
             _validate.fail(argument, settings.fn,
                            f"is named {settings.name!r} like another producer; give it "
                            "another name= (producer names are unique in a conveyor)")
@@ -433,6 +434,7 @@ class AioConveyor:
 
     def _unregister(self, name: str) -> None:
         del self._producers[self._index_of(name)]
+        self._producer_names.discard(name)
         self._counters.retire(name)
 
     # -- state -----------------------------------------------------------------------

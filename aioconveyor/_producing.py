@@ -150,21 +150,22 @@ class ProducerRun:
 
     def fire(self, plan: Plan, woke: float, offer_now: OfferNow,
              end: Callable[[ProducerRun, Awaitable[None] | None, bool], None],
-             ) -> asyncio.Future[Any] | None:
+             loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any] | None:
         """Start the tick for ``plan`` without a task of its own (:attr:`direct` runs):
         the call runs in its task, and what follows (counting, the fan-out) in its
         done-callback, which then calls ``end(run, rest, replan)``: ``rest`` is what of
         the fan-out still has to be awaited (a full lane with ``overflow="block"``),
         ``replan`` False if the call was cancelled from outside (the tick is abandoned).
         The same guarantees as :meth:`tick`. Returns the call's future, or None when no
-        call was started (the tick is over, ``end`` not called)."""
+        call was started (the tick is over, ``end`` not called). ``loop``: the running
+        loop (looked up once by the caller: each look-up costs a system call)."""
         tick = self._begin(plan, woke)
         try:
-            call = self._caller.start(tick, tick.event_time)
+            call = self._caller.start(tick, tick.event_time, loop=loop)
         except CallerBusy as busy:
             self._busy(busy, tick)
             return None
-        _DirectCall(self, tick, call, offer_now, end)
+        _DirectCall(self, tick, call, offer_now, end, loop)
         return call
 
     async def tick(self, plan: Plan, woke: float, offer: Offer) -> None:
@@ -290,13 +291,14 @@ class _DirectCall:
 
     def __init__(self, run: ProducerRun, tick: Tick, call: asyncio.Future[Any],
                  offer_now: OfferNow,
-                 end: Callable[[ProducerRun, Awaitable[None] | None, bool], None]) -> None:
+                 end: Callable[[ProducerRun, Awaitable[None] | None, bool], None],
+                 loop: asyncio.AbstractEventLoop) -> None:
         self.run, self.tick, self.call, self.offer_now, self.end = run, tick, call, offer_now, end
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.timed_out = False
         self.grace: Any = None  # the cancelled call's time to end, after its timeout
         limit = run.settings.timeout
-        self.key = slot_add(run.clock, limit, self) if 0 < limit < math.inf else None
+        self.key = slot_add(run.clock, limit, self, loop) if 0 < limit < math.inf else None
         call.add_done_callback(self._done)
 
     def expire(self) -> None:

@@ -50,8 +50,10 @@ class Scheduler:
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._ticks: dict[ProducerRun, asyncio.Future[Any]] = {}  # ticks under way
-        self._sleep: asyncio.Timeout | None = None  # the loop's sleep, while it sleeps
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop's, in run()
+        self._task: asyncio.Task[Any] | None = None  # the loop's task, while it sleeps
         self._sleeping_until: float | None = None
+        self._woken = False  # _wake() cancelled the sleep (not a cancellation from outside)
         self._idle: asyncio.Future[None] | None = None  # the loop's wait, with nothing to do
         self._clock_offset: float | None = None
         self._unplanned: dict[ProducerRun, None] = {}  # runs to plan when the loop (re)starts
@@ -116,6 +118,8 @@ class Scheduler:
     async def run(self) -> None:
         """Sleep until the earliest tick, start every tick due, again; until cancelled."""
         self._started = True
+        self._loop = loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
         for run in list(self._unplanned):  # at the start, and after a failure of planning
             if not run.removed:
                 self._plan(run)
@@ -126,13 +130,13 @@ class Scheduler:
                 raise failure
             due = self._head()
             if due is None:
-                self._idle = asyncio.get_running_loop().create_future()
+                self._idle = loop.create_future()
                 try:
                     await self._idle
                 finally:
                     self._idle = None
                 continue
-            if due > clock.time() and not await self._sleep_until(due):
+            if due > clock.time() and not await self._sleep_until(due, task):
                 continue  # woken early: a producer with an earlier tick came
             woke = clock.time()
             self._check_clock_step(woke)
@@ -146,37 +150,47 @@ class Scheduler:
                     continue
                 del self._unplanned[run]
                 if run.direct:  # one task per tick: the call's
-                    call = run.fire(plan, woke, self._offer_now, self._tick_over)
+                    call = run.fire(plan, woke, self._offer_now, self._tick_over, loop)
                     if call is None:
                         self._tick_over(run, None, True)
                     else:
                         self._ticks[run] = call
                 else:
-                    self._ticks[run] = asyncio.get_running_loop().create_task(
+                    self._ticks[run] = loop.create_task(
                         self._see_through(run, run.tick(plan, woke, self._offer)),
                         name=f"aioconveyor[{self.name}].tick")
 
-    async def _sleep_until(self, due: float) -> bool:
-        """Sleep until ``due``; False if woken early by :meth:`_wake`."""
+    async def _sleep_until(self, due: float, task: asyncio.Task[Any] | None) -> bool:
+        """Sleep until ``due``; False if woken early by :meth:`_wake`.
+
+        The early wake cancels this task (as an ``asyncio.timeout`` scope would, without
+        the scope's objects and look-ups on every sleep): a cancellation from outside
+        that comes meanwhile is passed on, not taken for the wake."""
+        if task is None:  # not in a task (never, in a conveyor): no early wake
+            await self.clock.sleep_until(due)
+            return True
+        cancelling = task.cancelling()
+        self._task, self._sleeping_until, self._woken = task, due, False
         try:
-            async with asyncio.timeout(None) as scope:
-                self._sleep, self._sleeping_until = scope, due
-                await self.clock.sleep_until(due)
-        except TimeoutError:
-            if scope.expired():
+            await self.clock.sleep_until(due)
+        except asyncio.CancelledError:
+            if self._woken and task.uncancel() <= cancelling:
                 return False
             raise
         finally:
-            self._sleep = self._sleeping_until = None
+            self._task = self._sleeping_until = None
+        if self._woken:  # woken as the sleep ended by itself: the cancellation is moot
+            task.uncancel()
         return True
 
     def _wake(self, fire_at: float = -math.inf) -> None:
         """A tick at ``fire_at`` was planned: wake the loop if it sleeps past it."""
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
-        elif (self._sleep is not None and self._sleeping_until is not None
-              and fire_at < self._sleeping_until and not self._sleep.expired()):
-            self._sleep.reschedule(asyncio.get_running_loop().time())
+        elif (self._task is not None and self._sleeping_until is not None
+              and fire_at < self._sleeping_until and not self._woken):
+            self._woken = True
+            self._task.cancel()
 
     def _plan(self, run: ProducerRun, now: float | None = None) -> None:
         """Plan ``run``'s next tick. If that raises (a schedule's maths), the run stays
@@ -189,7 +203,7 @@ class Scheduler:
             self._finished_one()
             return
         heapq.heappush(self._heap, (plan.fire_at, next(self._seq), run, plan))
-        if self._sleep is not None or self._idle is not None:
+        if self._task is not None or self._idle is not None:
             self._wake(plan.fire_at)
 
     def _finished_one(self) -> None:
@@ -212,7 +226,7 @@ class Scheduler:
         """A direct tick (:meth:`ProducerRun.fire`) is over, but for ``rest`` of its
         fan-out (awaited in a task of its own before the next is planned)."""
         if rest is not None:
-            self._ticks[run] = asyncio.get_running_loop().create_task(
+            self._ticks[run] = (self._loop or asyncio.get_running_loop()).create_task(
                 self._see_through(run, rest), name=f"aioconveyor[{self.name}].tick")
             return
         self._ticks.pop(run, None)

@@ -20,22 +20,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import heapq
 import inspect
 import math
 import queue
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Generator
-from functools import partial
 from typing import Any
 
 from . import _tick as tick_module
-from ._clock import Clock, running_clock, timeout, wait_done
+from ._clock import Clock, SystemClock, running_clock, timeout, wait_done
 from ._errors import ContainedError
 from ._tick import Tick
 
-__all__ = ["CallTimeout", "Caller", "CallerBusy", "SyncWorker", "call_in_loop", "consume",
-           "guarded", "is_async_callable", "is_awaitable", "slot_add", "slot_discard"]
+__all__ = ["CallTimeout", "Caller", "CallerBusy", "Started", "SyncWorker", "call_in_loop",
+           "consume", "guarded", "is_async_callable", "is_awaitable", "slot_add", "slot_discard"]
 
 
 def is_async_callable(fn: object) -> bool:
@@ -107,73 +107,120 @@ _Job = tuple[
 #: A timeout therefore fires up to this much late, never early.
 TIMEOUT_GRAIN = 0.01
 
-#: Per loop: (clock id, slot number) -> what ends in that slot (waiter futures of
-#: :func:`_wait_call`, timeout watches of :meth:`Caller.run_here`), and the one timer that
-#: will expire them.
+#: Per loop, per clock (by id): the calls whose timeouts end in each slot.
 _slots: weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, dict[tuple[int, int], _Slot],
+    asyncio.AbstractEventLoop, dict[int, _Slots],
 ] = weakref.WeakKeyDictionary()
 
 
-class _Slot:
-    """The calls whose timeouts end in one :data:`TIMEOUT_GRAIN` slot, and its timer."""
+class _Slots:
+    """The call timeouts of one clock in one loop, by :data:`TIMEOUT_GRAIN` slot (what
+    ends in each: waiter futures of :func:`_wait_call`, timeout watches of
+    :meth:`Caller.run_here`, direct producer calls), behind one timer, armed for the
+    earliest slot.
 
-    __slots__ = ("items", "sweep", "timer")
+    A call that ends in time leaves its slot; an emptied slot is not swept at once. With
+    the real clock its timer just runs out, finds nothing and is armed again for the first
+    slot with calls in it (one timer per timeout's length, where a call that starts and
+    ends every tick cost a timer armed and cancelled every tick). With any other clock
+    (a fake one jumps ahead to the next timer when idle) an emptied first slot's timer is
+    moved on or cancelled at the end of the loop's turn, so no timer is left pending for
+    nothing."""
 
-    def __init__(self) -> None:
-        self.items: set[Any] = set()
+    __slots__ = ("armed", "clock", "heap", "items", "lazy", "loop", "sweep", "timer")
+
+    def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
+        self.clock = clock
+        self.loop = loop
+        self.items: dict[int, set[Any]] = {}  # slot number -> what ends in it
+        self.heap: list[int] = []  # the slot numbers of items, earliest first
         self.timer: Any = None
-        self.sweep = False  # a check "still empty? then cancel the timer" is scheduled
+        self.armed: int | None = None  # the slot the timer is armed for
+        self.lazy = type(clock) is SystemClock
+        self.sweep = False  # a _sweep is scheduled
+
+    def add(self, seconds: float, item: Any) -> tuple[_Slots, int]:
+        clock = self.clock
+        n = math.ceil((clock.monotonic() + seconds) / TIMEOUT_GRAIN)
+        items = self.items.get(n)
+        if items is None:
+            items = self.items[n] = set()
+            heapq.heappush(self.heap, n)
+            if self.armed is None or n < self.armed:
+                self._arm(n)
+        items.add(item)
+        return self, n
+
+    def discard(self, n: int, item: Any) -> None:
+        items = self.items.get(n)
+        if items is None:  # expired already
+            return
+        items.discard(item)
+        if not items and not self.lazy and n == self.armed and not self.sweep:
+            self.sweep = True
+            self.loop.call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        self.sweep = False
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """Drop the emptied slots in front; the timer armed for the first slot left."""
+        heap, items = self.heap, self.items
+        while heap and not items.get(heap[0]):
+            items.pop(heapq.heappop(heap), None)
+        first = heap[0] if heap else None
+        if first != self.armed:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.armed = None
+            if first is not None:
+                self._arm(first)
+
+    def _arm(self, n: int) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.armed = n
+        self.timer = self.clock.call_later(n * TIMEOUT_GRAIN - self.clock.monotonic(),
+                                           self._fire)
+
+    def _fire(self) -> None:
+        if asyncio._get_running_loop() is not self.loop:  # a fake clock's advance() outside
+            self.loop.call_soon(self._fire)  # the loop: expiring needs the loop running
+            return
+        limit = self.armed
+        self.timer = self.armed = None
+        heap, items = self.heap, self.items
+        now = self.clock.monotonic() / TIMEOUT_GRAIN
+        while heap and ((limit is not None and heap[0] <= limit) or heap[0] <= now):
+            for item in items.pop(heapq.heappop(heap), ()):
+                if isinstance(item, asyncio.Future):
+                    if not item.done():
+                        item.set_result(False)
+                else:
+                    item.expire()
+        self._rearm()
 
 
-def _expire_slot(slots: dict[tuple[int, int], _Slot], key: tuple[int, int]) -> None:
-    slot = slots.pop(key, None)
-    for item in () if slot is None else slot.items:
-        if isinstance(item, asyncio.Future):
-            if not item.done():
-                item.set_result(False)
-        else:
-            item.expire()
-
-
-def _slot_add(clock: Clock, seconds: float, item: Any) -> tuple[int, int]:
+def _slot_add(clock: Clock, seconds: float, item: Any,
+              loop: asyncio.AbstractEventLoop | None = None) -> tuple[_Slots, int]:
     """Expire ``item`` once ``seconds`` passed on ``clock`` (up to :data:`TIMEOUT_GRAIN`
-    later), on the timer shared by its slot; returns the slot's key for
-    :func:`_slot_discard`."""
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
+    later), on the timer shared by the slots; returns the key for :func:`_slot_discard`.
+    ``loop``: the running loop, if the caller knows it (a look-up is a system call)."""
+    if loop is None:
+        loop = asyncio.get_running_loop()
+    per_clock = _slots.get(loop)
+    if per_clock is None:
+        per_clock = _slots[loop] = {}
+    slots = per_clock.get(id(clock))
     if slots is None:
-        slots = _slots[loop] = {}
-    key = (id(clock), math.ceil((clock.monotonic() + seconds) / TIMEOUT_GRAIN))
-    slot = slots.get(key)
-    if slot is None:
-        slot = slots[key] = _Slot()
-        slot.timer = clock.call_later(key[1] * TIMEOUT_GRAIN - clock.monotonic(),
-                                      partial(_expire_slot, slots, key))
-    slot.items.add(item)
-    return key
+        slots = per_clock[id(clock)] = _Slots(clock, loop)
+    return slots.add(seconds, item)
 
 
-def _slot_discard(key: tuple[int, int], item: Any) -> None:
-    """``item`` ended before its timeout. The slot's timer is cancelled once the slot is
-    empty at the end of the loop's turn, not at once: calls awaited in their lanes' tasks
-    run one after the other, each done before the next starts, so "the last one out
-    cancels" armed and cancelled a timer per call; this way they share it."""
-    loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
-    if slots is None or (slot := slots.get(key)) is None:  # expired already
-        return
-    slot.items.discard(item)
-    if not slot.items and not slot.sweep:
-        slot.sweep = True
-        loop.call_soon(_sweep_slot, slots, key, slot)
-
-
-def _sweep_slot(slots: dict[tuple[int, int], _Slot], key: tuple[int, int], slot: _Slot) -> None:
-    slot.sweep = False
-    if not slot.items and slots.get(key) is slot:
-        del slots[key]
-        slot.timer.cancel()
+def _slot_discard(key: tuple[_Slots, int], item: Any) -> None:
+    """``item`` ended before its timeout (see :class:`_Slots` for what follows)."""
+    key[0].discard(key[1], item)
 
 
 async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
@@ -190,7 +237,7 @@ async def _wait_call(clock: Clock, future: asyncio.Future[Any], seconds: float) 
         if not waiter.done():
             waiter.set_result(True)
 
-    key = _slot_add(clock, seconds, waiter)
+    key = _slot_add(clock, seconds, waiter, waiter.get_loop())
     future.add_done_callback(on_done)
     try:
         return await waiter
@@ -323,23 +370,26 @@ class Caller:
         self.name = name
         self.clock = clock
         self.is_async = is_async_callable(fn)
+        self._call_name = f"{name}.call"
         self.busy_since: float | None = None  # clock.monotonic() start of the call running
         self.hung: asyncio.Future[Any] | None = None  # the call left running after a timeout
         self._worker: SyncWorker | None = None
 
     def _start(self, tick: Tick | None, fn: Callable[..., Any],
-               args: tuple[Any, ...]) -> asyncio.Future[Any]:
+               args: tuple[Any, ...],
+               loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
         token = tick_module._set(tick)
         try:
             if self.is_async if fn is self.fn else is_async_callable(fn):
+                if loop is None:
+                    loop = asyncio.get_running_loop()
                 try:
                     call = fn(*args)
                 except BaseException as exc:  # raised before its first await
-                    failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                    failed: asyncio.Future[Any] = loop.create_future()
                     failed.set_exception(contain(exc))
                     return failed
-                return asyncio.get_running_loop().create_task(guarded(call),
-                                                              name=f"{self.name}.call")
+                return loop.create_task(guarded(call), name=self._call_name)
             if self._worker is None:
                 self._worker = SyncWorker(f"{self.name}.worker")
             work = self._worker.submit(fn, *args)
@@ -348,17 +398,18 @@ class Caller:
         finally:
             tick_module._reset(token)
 
-    def start(self, tick: Tick | None, *args: Any,
-              fn: Callable[..., Any] | None = None) -> asyncio.Future[Any]:
+    def start(self, tick: Tick | None, *args: Any, fn: Callable[..., Any] | None = None,
+              loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[Any]:
         """Start the call (no wait): its future. Raises :class:`CallerBusy` while an
         earlier call is :attr:`hung`. Whoever starts it sees to its timeout (as
-        :meth:`call` does) and sets :attr:`busy_since` back to None when it ends."""
+        :meth:`call` does) and sets :attr:`busy_since` back to None when it ends.
+        ``loop``: the running loop, if the caller knows it (a look-up is a system call)."""
         if self.hung is not None:
             if not self.hung.done():
                 raise CallerBusy(self.name, self.busy_since or self.clock.monotonic())
             self.hung = None
             self.busy_since = None
-        future = self._start(tick, self.fn if fn is None else fn, args)
+        future = self._start(tick, self.fn if fn is None else fn, args, loop)
         self.busy_since = self.clock.monotonic()
         return future
 
@@ -391,8 +442,36 @@ class Caller:
         future.add_done_callback(consume)
         return None
 
+    def run_now(self, tick: Tick | None, *args: Any) -> Any:
+        """The first step of :meth:`run_here`'s call, in the running task, without a
+        coroutine of its own: its result when it returns without suspending (what it
+        raises comes out as :meth:`run_here` lets it out); else a :class:`Started` to
+        hand to ``run_here(started=...)``, which goes on with it."""
+        clock = self.clock
+        started = self.busy_since = clock.monotonic()
+        token = tick_module._set(tick)
+        try:
+            try:
+                call = self.fn(*args)
+            except BaseException as exc:  # raised before its first await
+                raise contain(exc) from None
+            send = getattr(call, "send", None)
+            if send is None:  # an awaitable that is no coroutine: awaited as it is
+                return Started(call, _NOT_STARTED, started)
+            try:
+                first = send(None)
+            except StopIteration as done:
+                return done.value
+            except BaseException as exc:
+                _raise_contained(exc)
+            return Started(call, first, started)
+        finally:
+            tick_module._reset(token)
+            self.busy_since = None
+
     async def run_here(self, tick: Tick | None, *args: Any, timeout: float,
-                       on_hung: Callable[[float], float | None]) -> Any:
+                       on_hung: Callable[[float], float | None],
+                       started: Started | None = None) -> Any:
         """Call the async function and await it in the running task, not a task of its own.
 
         For a lane's consumer: :meth:`call` costs a task, a waiter future, a done-callback
@@ -414,32 +493,39 @@ class Caller:
           outcome (result or exception) is returned as usual.
         """
         clock = self.clock
-        started = self.busy_since = clock.monotonic()
+        if started is None:
+            begun = self.busy_since = clock.monotonic()
+        else:  # run_now() made its first step
+            begun = self.busy_since = started.started
         token = tick_module._set(tick)
         watch: _CallTimeout | None = None
         try:
-            try:
-                call = self.fn(*args)
-            except BaseException as exc:  # raised before its first await
-                raise contain(exc) from None
-            # The call's first step runs at once, in this task as `await` would run it. A
-            # call that returns without suspending (most do: a counter, a buffer append)
-            # cannot have run past a timeout, which only acts at a suspension: it costs no
-            # timeout scope and no timer slot. Only one that suspends gets them.
-            send = getattr(call, "send", None)
-            if send is None:  # an awaitable that is no coroutine: awaited as it is
-                first: Any = _NOT_STARTED
+            if started is not None:
+                call, first = started.call, started.first
             else:
                 try:
-                    first = send(None)
-                except StopIteration as done:
-                    return done.value
-                except BaseException as exc:
-                    _raise_contained(exc)
+                    call = self.fn(*args)
+                except BaseException as exc:  # raised before its first await
+                    raise contain(exc) from None
+                # The call's first step runs at once, in this task as `await` would run
+                # it. A call that returns without suspending (most do: a counter, a buffer
+                # append) cannot have run past a timeout, which only acts at a suspension:
+                # it costs no timeout scope and no timer slot. Only one that suspends gets
+                # them.
+                send = getattr(call, "send", None)
+                if send is None:  # an awaitable that is no coroutine: awaited as it is
+                    first = _NOT_STARTED
+                else:
+                    try:
+                        first = send(None)
+                    except StopIteration as done:
+                        return done.value
+                    except BaseException as exc:
+                        _raise_contained(exc)
             async with asyncio.timeout(None) as scope:
                 if 0 < timeout < math.inf:
-                    watch = _CallTimeout(clock, scope, started, on_hung)
-                    key = _slot_add(clock, timeout, watch)
+                    watch = _CallTimeout(clock, scope, begun, on_hung)
+                    key = _slot_add(clock, timeout, watch, watch.loop)
                 try:
                     result = await guarded(call if first is _NOT_STARTED
                                            else _Resumed(call, first))
@@ -487,6 +573,18 @@ class Caller:
 
 
 _NOT_STARTED: Any = object()
+
+
+class Started:
+    """A call whose first step :meth:`Caller.run_now` made and that suspended (or an
+    awaitable that is no coroutine, not begun: ``first`` is ``_NOT_STARTED``)."""
+
+    __slots__ = ("call", "first", "started")
+
+    def __init__(self, call: Any, first: Any, started: float) -> None:
+        self.call = call
+        self.first = first
+        self.started = started  # clock.monotonic() when it began
 
 
 def _raise_contained(exc: BaseException) -> None:

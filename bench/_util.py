@@ -119,7 +119,7 @@ class Section:
     def from_dict(cls, d: Row) -> Section:
         targets = [Target(t["name"], t["goal"], math.nan if t["value"] is None else t["value"],
                           t["limit"], unit=t["unit"],
-                          higher_is_better=t["goal"].lstrip().startswith(">"))
+                          higher_is_better=t["goal"].lstrip().startswith((">", "=")))
                    for t in d["targets"]]
         rows = [{k: math.nan if v is None else v for k, v in r.items()} for r in d["rows"]]
         return cls(d["name"], d["title"], [(k, h) for k, h in d["columns"]], rows,

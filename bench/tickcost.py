@@ -44,7 +44,7 @@ def statement_ms(statement: str) -> float:
 CONSUMERS = (1, 10, 100)
 CPU_PEERS = ("aioconveyor", "apscheduler", "naive")
 RATE_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("aioconveyor", "aioconveyor (default, busy=0.1)", {}),
+    ("aioconveyor", "aioconveyor (default, busy=0.01)", {}),
     ("aioconveyor", "aioconveyor busy=0", {"clock": {"busy": 0.0}}),
     ("aioconveyor", "aioconveyor busy=1", {"clock": {"busy": 1.0}}),
     ("apscheduler", "apscheduler", {}),
@@ -131,7 +131,7 @@ def rate_section(quick: bool) -> Section:
         notes=["one consumer; lateness = time.time() at the producer's first line minus the "
                "grid time; medians of the runs (p99 worst run: the highest p99 of them)",
                "busy = SystemClock(busy=...), the most of each sleep the clock may spend "
-               "waiting actively (yielding) to start on time; the default is 0.1",
+               "waiting actively (yielding) to start on time; the default is 0.01",
                "floor = a bare thread sleeping to absolute deadlines with time.sleep (no "
                "event loop, no work), skipping ticks it wakes up for more than half an "
                "interval late"],

@@ -59,10 +59,10 @@ def test_a_clock_serves_concurrent_sleepers_in_one_loop() -> None:
     asyncio.run(main())
 
 
-def test_fixed_margin_is_kept_within_the_busy_share() -> None:
+def test_fixed_margin_is_kept_within_the_sleep_and_off_with_busy_0() -> None:
     assert SystemClock(margin=0.0005)._margin(1.0) == 0.0005
-    assert SystemClock(margin=0.0005)._margin(0.001) == pytest.approx(0.0001)  # a tenth
-    assert SystemClock(margin=0.0005, busy=0.25)._margin(0.001) == 0.00025
+    assert SystemClock(margin=0.0005)._margin(0.0002) == 0.0002  # never before the sleep
+    assert SystemClock(margin=0.0005, busy=0.25)._margin(0.001) == 0.0005
     assert SystemClock(margin=0.0005, busy=0)._margin(1.0) == 0
 
 
@@ -72,7 +72,7 @@ def test_busy_must_be_a_share(busy: float) -> None:
         SystemClock(busy=busy)
 
 
-@pytest.mark.parametrize("busy", [0.0, 1.0])
+@pytest.mark.parametrize("busy", [0.0, 0.01, 1.0])
 def test_sleep_until_is_punctual_at_both_ends_of_busy(busy: float) -> None:
     clock = SystemClock(busy=busy)
 

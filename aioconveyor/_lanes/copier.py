@@ -43,8 +43,71 @@ def _timed_copy(data: Any) -> tuple[Any, float]:
     # perf_counter measures the CPU work of one copy (to choose where the next one runs);
     # it is not a timer, so it stays off the conveyor's Clock on purpose
     start = time.perf_counter()
-    result = copy.deepcopy(data)
+    result = deep_copy(data)
     return result, time.perf_counter() - start
+
+
+#: Types ``copy.deepcopy`` returns as they are (immutable, exact types: not subclasses).
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
+#: Plain data (see :func:`deep_copy`) deeper or wider than this goes to ``copy.deepcopy``.
+PLAIN_DEPTH = 8
+PLAIN_ITEMS = 256
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def deep_copy(data: Any) -> Any:
+    """``copy.deepcopy(data)``, several times quicker for the usual small payload.
+
+    Plain data (dicts and lists, at most :data:`PLAIN_DEPTH` deep and :data:`PLAIN_ITEMS`
+    wide, of ``str``/``int``/``float``/``bool``/``None``/``bytes``/``complex`` keys and
+    values, each container appearing once) is copied without deepcopy's memo and dispatch
+    (about 4 us for a three-item dict, per consumer per tick); the result is the same as
+    deepcopy's: new containers, the same immutable values. Anything else, or a container
+    met twice (shared or cyclic: deepcopy keeps those shared), is left to
+    ``copy.deepcopy``."""
+    cls = type(data)
+    if cls in _ATOMIC:
+        return data
+    atomic = _ATOMIC
+    if cls is dict and len(data) <= PLAIN_ITEMS:
+        for k, v in data.items():
+            if type(k) not in atomic or type(v) not in atomic:
+                break
+        else:  # flat: a new dict of the same values is what deepcopy makes
+            return data.copy()
+    elif cls is list and len(data) <= PLAIN_ITEMS:
+        for v in data:
+            if type(v) not in atomic:
+                break
+        else:
+            return data.copy()
+    if cls is dict or cls is list:
+        try:
+            return _plain(data, set(), 0)
+        except _NotPlain:
+            pass
+    return copy.deepcopy(data)
+
+
+def _plain(x: Any, seen: set[int], depth: int) -> Any:
+    cls = type(x)
+    if (cls is not dict and cls is not list) or depth > PLAIN_DEPTH or len(x) > PLAIN_ITEMS:
+        raise _NotPlain
+    if id(x) in seen:
+        raise _NotPlain
+    seen.add(id(x))
+    atomic = _ATOMIC
+    if cls is list:
+        return [v if type(v) in atomic else _plain(v, seen, depth + 1) for v in x]
+    y = {}
+    for k, v in x.items():
+        if type(k) not in atomic:
+            raise _NotPlain
+        y[k] = v if type(v) in atomic else _plain(v, seen, depth + 1)
+    return y
 
 
 class _Slicer:

@@ -21,10 +21,10 @@ from .._consumer import LaneSettings
 from .._errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
 from .._logs import LogLimiter
 from .._tick import Tick
-from .._workers import Caller, CallTimeout, is_awaitable
+from .._workers import Caller, CallTimeout, Started, is_awaitable
 from .ledger import Ledger
 
-__all__ = ["Attempt", "Delivery", "Outcome"]
+__all__ = ["Attempt", "Delivery", "Later", "Outcome"]
 
 logger = logging.getLogger("aioconveyor._lanes")
 
@@ -53,6 +53,18 @@ class Attempt:
 
 #: The outcome of almost every call (immutable, so one for all).
 _DELIVERED = Attempt(Outcome.DELIVERED)
+
+
+class Later:
+    """What :meth:`Delivery.attempt_now` began and :meth:`Delivery.attempt` finishes: a
+    call that suspended (a :class:`~aioconveyor._workers.Started`) or the awaitable a
+    consumer returned, and the consumer's ``rejected`` count before the call."""
+
+    __slots__ = ("rejected_before", "value")
+
+    def __init__(self, value: Any, rejected_before: int | None) -> None:
+        self.value = value
+        self.rejected_before = rejected_before
 
 
 class Delivery:
@@ -84,19 +96,42 @@ class Delivery:
             self._rng = random.Random(self._seed)
         return float(base * self._rng.uniform(1 - s.backoff_jitter, 1 + s.backoff_jitter))
 
-    async def attempt(self, payload: Any, n: int, tick: Tick, retries_done: int) -> Attempt:
-        """Deliver ``payload`` (``n`` items, the last of ``tick``) once."""
+    def attempt_now(self, payload: Any, n: int, tick: Tick,
+                    retries_done: int) -> Attempt | Later:
+        """:meth:`attempt` for an async consumer without a coroutine: its outcome when the
+        call returns (or raises) without suspending, as most do; else a :class:`Later` to
+        hand to ``attempt(later=...)``, which sees the call through."""
+        rejected_before = self._rejected_so_far()
+        self._hung_for = None
+        self._calling = tick.event_time
+        try:
+            result = self.caller.run_now(tick, payload, tick.event_time)
+        except Exception as exc:
+            return self._failed(exc, n, tick, retries_done)
+        if type(result) is Started or is_awaitable(result):
+            return Later(result, rejected_before)
+        return self._delivered(rejected_before, n)
+
+    async def attempt(self, payload: Any, n: int, tick: Tick, retries_done: int,
+                      later: Later | None = None) -> Attempt:
+        """Deliver ``payload`` (``n`` items, the last of ``tick``) once; ``later``: what
+        :meth:`attempt_now` began."""
         s = self.settings
         event_time = tick.event_time
-        rejected_before = self._rejected_so_far()
+        rejected_before = self._rejected_so_far() if later is None else later.rejected_before
         try:
-            if self.caller.is_async:  # awaited in the lane's own task: no task per call
+            if later is not None and type(later.value) is not Started:
+                result = later.value  # it returned an awaitable: resolved below
+                if is_awaitable(result):
+                    await self.caller.resolve(result, s.timeout)
+            elif self.caller.is_async:  # awaited in the lane's own task: no task per call
                 self._hung_for = None
                 self._calling = event_time
                 started = self.clock.monotonic()
                 try:
-                    result = await self.caller.run_here(tick, payload, event_time,
-                                                        timeout=s.timeout, on_hung=self._hung)
+                    result = await self.caller.run_here(
+                        tick, payload, event_time, timeout=s.timeout, on_hung=self._hung,
+                        started=None if later is None else later.value)
                 except CallTimeout:
                     if self._hung_for is None:  # cancelled in time (a hung one was counted)
                         self.ledger.bump("timeouts")
@@ -117,6 +152,9 @@ class Delivery:
             raise
         except Exception as exc:
             return self._failed(exc, n, tick, retries_done)
+        return self._delivered(rejected_before, n)
+
+    def _delivered(self, rejected_before: int | None, n: int) -> Attempt:
         if rejected_before is None:
             return _DELIVERED
         counted = max(0, (self._rejected_so_far() or 0) - rejected_before)

@@ -260,11 +260,12 @@ class Lane:
         q = self.queue
         items = q.entries  # tested directly: this loop runs once per item per consumer
         one = not self.settings.batching  # one item per call: taken without _take()
+        loop = asyncio.get_running_loop()  # once: each look-up is a system call (getpid)
         while True:
             # an idle lane waits here, on the queue's future itself (see LaneQueue.arrival):
             # the interval long, and nothing of the last delivery is kept meanwhile
             while not items and not self._closing:
-                await q.arrival()
+                await q.arrival(loop)
             if one and items:
                 entries = q.take(1)
             else:
@@ -345,8 +346,16 @@ class Lane:
                     self.ledger.move(n, Place.IN_FLIGHT, Place.DROPPED)
                 return
             retries = 0
+            delivery = self.delivery
+            now = self._caller.is_async  # the call's first step without a coroutine
             while True:
-                result = await self.delivery.attempt(payload, n, last.tick, retries)
+                if now:
+                    began = delivery.attempt_now(payload, n, last.tick, retries)
+                    result = (began if isinstance(began, Attempt)
+                              else await delivery.attempt(payload, n, last.tick, retries,
+                                                          later=began))
+                else:
+                    result = await delivery.attempt(payload, n, last.tick, retries)
                 if self._flight is not entries:  # given up on while its call hung
                     return
                 if result.outcome is not Outcome.RETRY:

@@ -172,15 +172,16 @@ class LaneQueue:
 
     # -- leaving ---------------------------------------------------------------------
 
-    def arrival(self) -> asyncio.Future[None]:
+    def arrival(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future[None]:
         """A future that :meth:`wake` resolves (an entry arrived, or the lane is closing).
 
         The lane awaits it directly while idle: no coroutine and no timer around it, as an
         idle lane waits the whole interval and anything it keeps meanwhile ages into the
-        collector's oldest generation, 10,000 times over with 10,000 consumers."""
+        collector's oldest generation, 10,000 times over with 10,000 consumers. ``loop``:
+        the running loop, if the caller knows it (a look-up is a system call)."""
         waiter = self._waiter
         if waiter is None or waiter.done():
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            waiter = self._waiter = (loop or asyncio.get_running_loop()).create_future()
         return waiter
 
     async def wait(self, seconds: float = math.inf) -> None:
