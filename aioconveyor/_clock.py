@@ -233,6 +233,22 @@ def running_clock() -> Clock | None:
     return _running.get()
 
 
+
+class ClockedBackend:
+    """What a leader backend needs of a clock: the one it was given (``self._clock``), or
+    else the clock of the conveyor that first asks it (:func:`running_clock`), or else a
+    plain :class:`SystemClock`; looked up once, then kept."""
+
+    _clock: Clock | None
+
+    def _time(self) -> Clock:
+        if self._clock is None:
+            self._clock = running_clock() or SystemClock(precise=False)
+        return self._clock
+
+    def _now(self) -> float:
+        return self._time().monotonic()
+
 async def wait_done(clock: Clock, future: asyncio.Future[Any], seconds: float) -> bool:
     """Wait for ``future`` at most ``seconds`` on ``clock`` (``math.inf``: no limit); True if
     it is done. Never cancels it.

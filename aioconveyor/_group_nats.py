@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _rendezvous, _validate
-from ._clock import Clock, SystemClock, running_clock, timeout
+from ._clock import Clock, ClockedBackend, timeout
 from ._group import GroupStats, assignment
 from ._leader_postgres import _default_name
 from ._logs import LogLimiter
@@ -70,7 +70,7 @@ def _import_nats() -> Any:
     return nats
 
 
-class NatsGroup:
+class NatsGroup(ClockedBackend):
     """Members of one group split its producers; each tick claimed once in JetStream.
 
     * ``servers``: the NATS URL(s) (``nats://user:password@host:4222``, or a list).
@@ -487,13 +487,6 @@ class NatsGroup:
             self._role = role
             self._since = datetime.now(UTC)
 
-    def _time(self) -> Clock:
-        if self._clock is None:
-            self._clock = running_clock() or SystemClock(precise=False)
-        return self._clock
-
-    def _now(self) -> float:
-        return self._time().monotonic()
 
     def _describe(self, exc: BaseException) -> str:
         return scrub(f"{type(exc).__name__}: {exc}", self._secrets)

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _validate
-from ._clock import Clock, SystemClock, Timer, running_clock, timeout
+from ._clock import Clock, ClockedBackend, Timer, timeout
 from ._errors import ConveyorError
 from ._group import GroupStats, assignment
 from ._leader_postgres import _PROBES, _default_name, _import_asyncpg, lock_id_for
@@ -144,7 +144,7 @@ class _Slot:
     gone: bool = False
 
 
-class PostgresGroup:
+class PostgresGroup(ClockedBackend):
     """Members of one group split its producers; each produced by one live member only.
 
     Use it as ``leader=`` of every instance (all with the same producers and the same
@@ -798,13 +798,6 @@ class PostgresGroup:
             return application_name[len(_APP):]
         return f"#{member_id}"
 
-    def _time(self) -> Clock:
-        if self._clock is None:
-            self._clock = running_clock() or SystemClock(precise=False)
-        return self._clock
-
-    def _now(self) -> float:
-        return self._time().monotonic()
 
     async def _connect(self) -> Any:
         interval = max(1, round(self.keepalive / _PROBES))

@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _validate
-from ._clock import Clock, SystemClock, Timer, running_clock
+from ._clock import Clock, ClockedBackend, Timer
 from ._errors import ConveyorError
 from ._logs import LogLimiter
 from ._secrets import check_pg_ssl, encode_userinfo, mask_dsn, scrub, secrets_of
@@ -102,7 +102,7 @@ class _Key:
     """Released: no longer tracked; a lock it still gets is given back at once."""
 
 
-class PostgresLeader:
+class PostgresLeader(ClockedBackend):
     """Only the holder of a PostgreSQL advisory lock produces (a :class:`~aioconveyor.Leader`).
 
     * ``dsn``: ``postgresql://user:password@host:port/database`` of the **primary**
@@ -371,13 +371,6 @@ class PostgresLeader:
         yield self._own
         yield from self._keys.values()
 
-    def _time(self) -> Clock:
-        if self._clock is None:
-            self._clock = running_clock() or SystemClock(precise=False)
-        return self._clock
-
-    def _now(self) -> float:
-        return self._time().monotonic()
 
     def _fresh(self, now: float) -> bool:
         """Whether the session's last proof may stand for a leader's tick (``proof_age``)."""
