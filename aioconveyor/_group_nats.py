@@ -100,7 +100,7 @@ class NatsGroup(ClockedBackend):
         member_timeout: float | None = None,
         preference_delay: float = 0.2,
         tries: int = 2,
-        balance: float = 1.0,
+        balance: float = 1.05,
         claim_ttl: float = 120.0,
         connect_timeout: float = 5.0,
         options: Mapping[str, Any] | None = None,

@@ -158,8 +158,10 @@ class PostgresGroup(ClockedBackend):
       cannot hold the same name (the second waits until the first is gone).
     * ``check_interval``: seconds between checks (one statement each, whatever the number
       of producers). A producer's tick is granted only on a check at most twice this old.
-    * ``balance``: the largest share over the mean a member takes (``1.0``: exact shares;
-      ``1.05`` moves the ideal 1/N per join or leave in fleets of a hundred, see
+    * ``balance``: the band of shares around the mean: every member holds at most
+      ``balance`` times the mean and at least ``2 - balance`` times it (default ``1.05``:
+      within 5 %, and a join or leave moves about the ideal 1/N; ``1.0``: exact shares, at
+      the price of about 1.3/N moved per change in fleets of a hundred; see
       :func:`aioconveyor._rendezvous.assign`).
     * ``session_timeout``: the server ends a session quiet for this long
       (``idle_session_timeout``, PostgreSQL 14+), so a paused or hung member loses its
@@ -180,7 +182,7 @@ class PostgresGroup(ClockedBackend):
         *,
         name: str | None = None,
         check_interval: float = 1.0,
-        balance: float = 1.0,
+        balance: float = 1.05,
         session_timeout: float | None = None,
         keepalive: float = 10.0,
         connect_timeout: float = 5.0,

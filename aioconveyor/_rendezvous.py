@@ -6,13 +6,18 @@ Python's salted ``hash()``).
 
 * :func:`weight` of a (key, member) pair is a 64-bit mix of the two names' hashes; the
   plain HRW owner of a key is the member with the highest weight (:func:`preferred`).
-* :func:`assign` balances the load: every member takes at most ``ceil(keys / members)``
-  keys. Each key asks its members in the order of its weights, and a member full of keys
+* :func:`assign` balances the load within a band around the mean share: every member
+  holds between :func:`floor_share` and :func:`capacity` keys (by default 5 % either side).
+  First each key asks its members in the order of its weights, and a member full of keys
   keeps the ones that weigh most for it (the key-proposing stable matching of Gale and
-  Shapley, which has one answer whatever the order of the work). Without the bound, plain
-  HRW leaves the busiest of 100 members about 8 % above the mean at 1,000 keys each; with
-  it every member holds ``floor`` or ``ceil`` of the mean, and a member that joins or leaves
-  still moves about ``1/N`` of the keys (``bench/fleet_sim.py`` measures both).
+  Shapley, which has one answer whatever the order of the work); then each member left
+  below the floor, in name order, takes the keys that weigh most for it from members
+  above the floor. Without the band, plain HRW leaves the busiest of 100 members about
+  8 % above the mean at 1,000 keys each, and one of 3 members with 300 keys routinely
+  10 % below it; with it a member that joins or leaves still moves about ``1/N`` of the
+  keys (``bench/fleet_sim.py`` measures both: 1.03/N at 100 members x 100,000 keys). An
+  exact band (``balance=1.0``: ``floor`` or ``ceil`` of the mean) moves more, about 1.3/N
+  per change with a hundred members.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping
 
-__all__ = ["assign", "capacity", "counts", "moved", "name_hash", "preferred", "ranking", "weight"]
+__all__ = ["assign", "capacity", "counts", "floor_share", "moved", "name_hash", "preferred", "ranking", "weight"]
 
 _MASK = (1 << 64) - 1
 _PERSON = b"aioconveyor.hrw"
@@ -69,21 +74,34 @@ def preferred(key: str, members: Iterable[str]) -> str | None:
     return ranked[0] if ranked else None
 
 
-def capacity(keys: int, members: int, balance: float = 1.0) -> int:
+BALANCE = 1.05
+"""The default band: every member's share within 5 % of the mean (rounded outwards)."""
+
+
+def capacity(keys: int, members: int, balance: float = BALANCE) -> int:
     """The most keys one member takes: ``ceil(balance * keys / members)``, at least the
     mean rounded up (``balance=1.0``: every member holds ``floor`` or ``ceil`` of it)."""
     mean = keys / members
     return max(math.ceil(mean), math.ceil(balance * mean - 1e-9))
 
 
-def assign(keys: Iterable[str], members: Iterable[str], *,
-           balance: float = 1.0) -> dict[str, str]:
-    """Each key's member, at most :func:`capacity` keys per member.
+def floor_share(keys: int, members: int, balance: float = BALANCE) -> int:
+    """The fewest keys one member holds: ``floor((2 - balance) * keys / members)``, at most
+    the mean rounded down (the band is symmetric around the mean)."""
+    mean = keys / members
+    return max(0, min(math.floor(mean), math.floor((2.0 - balance) * mean + 1e-9)))
 
-    ``balance`` is the largest share allowed over the mean: ``1.0`` (exact shares) moves
-    about 1.05/N of the keys per join or leave with a few members, 1.3/N with a hundred;
-    ``1.05`` lets a member hold 5 % over the mean and moves 1/N. Empty when there are no
-    members. Duplicate keys or members count once.
+
+def assign(keys: Iterable[str], members: Iterable[str], *,
+           balance: float = BALANCE) -> dict[str, str]:
+    """Each key's member, every member holding between :func:`floor_share` and
+    :func:`capacity` keys.
+
+    ``balance`` is the largest share allowed over the mean, and as far below it the
+    smallest: ``1.05`` (the default) keeps every share within 5 % of the mean and moves
+    about the ideal 1/N of the keys per join or leave; ``1.0`` (exact shares) moves about
+    1.05/N with a few members, 1.3/N with a hundred. Empty when there are no members.
+    Duplicate keys or members count once.
     """
     member_list = sorted(set(members))
     key_list = sorted(set(keys))
@@ -94,8 +112,8 @@ def assign(keys: Iterable[str], members: Iterable[str], *,
     held: list[list[tuple[int, str]]] = [[] for _ in member_list]  # min-heaps of (weight, key)
     choices: dict[str, list[tuple[int, int]]] = {}
     free: list[str] = []
-    for key in key_list:
-        hk = name_hash(key)
+    key_hashes = {key: name_hash(key) for key in key_list}
+    for key, hk in key_hashes.items():
         ranked = sorted(((-mix(hk ^ mh), i) for i, mh in enumerate(member_hashes)),
                         reverse=True)  # popped from the end: the best choice last
         choices[key] = ranked
@@ -110,7 +128,30 @@ def assign(keys: Iterable[str], members: Iterable[str], *,
         else:  # full: it keeps the keys that weigh most for it
             out = heapq.heappushpop(heap, entry)
             free.append(out[1])
-    return {key: member_list[i] for i, heap in enumerate(held) for _, key in heap}
+    owner = {key: i for i, heap in enumerate(held) for _, key in heap}
+    _fill_to_floor(owner, key_hashes, member_hashes, [len(heap) for heap in held],
+                   floor_share(len(key_list), len(member_list), balance))
+    return {key: member_list[i] for key, i in owner.items()}
+
+
+def _fill_to_floor(owner: dict[str, int], key_hashes: dict[str, int],
+                   member_hashes: list[int], sizes: list[int], floor: int) -> None:
+    """Raise every member below ``floor`` to it, in member order: each takes the keys that
+    weigh most for it (ties by key) from members holding more than ``floor``."""
+    for d, mh in enumerate(member_hashes):
+        need = floor - sizes[d]
+        if need <= 0:
+            continue
+        for key in sorted(key_hashes, key=lambda k, mh=mh: (-mix(key_hashes[k] ^ mh), k)):
+            o = owner[key]
+            if o == d or sizes[o] <= floor:
+                continue
+            owner[key] = d
+            sizes[o] -= 1
+            sizes[d] += 1
+            need -= 1
+            if not need:
+                break
 
 
 def counts(assignment: Mapping[str, str], members: Iterable[str] = ()) -> dict[str, int]:
