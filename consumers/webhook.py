@@ -527,11 +527,26 @@ class WebhookConsumer:
         and why the first of them could not."""
         values: list[tuple[str, Any, str, str]] = []  # (url, JSON value, producer, time)
         bad, reason = 0, ""
-        for when, item, producer in iter_produced(data, event_time):
+        url = self._template
+        templated, value_of, append = self._templated, self._value, values.append
+        plain = self.encoder is None  # a dict record's value is made inline (the usual case)
+        time_key, producer_key = self.event_time_key, self.producer_key
+        produced = (((r.event_time, r.data, r.producer) for r in data)
+                    if isinstance(data, Batch) else iter_produced(data, event_time))
+        for when, item, producer in produced:
             try:
                 stamp = when.isoformat()
-                url = self._url_for(producer, stamp) if self._templated else self._template
-                values.append((url, self._value(item, when, stamp, producer), producer, stamp))
+                if templated:
+                    url = self._url_for(producer, stamp)
+                if plain and type(item) is dict:
+                    value = {**item}
+                    if time_key is not None and time_key not in value:
+                        value[time_key] = stamp
+                    if producer_key is not None and producer_key not in value:
+                        value[producer_key] = producer
+                else:
+                    value = value_of(item, when, stamp, producer)
+                append((url, value, producer, stamp))
             except WebhookRejected as exc:  # the lane logs it with the call's outcome
                 bad += 1
                 reason = reason or str(exc)
@@ -545,27 +560,33 @@ class WebhookConsumer:
                     bad += 1
                     reason = reason or str(exc)
             return out, bad, reason
-        groups: dict[str, list[tuple[Any, str, str]]] = {}
-        for url, value, producer, stamp in values:
-            groups.setdefault(url, []).append((value, producer, stamp))
+        groups: dict[str, list[tuple[str, Any, str, str]]]
+        if templated:
+            groups = {}
+            for row in values:
+                groups.setdefault(row[0], []).append(row)
+        else:  # one URL: the batch is one array
+            groups = {url: values} if values else {}
         for url, rows in groups.items():
             try:  # the whole array at once; record by record only to find a bad one
-                array = _ENCODE([value for value, _, _ in rows])
+                array = _ENCODE([row[1] for row in rows])
             except Exception:
-                good: list[tuple[str, str, str]] = []
-                for value, producer, stamp in rows:
+                good: list[tuple[str, Any, str, str]] = []
+                texts: list[str] = []
+                for row in rows:
                     try:
-                        good.append((_json(value, stamp), producer, stamp))
+                        texts.append(_json(row[1], row[3]))
+                        good.append(row)
                     except WebhookRejected as exc:
                         bad += 1
                         reason = reason or str(exc)
                 if not good:
                     continue
-                array = f"[{','.join(text for text, _, _ in good)}]"
+                array = f"[{','.join(texts)}]"
                 rows = good
-            key = _key(rows[0][1], rows[0][2])
+            key = _key(rows[0][2], rows[0][3])
             if len(rows) > 1:
-                key = f"{key}..{_key(rows[-1][1], rows[-1][2])}"
+                key = f"{key}..{_key(rows[-1][2], rows[-1][3])}"
             out.append(_Request(url, array.encode(), key, len(rows)))
         return out, bad, reason
 
@@ -587,7 +608,7 @@ class WebhookConsumer:
                                       f"{type(exc).__name__}: {exc}") from exc
         value: dict[str, Any]
         if type(data) is dict:  # the usual case, quickly
-            value = data.copy()
+            value = {**data}
         else:
             try:
                 fields = None if isinstance(data, str | bytes) else as_mapping(data)

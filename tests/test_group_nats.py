@@ -44,6 +44,8 @@ async def make(nats_url: str) -> AsyncIterator[Callable[..., NatsGroup]]:
     def build(name: str, **kwargs: Any) -> NatsGroup:
         kwargs.setdefault("check_interval", 0.2)
         kwargs.setdefault("preference_delay", 0.1)
+        kwargs.setdefault("balance", 1.0)  # exact shares (10 + 10) keep these figures plain;
+        # the default band is tested in test_rendezvous.py and, on PostgreSQL, test_fleet.py
         servers = kwargs.pop("servers", nats_url)
         member = NatsGroup(servers, group, name=name, **kwargs)
         made.append(member)
