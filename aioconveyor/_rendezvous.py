@@ -27,7 +27,8 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping
 
-__all__ = ["assign", "capacity", "counts", "floor_share", "moved", "name_hash", "preferred", "ranking", "weight"]
+__all__ = ["assign", "capacity", "counts", "floor_share", "moved", "name_hash", "preferred",
+           "ranking", "weight"]
 
 _MASK = (1 << 64) - 1
 _PERSON = b"aioconveyor.hrw"
@@ -142,7 +143,8 @@ def _fill_to_floor(owner: dict[str, int], key_hashes: dict[str, int],
         need = floor - sizes[d]
         if need <= 0:
             continue
-        for key in sorted(key_hashes, key=lambda k, mh=mh: (-mix(key_hashes[k] ^ mh), k)):
+        ranked = sorted((-mix(hk ^ mh), key) for key, hk in key_hashes.items())
+        for _, key in ranked:
             o = owner[key]
             if o == d or sizes[o] <= floor:
                 continue

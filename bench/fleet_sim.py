@@ -137,7 +137,7 @@ def measure(keys: list[str], members: list[str], balance: float | None,
     mean = len(keys) / len(members)
     n = len(members)
     return {
-        "rule": "plain HRW (peer)" if balance is None else f"bounded, balance={balance:g}",
+        "rule": "plain HRW (peer)" if balance is None else f"band, balance={balance:g}",
         "balance": max(counts.values()) / mean,
         "min_share": min(counts.values()) / mean,
         "join": _rendezvous.moved(base, joined) / (len(keys) / (n + 1)),
