@@ -10,6 +10,11 @@ producers a scrape takes a while, and the ticks must not wait.
 With :class:`OpsAuth` the page, ``/status.json`` and ``/metrics`` need credentials
 (a bearer token, or HTTP basic auth), compared in constant time; ``/healthz`` and
 ``/readyz`` stay open for probes but tell an unauthenticated caller only the verdict.
+
+Listening on a loopback address (the default), it answers only requests whose ``Host``
+names a loopback host (``localhost``, ``127.0.0.1``, ``[::1]``...): a web page elsewhere
+cannot read the data through a name of its own that resolves to 127.0.0.1 (DNS
+rebinding). Listening on other addresses it serves any ``Host``; use credentials there.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -33,7 +39,8 @@ __all__ = ["OpsAuth", "OpsEndpoint"]
 logger = logging.getLogger(__name__)
 
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 503: "Service Unavailable"}
+            405: "Method Not Allowed", 421: "Misdirected Request",
+            503: "Service Unavailable"}
 
 Headers = Sequence[tuple[str, str]]
 Answer = tuple[int, str, bytes, Headers]
@@ -167,6 +174,7 @@ class OpsEndpoint:
         self._page = page
         self._auth = auth
         self._server: asyncio.Server | None = None
+        self._loopback = False  # listening on loopback addresses only (set by start())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -178,6 +186,8 @@ class OpsEndpoint:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         host, port = self.address
+        self._loopback = all(_is_loopback(sock.getsockname()[0])
+                             for sock in self._server.sockets)
         shown = f"[{host}]" if ":" in host else host  # an IPv6 address needs brackets
         page = "the status page /, " if self._page is not None else ""
         logger.info("serving %s/metrics, /healthz and /readyz on http://%s:%d%s", page, shown,
@@ -198,7 +208,12 @@ class OpsEndpoint:
             async with asyncio.timeout(5.0):
                 request = await reader.readuntil(b"\r\n\r\n")
             line, _, rest = request.partition(b"\r\n")
-            routed = self._route(line, _header(rest, "authorization"))
+            if self._loopback and not _is_loopback_host(_header(rest, "host")):
+                routed: Answer | Callable[[], Answer] = (
+                    421, "text/plain", b"this endpoint answers to loopback host names only\n",
+                    ())
+            else:
+                routed = self._route(line, _header(rest, "authorization"))
             if callable(routed):
                 routed = await asyncio.to_thread(routed)
             status, ctype, body, headers = routed
@@ -261,6 +276,27 @@ class OpsEndpoint:
             return lambda: (200, "application/json", status(), (("Cache-Control", "no-store"),))
         assert self._page is not None
         return 200, "text/html; charset=utf-8", self._page, _PAGE_HEADERS
+
+
+def _is_loopback(address: str) -> bool:
+    """An IP address of this machine's loopback interface (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_loopback_host(host: str | None) -> bool:
+    """A ``Host`` header naming a loopback host, with or without its port (none at all,
+    as from an HTTP/1.0 client on this machine, passes too: a browser always sends one)."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:port
+        return _is_loopback(name[1:].split("]", 1)[0])
+    name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    name = name.rstrip(".")
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
 
 
 def _header(head: bytes, name: str) -> str | None:

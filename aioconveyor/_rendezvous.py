@@ -7,7 +7,8 @@ Python's salted ``hash()``).
 * :func:`weight` of a (key, member) pair is a 64-bit mix of the two names' hashes; the
   plain HRW owner of a key is the member with the highest weight (:func:`preferred`).
 * :func:`assign` balances the load within a band around the mean share: every member
-  holds between :func:`floor_share` and :func:`capacity` keys (by default 5 % either side).
+  holds between :func:`floor_share` and :func:`capacity` keys (by default 5 % either side,
+  rounded inwards: a mean of 10 keys each is exact).
   First each key asks its members in the order of its weights, and a member full of keys
   keeps the ones that weigh most for it (the key-proposing stable matching of Gale and
   Shapley, which has one answer whatever the order of the work); then each member left
@@ -76,21 +77,23 @@ def preferred(key: str, members: Iterable[str]) -> str | None:
 
 
 BALANCE = 1.05
-"""The default band: every member's share within 5 % of the mean (rounded outwards)."""
+"""The default band: every member's share within 5 % of the mean."""
 
 
 def capacity(keys: int, members: int, balance: float = BALANCE) -> int:
-    """The most keys one member takes: ``ceil(balance * keys / members)``, at least the
-    mean rounded up (``balance=1.0``: every member holds ``floor`` or ``ceil`` of it)."""
+    """The most keys one member takes: ``floor(balance * keys / members)``, at least the
+    mean rounded up (``balance=1.0``: every member holds ``floor`` or ``ceil`` of it).
+    Rounded down, so the largest share is never more than ``balance`` times the mean where
+    whole keys allow it: 10 keys each stay exactly 10, not 11."""
     mean = keys / members
-    return max(math.ceil(mean), math.ceil(balance * mean - 1e-9))
+    return max(math.ceil(mean), math.floor(balance * mean + 1e-9))
 
 
 def floor_share(keys: int, members: int, balance: float = BALANCE) -> int:
-    """The fewest keys one member holds: ``floor((2 - balance) * keys / members)``, at most
-    the mean rounded down (the band is symmetric around the mean)."""
+    """The fewest keys one member holds: ``ceil((2 - balance) * keys / members)``, at most
+    the mean rounded down (the band is symmetric around the mean, rounded inwards)."""
     mean = keys / members
-    return max(0, min(math.floor(mean), math.floor((2.0 - balance) * mean + 1e-9)))
+    return max(0, min(math.floor(mean), math.ceil((2.0 - balance) * mean - 1e-9)))
 
 
 def assign(keys: Iterable[str], members: Iterable[str], *,

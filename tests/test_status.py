@@ -207,6 +207,28 @@ def test_only_get_and_head() -> None:
     assert info.value.code == 405
 
 
+@pytest.mark.parametrize("host, code", [
+    ("evil.example", 421), ("evil.example:8080", 421), ("127.0.0.1.evil.example", 421),
+    ("10.0.0.1", 421), ("localhost", 200), ("LOCALHOST:9", 200), ("127.0.0.1", 200),
+    ("127.1.2.3:80", 200), ("[::1]:9", 200), ("app.localhost", 200),
+])
+def test_on_loopback_only_loopback_host_names_are_answered(host: str, code: int) -> None:
+    # a page of evil.example whose name is re-pointed at 127.0.0.1 (DNS rebinding) sends
+    # its own name as Host: it gets nothing, not even the health verdict
+    with AioConveyor(meter, [], loop_interval=FAST, metrics_port=0) as conv:
+        for path in ("/", "/status.json", "/metrics", "/healthz"):
+            request = urllib.request.Request(f"{base_url(conv)}{path}", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    answer, body = response.status, response.read()
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    answer, body = exc.code, exc.read()
+            assert answer == code, (path, body)
+            if code == 421:
+                assert b"loopback" in body and b"house" not in body
+
+
 async def test_history_is_sampled_on_the_injected_clock() -> None:
     clock = FakeClock(autojump=False)
     counters = ConveyorCounters("c")
