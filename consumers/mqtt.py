@@ -654,6 +654,8 @@ class MqttConsumer:
         if problems:
             self.rejected += len(problems)
             if len(problems) == 1:
+                if messages and problems[0].count is None:
+                    problems[0].count = 1  # the others went out: only this one is rejected
                 raise problems[0]
             raise MqttRecordError(f"{len(problems)} records could not be published; the first: "
                                   f"{problems[0]}", count=len(problems)) from problems[0]

@@ -335,6 +335,23 @@ async def test_bad_records_in_a_batch_do_not_hold_back_the_good_ones(
     assert consumer.rejected == 2
 
 
+async def test_one_bad_record_in_a_batch_counts_as_one_rejected(
+    mqtt_url: str, prefix: str
+) -> None:
+    async with Subscriber(mqtt_url, f"{prefix}/#") as sub:
+        async with MqttConsumer(mqtt_url, topic=f"{prefix}/{{device}}") as consumer:
+            batch = Batch([Record({"device": "a", "v": 1}, T0), Record({"v": 2}, T0),
+                           Record({"device": "c", "v": 3}, T0)])
+            with pytest.raises(MqttRecordError, match="needs field 'device'") as info:
+                await consumer(batch, T0)
+            assert info.value.count == 1  # not the whole batch: 2 were published
+            with pytest.raises(MqttRecordError) as alone:
+                await consumer({"v": 4}, T0)
+            assert alone.value.count is None  # a single record: the call's one item
+        await sub.wait_for(lambda: len(sub) == 2, "2 messages")
+    assert consumer.rejected == 2
+
+
 async def test_an_encoder_that_fails_or_returns_junk_is_a_record_error(mqtt_url: str,
                                                                       prefix: str) -> None:
     def encode(data: Any, event_time: datetime) -> Any:
