@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
+from ._clock import running_clock
+
 
 @dataclass(slots=True)
 class _Burst:
@@ -25,20 +27,31 @@ class LogLimiter:
     ``max_window``): a failure that lasts ten minutes writes four lines, not one per
     item. A key quiet for ``window`` seconds starts a new burst.
 
-    ``now`` is the clock read (the conveyor's ``Clock.monotonic``), so a fake clock drives
-    it like every other timer.
+    ``now`` is the clock read. By default it is the ``monotonic`` of the clock of the
+    conveyor whose code first asks (:func:`~aioconveyor._clock.running_clock`: a consumer's
+    limiter follows a ``FakeClock`` like every engine timer), looked up once and then kept;
+    outside any conveyor, ``time.monotonic`` until one is found.
     """
 
     def __init__(self, window: float = 60.0, *, max_window: float = 3600.0,
-                 now: Callable[[], float] = time.monotonic) -> None:
+                 now: Callable[[], float] | None = None) -> None:
         self.window = window
         self.max_window = max_window
         self._now = now
         self._bursts: dict[Hashable, _Burst] = {}
 
+    def _time(self) -> float:
+        if self._now is None:
+            clock = running_clock()
+            if clock is None:
+                return time.monotonic()
+            self._now = clock.monotonic
+            self._bursts.clear()  # times of another clock: not comparable with this one's
+        return self._now()
+
     def check(self, key: Hashable) -> tuple[bool, bool, int]:
         """Return (log it?, first of a burst?, repeats suppressed since the last line)."""
-        now = self._now()
+        now = self._time()
         burst = self._bursts.get(key)
         if burst is None or now - burst.last_seen >= self.window:
             self._bursts[key] = _Burst(now, now, self.window)

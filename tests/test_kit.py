@@ -147,3 +147,35 @@ def test_builtin_consumer_imports_only_public_api(path: Path) -> None:
 ])
 def test_the_check_catches_private_imports(source: str, expected: list[str]) -> None:
     assert private_imports(source) == expected
+
+
+def test_a_consumers_log_limiter_follows_the_conveyors_fake_clock(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A consumer's own ``LogLimiter()`` reads the conveyor's clock: 10 fake minutes of a
+    failure write the first line and the doubling reminders (at 60, 180 and 420 s), the
+    same on FakeClock as in real time (on time.monotonic the test's second of real time
+    would show only the first line)."""
+    import logging
+    from datetime import datetime
+    from typing import Any
+
+    from aioconveyor import AioConveyor
+    from aioconveyor.testing import FakeClock
+
+    log = logging.getLogger("test.kit.limiter")
+    limiter = kit.LogLimiter()
+
+    async def flaky(data: Any, event_time: datetime) -> None:
+        limiter.log(log, logging.WARNING, "down", "sink down at %s", event_time)
+
+    async def produce(event_time: datetime) -> int:
+        return 1
+
+    caplog.set_level(logging.WARNING, logger="test.kit.limiter")
+    conv = AioConveyor(produce, [flaky], loop_interval=1.0, clock=FakeClock(), max_ticks=600)
+    conv.start()
+    assert conv.join(60) and conv.exception is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.kit.limiter"]
+    assert len(lines) == 4, lines  # at 0 s, then 60, 120 and 240 s after the line before
+    assert "similar messages suppressed" in lines[1]
