@@ -10,21 +10,24 @@ it) go to the same local Mosquitto topic, each method in a fresh process:
 * ``conveyor``: ``AioConveyor`` whose producer returns a :class:`~aioconveyor.Batch` of
   ``CHUNK`` records per tick, published by ``MqttConsumer`` (QoS 0: one message after the
   other; QoS 1: all of a batch at once, then every PUBACK awaited) with
-  ``Consumer(batch_size=1, copy=False, overflow="block")``; ticks are driven by
-  ``FakeClock`` so the consumer is the bottleneck. Timed from the first producer call to
-  the last successful delivery (QoS 1: all PUBACKs received).
+  ``Consumer(batch_size=1, copy=False, overflow="block", timeout=math.inf)``; ticks come
+  from a ``FakeClock`` that each call of the consumer advances (``bench._util.CallDriven``:
+  the next batch is ready while one is published, and nothing polls the loop meanwhile),
+  so the consumer is the bottleneck. Timed with ``perf_counter`` from the first producer
+  call to the end of the last successful call (QoS 1: all PUBACKs received).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._util import Row, Section, Target, ratio, run_worker
+from ._util import CallDriven, Row, Section, Target, ratio, run_worker
 
 URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 CHUNK = 500
@@ -73,30 +76,52 @@ async def _conveyor(qos: int, messages: list[tuple[dict[str, Any], datetime]],
                     topic: str) -> float:
     from aioconveyor import AioConveyor, Batch, Consumer, Record
     from aioconveyor.consumers import MqttConsumer
-    from aioconveyor.testing import FakeClock
 
     records = [Record(data, when) for data, when in messages]
     first: list[float] = []
+    last: list[float] = [0.0]
     position = 0
 
-    async def produce(event_time: datetime) -> Batch:
+    ticks = len(records) // CHUNK
+    calls = 0
+    driven = CallDriven()
+
+    async def produce(event_time: datetime) -> Batch | None:
         nonlocal position
         if not first:
-            first.append(time.time())
+            first.append(time.perf_counter())
+        if position >= len(records):
+            return None  # all handed over: nothing this tick
         chunk = Batch(records[position:position + CHUNK])
         position += CHUNK
         return chunk
 
     host, port = _host_port()
-    sink = MqttConsumer(host=host, port=port, topic=topic, qos=qos, name="mqtt")
-    consumer = Consumer(sink, batch_size=1, copy=False, overflow="block", queue_size=4)
-    conv = AioConveyor(produce, [consumer], loop_interval=1.0, clock=FakeClock(),
-                       max_ticks=len(records) // CHUNK, name="bench-mqtt")
-    await conv.run()
+
+    class Timed(MqttConsumer):
+        """Notes the end of each successful call on the clock of the start
+        (``last_success_time`` is the conveyor's FakeClock), and stops the conveyor after
+        the last (not ``max_ticks``: a FakeClock would jump over the stop deadline while
+        a call waits for the broker, dropping what is queued)."""
+
+        async def __call__(self, data: Any, event_time: datetime) -> None:
+            nonlocal calls
+            driven.started()
+            await super().__call__(data, event_time)
+            last[0] = time.perf_counter()
+            calls += 1
+            if calls == ticks:
+                conv.stop()
+
+    sink = Timed(host=host, port=port, topic=topic, qos=qos, name="mqtt")
+    consumer = Consumer(sink, batch_size=1, copy=False, overflow="block", queue_size=4,
+                        timeout=math.inf)
+    conv = AioConveyor(produce, [consumer], loop_interval=1.0, clock=driven.clock,
+                       name="bench-mqtt")
+    await driven.run(conv)
     stats = conv.stats().consumer("mqtt")
-    assert stats.delivered == len(records) // CHUNK and stats.errors == 0, stats
-    assert stats.last_success_time is not None
-    return stats.last_success_time.timestamp() - first[0]
+    assert stats.delivered == ticks and stats.errors == 0, stats
+    return last[0] - first[0]
 
 
 def mqtt_run(method: str, qos: int, messages: int) -> Row:

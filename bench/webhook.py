@@ -49,7 +49,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._util import ROOT, Row, Section, Target, ratio, run_worker
+from ._util import ROOT, CallDriven, Row, Section, Target, ratio, run_worker
 
 CHUNK = 500
 ARRAY = 100
@@ -137,7 +137,6 @@ async def _conveyor(mode: str, url: str,
                     records: list[tuple[dict[str, Any], datetime]]) -> tuple[float, float]:
     from aioconveyor import AioConveyor, Batch, Consumer, Record
     from aioconveyor.consumers import WebhookConsumer
-    from aioconveyor.testing import FakeClock
 
     chunk = {"each": 1, "batch each": CHUNK, "array": ARRAY}[mode]
     items = [Record(data, when) for data, when in records]
@@ -160,7 +159,7 @@ async def _conveyor(mode: str, url: str,
         position += chunk
         return batch
 
-    started = asyncio.Event()
+    driven = CallDriven()
 
     class Timed(WebhookConsumer):
         """Notes when the last record was delivered, then stops the conveyor (not by
@@ -170,7 +169,7 @@ async def _conveyor(mode: str, url: str,
         calls = 0
 
         async def __call__(self, data: Any, event_time: datetime) -> None:
-            started.set()
+            driven.started()
             await super().__call__(data, event_time)
             Timed.calls += 1
             if Timed.calls == ticks:
@@ -184,29 +183,10 @@ async def _conveyor(mode: str, url: str,
         conv = AioConveyor(produce, [consumer], loop_interval=0.01, name="bench",
                            stop_timeout=600)
         await conv.run()
-    else:
-        # a FakeClock moved by hand: each request the consumer starts brings the next tick
-        # (one item always waits ready, as the raw loop always has its next body), and no
-        # autojump polls the loop while a request is on the network (its sleep(0) turns
-        # would take CPU from the client and the server)
-        clock = FakeClock(autojump=False)
-        conv = AioConveyor(produce, [consumer], loop_interval=1.0, clock=clock,
+    else:  # a FakeClock moved by each call the consumer starts (bench._util.CallDriven)
+        conv = AioConveyor(produce, [consumer], loop_interval=1.0, clock=driven.clock,
                            name="bench", stop_timeout=600)
-
-        async def drive() -> None:
-            while not started.is_set():  # until the first call: the start-up's timers
-                clock.advance(1.0)
-                await asyncio.sleep(0.001)
-            while True:
-                await started.wait()
-                started.clear()
-                clock.advance(1.0)
-
-        driver = asyncio.create_task(drive())
-        try:
-            await conv.run()
-        finally:
-            driver.cancel()
+        await driven.run(conv)
     stats = conv.stats().consumer("webhook")
     assert stats.delivered == ticks and stats.errors == 0 and last, stats
     return last[0] - first[0], last[1] - first[1]
