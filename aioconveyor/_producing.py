@@ -47,7 +47,7 @@ OfferNow = Callable[[Any, Tick, Sequence[Lane]], Awaitable[None] | None]
 class ProducerRun:
     """The state of one producer in a running conveyor."""
 
-    __slots__ = ("_caller", "_consecutive_errors", "_missing_burst", "_not_before",
+    __slots__ = ("_caller", "_consecutive_errors", "_last_missed", "_missing_burst", "_not_before",
                  "clock", "conveyor", "counters", "lanes", "last_event", "leader", "limiter",
                  "removed", "settings", "totals")
 
@@ -69,7 +69,8 @@ class ProducerRun:
                               clock)
         self._consecutive_errors = 0
         self._not_before: float | None = None
-        self._missing_burst = 0
+        self._missing_burst = 0  # ticks missed since the burst began
+        self._last_missed = 0.0  # when the last of them was noticed (clock.monotonic)
 
     @property
     def name(self) -> str:
@@ -113,17 +114,23 @@ class ProducerRun:
         return self.settings.planner.too_late(plan, woke)
 
     def _note_missed(self, plan: Plan) -> None:
+        """Count missed ticks; log the first of a burst, then reminders at doubling
+        intervals (the shared limiter), and "back on schedule" only after a whole limiter
+        window without a miss: a producer that overruns every other tick writes a few
+        lines an hour, not two per tick."""
+        now = self.clock.monotonic()
         if plan.missed:
             with self.totals.lock:
                 self.counters.missed_ticks += plan.missed
             self._missing_burst += plan.missed
-            if self._missing_burst == plan.missed:  # first miss of a burst
-                logger.warning(
-                    "%s: missed %d tick(s) before %s (producer overran, loop blocked "
-                    "or clock stepped)", self.label, plan.missed,
-                    datetime.fromtimestamp(plan.event_time, UTC).isoformat(),
-                )
-        elif self._missing_burst:
+            self._last_missed = now
+            self.limiter.log(
+                logger, logging.WARNING, ("missed", self.settings.name),
+                "%s: missed %d tick(s) before %s (producer overran, loop blocked "
+                "or clock stepped; %d in this burst)", self.label, plan.missed,
+                datetime.fromtimestamp(plan.event_time, UTC).isoformat(), self._missing_burst,
+            )
+        elif self._missing_burst and now - self._last_missed >= self.limiter.window:
             logger.info("%s: back on schedule after %d missed tick(s)", self.label,
                         self._missing_burst)
             self._missing_burst = 0

@@ -409,7 +409,7 @@ async def test_healthz_endpoint_reads_the_fake_clock() -> None:
             address = conv.metrics_address
             assert address is not None
             reader, writer = await asyncio.open_connection(*address)
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             await writer.drain()
             answers.append(await reader.read())
             writer.close()

@@ -341,3 +341,35 @@ async def test_health_names_a_producer_whose_every_call_fails_past_its_bound() -
         task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_a_producer_overrunning_every_other_tick_logs_a_few_lines_not_one_per_miss(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """10 fake minutes at 1 s: every other call takes 1.5 s, so a tick is missed every
+    2 s (300 in all). The misses are counted in full; the log gets the first one and the
+    limiter's doubling reminders (60, 180, 420 s), and no "back on schedule" line between
+    misses."""
+    import logging
+
+    clock = FakeClock()
+    calls = 0
+
+    async def flapping(event_time: datetime) -> int:
+        nonlocal calls
+        calls += 1
+        if calls % 2 == 0:
+            await clock.sleep(1.5)
+        return calls
+
+    caplog.set_level(logging.INFO, logger="aioconveyor")
+    conv = AioConveyor(flapping, [MemoryConsumer()], loop_interval=1.0, clock=clock,
+                       max_ticks=400, name="flap")
+    conv.start()
+    assert conv.join(60) and conv.exception is None
+    missed = conv.stats().missed_ticks
+    lines = [r.getMessage() for r in caplog.records if "missed" in r.getMessage()
+             or "back on schedule" in r.getMessage()]
+    assert missed >= 150, missed
+    assert 2 <= len(lines) <= 6, lines
+    assert not any("back on schedule" in line for line in lines[:-1]), lines
