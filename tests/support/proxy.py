@@ -106,7 +106,6 @@ class TcpProxy:
             w.transport.abort()
         self._writers.clear()
         self._event().set()  # a cut ends a silence: its waiting pipes see the aborts
-        await asyncio.sleep(0.05)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         flowing = self._event()
