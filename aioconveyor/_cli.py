@@ -35,6 +35,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from ._config import ConfigError, LoadedConfig, format_listen, load_config
@@ -52,6 +53,10 @@ from ._process import (
 )
 from ._reload import Reloader
 from ._secrets import mask_text
+
+if TYPE_CHECKING:
+    from ._group_nats import NatsGroup
+    from ._group_postgres import PostgresGroup
 
 __all__ = ["main"]
 
@@ -72,7 +77,8 @@ commands:
                                          remove the Home Assistant devices CONFIG's MQTT
                                          consumers announce (their retained configs)
   aioconveyor group CONFIG [--set K=V]   the live members of CONFIG's [leader] group
-                                         (type = "postgres-group") and their producers
+                                         (type = "postgres-group" or "nats-group") and
+                                         the producers assigned to each
 
 exit codes: 0 done (also after Ctrl-C / SIGTERM; health: healthy), 1 the conveyor
             failed (health: unhealthy or unreachable), 2 bad arguments or config file,
@@ -218,9 +224,11 @@ def _config_parser(command: str) -> argparse.ArgumentParser:
                "are added, replaced or removed without losing queued items; a broken file is "
                "logged and ignored; changes to [conveyor], [producer], [leader] and [metrics] "
                "need a restart.",
-        "group": "Show the group of CONFIG's [leader] (type = \"postgres-group\"): its live "
-                 "members, how many producers each is assigned and holds, and the producers "
-                 "nobody holds. Connects to PostgreSQL; joins nothing.",
+        "group": "Show the group of CONFIG's [leader] (type = \"postgres-group\" or "
+                 "\"nats-group\"): its live members and how many producers each is assigned "
+                 "(PostgreSQL: also how many it holds, and the producers nobody holds; NATS: "
+                 "each member's heartbeat age and its producers). Connects to the server; "
+                 "joins nothing.",
         "check": "Validate CONFIG: read it, fill in ${ENV} references, import the producer, "
                  "build the consumers and the conveyor, open nothing. Prints what it would run.",
         "ha-clear": "Remove from Home Assistant what the MQTT consumers of CONFIG announce: "
@@ -391,22 +399,32 @@ def _group(options: argparse.Namespace) -> int:
     loaded = _load(options)
     if loaded is None:
         return EXIT_CONFIG
-    from ._group import assignment
+    from ._group_nats import NatsGroup
     from ._group_postgres import PostgresGroup
 
     group = loaded.conveyor.leader
-    if not isinstance(group, PostgresGroup):
+    if not isinstance(group, PostgresGroup | NatsGroup):
         _echo(f"aioconveyor: error: {options.config}: [leader] is not a group "
-              '(type = "postgres-group")', err=True)
+              '(type = "postgres-group" or "nats-group")', err=True)
         return EXIT_CONFIG
     keys: list[str | None] = (
         [p.leader_key or name for name, p in loaded.producer_specs.items()]
         if loaded.producer_specs else [None])
     try:
-        members = asyncio.run(group.members_now(keys))
+        if isinstance(group, NatsGroup):
+            _group_nats(group, keys)
+        else:
+            _group_postgres(group, keys)
     except Exception as exc:
         _echo(f"aioconveyor: error: group {group.group}: {loaded.mask(str(exc))}", err=True)
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def _group_postgres(group: PostgresGroup, keys: list[str | None]) -> None:
+    from ._group import assignment
+
+    members = asyncio.run(group.members_now(keys))
     names = {group.lock_name(k) for k in keys}
     planned = assignment(names, [str(m.member_id) for m in members], balanced=True,
                          balance=group.balance)
@@ -417,10 +435,26 @@ def _group(options: argparse.Namespace) -> int:
         _echo(f"  {m.name}: assigned {share}, holds {len(m.producers)} (pid {m.pid})")
     orphans = sorted(names - held)
     if orphans:
-        shown = ", ".join(orphans[:10]) + (f" and {len(orphans) - 10} more"
-                                           if len(orphans) > 10 else "")
-        _echo(f"  held by nobody: {len(orphans)}: {shown}")
-    return EXIT_OK
+        _echo(f"  held by nobody: {len(orphans)}: {_some(orphans)}")
+
+
+def _group_nats(group: NatsGroup, keys: list[str | None]) -> None:
+    members = asyncio.run(group.members_now())
+    planned = group.assignment_of(keys, members)
+    names = {group.lock_name(k) for k in keys}
+    _echo(f"group {group.group!r} (NATS bucket {group.bucket}): {len(members)} members, "
+          f"{len(names)} producers")
+    for m in members:
+        mine = sorted(n for n, owner in planned.items() if owner == m.name)
+        _echo(f"  {m.name}: assigned {len(mine)} (heartbeat {m.age:.1f} s ago)"
+              + (f": {_some(mine)}" if mine else ""))
+    if not members:
+        _echo(f"  assigned to nobody: {len(names)}: {_some(sorted(names))}")
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more"
+                                       if len(names) > shown else "")
 
 
 def _health(options: argparse.Namespace) -> int:

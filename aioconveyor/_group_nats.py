@@ -29,7 +29,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,7 +41,7 @@ from ._leader_postgres import _default_name
 from ._logs import LogLimiter
 from ._secrets import mask_text, scrub, secrets_of
 
-__all__ = ["NatsGroup"]
+__all__ = ["NatsGroup", "NatsGroupMember"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,19 @@ def _token(text: str) -> str:
 def _digest(names: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(names)).encode("utf-8"),
                            digest_size=8).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class NatsGroupMember:
+    """One live member as :meth:`NatsGroup.members_now` lists it."""
+
+    name: str
+    token: str
+    """Its key token in the bucket (``<group>.m.<token>``): what the assignment hashes."""
+    age: float
+    """Seconds since its last heartbeat was written (server time, as the members use)."""
+    digest: str
+    """The digest of its producer keys ("" while they settle)."""
 
 
 def _import_nats() -> Any:
@@ -338,6 +352,67 @@ class NatsGroup(ClockedBackend):
         self._owned.discard(key)
 
     # -- what it shows ---------------------------------------------------------------
+
+    def lock_name(self, key: str | None) -> str:
+        """What is hashed and claimed for producer key ``key``: ``group/key`` (``None``:
+        ``group``), as in ``PostgresGroup``."""
+        return self.group if key is None else f"{self.group}/{key}"
+
+    async def members_now(self) -> list[NatsGroupMember]:
+        """The live members of the group (a heartbeat at most ``member_timeout`` old), read
+        from the bucket over a connection of its own; joins nothing (the ``aioconveyor
+        group`` command uses it)."""
+        nats = self._nats
+        nc = await nats.connect(servers=self._servers, connect_timeout=self.connect_timeout,
+                                name="aioconveyor group (inspect)", allow_reconnect=False,
+                                max_reconnect_attempts=0, **self._options)
+        found: list[NatsGroupMember] = []
+        try:
+            js = nc.jetstream(timeout=self.connect_timeout)
+            try:
+                kv = await js.key_value(self.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                return []
+            watcher = await kv.watch(f"{self._g}.m.*")
+            try:
+                async with timeout(self._time(), self.connect_timeout):
+                    async for entry in watcher:
+                        if entry is None:  # the current values are all in
+                            break
+                        member = self._member_of(entry)
+                        if member is not None and member.age <= self.member_timeout:
+                            found.append(member)
+            finally:
+                await watcher.stop()
+        finally:
+            await nc.close()
+        return sorted(found, key=lambda m: m.name)
+
+    def assignment_of(self, keys: Iterable[str | None],
+                      members: Iterable[NatsGroupMember]) -> dict[str, str]:
+        """Each of ``keys``' names (``lock_name``) and the name of the member it is
+        assigned to among ``members`` (balanced when their digests agree)."""
+        listed = list(members)
+        names = {self.lock_name(k) for k in keys}
+        digests = {m.digest for m in listed if m.digest}
+        by_token = {m.token: m.name for m in listed}
+        planned = assignment(names, by_token, balanced=len(digests) <= 1,
+                             balance=self.balance)
+        return {n: by_token[t] for n, t in planned.items()}
+
+    def _member_of(self, entry: Any) -> NatsGroupMember | None:
+        if entry.operation in ("DEL", "PURGE") or entry.value is None:
+            return None
+        try:
+            body = json.loads(entry.value)
+        except ValueError:
+            return None
+        token = entry.key.rsplit(".", 1)[-1]
+        age = 0.0
+        if entry.created is not None:
+            age = max(0.0, self._time().time() - entry.created.timestamp())
+        return NatsGroupMember(str(body.get("name", token)), token, age,
+                               str(body.get("digest", "")))
 
     def group_stats(self) -> GroupStats:
         """This member's view of the group (safe from any thread: a snapshot replaced at

@@ -8,7 +8,8 @@ appends ``"<producer> <grid time>"`` to ``--log`` (this process's own file, writ
 unbuffered line by line, so a ``kill -9`` loses nothing written) and goes to a
 ``PostgresConsumer`` keyed on (producer, grid time) into ``--table``. Its
 ``PostgresGroup`` connects to ``--group-dsn`` (with ``--backend nats``: its ``NatsGroup``
-to the NATS URL given there). Every 0.2 s it replaces ``--status`` with
+to the NATS URL given there). ``--check-interval``, ``--session-timeout`` and ``--keepalive`` go to the group
+(the fault tests set short ones). Every 0.2 s it replaces ``--status`` with
 a JSON line of its group stats. It prints ``ready`` once started; after SIGTERM one JSON
 line with its final stats, then exits.
 """
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, required=True)
     parser.add_argument("--check-interval", type=float, default=1.0)
     parser.add_argument("--backend", choices=("postgres", "nats"), default="postgres")
+    parser.add_argument("--session-timeout", type=float, default=None)
+    parser.add_argument("--keepalive", type=float, default=10.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                           check_interval=args.check_interval, connect_timeout=2)
     else:
         group = PostgresGroup(args.group_dsn, args.group, name=args.name,
-                              check_interval=args.check_interval, connect_timeout=2)
+                              check_interval=args.check_interval, connect_timeout=2,
+                              session_timeout=args.session_timeout, keepalive=args.keepalive)
     produce = Produce(log, args.name)
     producers = [Producer(produce, name=f"p{i:03d}", every=args.interval)
                  for i in range(args.producers)]

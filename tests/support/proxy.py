@@ -8,6 +8,8 @@ the code under test uses::
         ...
         proxy.cut()        # drop every connection and refuse new ones
         proxy.restore()    # accept again
+        proxy.silence()    # a silent partition: no byte goes through, no socket closes
+        proxy.speak()      # the partition heals: what waited is forwarded
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self._flowing: asyncio.Event | None = None  # made in the proxy loop
 
     # -- called from the test thread -------------------------------------------------
 
@@ -47,6 +50,15 @@ class TcpProxy:
     def restore(self) -> None:
         """Listen again on the same port."""
         self._call(self._listen())
+
+    def silence(self) -> None:
+        """Forward no byte in either direction and close no socket (new connections are
+        accepted and held): a silent partition, as a dropped route or a dead switch."""
+        self._call(self._set_flowing(False))
+
+    def speak(self) -> None:
+        """End a :meth:`silence`: forward again, what waited first."""
+        self._call(self._set_flowing(True))
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -68,6 +80,19 @@ class TcpProxy:
 
     # -- inside the proxy loop -------------------------------------------------------
 
+    async def _set_flowing(self, flowing: bool) -> None:
+        event = self._event()
+        if flowing:
+            event.set()
+        else:
+            event.clear()
+
+    def _event(self) -> asyncio.Event:
+        if self._flowing is None:
+            self._flowing = asyncio.Event()
+            self._flowing.set()
+        return self._flowing
+
     async def _listen(self) -> None:
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port,
@@ -80,11 +105,19 @@ class TcpProxy:
         for w in list(self._writers):
             w.transport.abort()
         self._writers.clear()
+        self._event().set()  # a cut ends a silence: its waiting pipes see the aborts
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        flowing = self._event()
+        self._writers.add(writer)
+        await flowing.wait()  # silent: accepted, and nothing more
+        if writer.is_closing():  # cut while it waited
+            self._writers.discard(writer)
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
+            self._writers.discard(writer)
             writer.transport.abort()
             return
         self.connections += 1
@@ -92,7 +125,12 @@ class TcpProxy:
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
-                while data := await src.read(65536):
+                while True:
+                    await flowing.wait()
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    await flowing.wait()  # read before the silence: held until it ends
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
