@@ -121,13 +121,8 @@ class Lane:
     def put(self, data: Any, tick: Tick, wake: bool = True) -> asyncio.Future[None] | None:
         """Queue ``data`` (shared, not yet copied); a future only when it must wait for
         room (``overflow="block"``). ``wake=False``: the caller wakes the lane later
-        (``lane.queue.wake()``)."""
-        if self.state is LaneState.QUARANTINED:
-            self.ledger.offer(1, Place.FAILED)
-            self._limiter.log(logger, logging.ERROR, "quarantined",
-                              "consumer %s is quarantined; the item of tick %s counts as failed",
-                              self.name, tick.event_time.isoformat())
-            return None
+        (``lane.queue.wake()``). The fan-out calls ``lane.queue.put`` itself (one call
+        less per item per lane): a quarantined lane's queue refuses what arrives."""
         return self.queue.put(data, tick, wake)
 
     # -- opening and closing ---------------------------------------------------------
@@ -220,6 +215,7 @@ class Lane:
     def quarantine(self, why: str) -> None:
         """Stop delivering for good: what is queued and what arrives counts as failed."""
         self._set_state(LaneState.QUARANTINED)
+        self.queue.refuse("quarantined")
         n = self.queue.clear(Place.FAILED, f"quarantined: {why}")
         self.ledger.outcome(False)
         logger.error("consumer %s quarantined (%s); %d queued item(s) failed, and so will "

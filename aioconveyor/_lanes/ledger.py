@@ -117,10 +117,12 @@ class Ledger:
             p = self._places
             p[src] -= n
             p[_DELIVERED] += n - rejected
-            p[_REJECTED] += rejected
+            if rejected:
+                p[_REJECTED] += rejected
             if n > rejected:
                 self.last_success_time = now
-                self.failing_since = None
+                if self.failing_since is not None:
+                    self.failing_since = None
             elif self.failing_since is None:
                 self.failing_since = now
 

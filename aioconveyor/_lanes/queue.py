@@ -64,6 +64,8 @@ class LaneQueue:
         # overflow="block" ever waits): one object less per lane for the others
         self._has_room: asyncio.Event | None = None
         self._spooled = 0
+        self.refusing: str | None = None  # why every new item fails (a quarantined lane)
+        self._plain = spool is None  # put() takes its quick way (no spool, not refusing)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -93,7 +95,7 @@ class LaneQueue:
         the queue is full (the item is queued when it resolves). ``wake=False`` leaves
         waking the lane to the caller (:meth:`wake`)."""
         items = self._items
-        if self.spool is None and len(items) < self.size:
+        if self._plain and len(items) < self.size:
             # the usual case, once per item per lane: _append() written out, and the
             # entry made without the named tuple's Python-level __new__
             items.append(_new_entry(Entry, (data, tick, self._clock.monotonic(), None)))
@@ -104,6 +106,12 @@ class LaneQueue:
                     waiter.set_result(None)
             if self._has_room is not None and len(items) >= self.size:
                 self._has_room.clear()
+            return None
+        if self.refusing is not None:
+            self.ledger.offer(1, Place.FAILED)
+            self._limiter.log(logger, logging.ERROR, "quarantined",
+                              "consumer %s is %s; the item of tick %s counts as failed",
+                              self.name, self.refusing, tick.event_time.isoformat())
             return None
         full = len(items) >= self.size
         if full and self.overflow is Overflow.DROP_NEWEST:
@@ -135,6 +143,12 @@ class LaneQueue:
             self._append(entry, wake)
             return None
         return asyncio.ensure_future(self._put_when_room(entry))
+
+    def refuse(self, why: str) -> None:
+        """From now on every item put counts as failed at once (``why``: the lane's
+        state, for the log)."""
+        self.refusing = why
+        self._plain = False
 
     async def _put_when_room(self, entry: Entry) -> None:
         try:
