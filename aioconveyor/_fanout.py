@@ -59,7 +59,7 @@ class Fanout:
         asleep = self._asleep
         for i, lane in enumerate(tuple(self.lanes if lanes is None else lanes), 1):
             later = i > CHUNK
-            waiter = lane.put(data, tick, wake=not later)
+            waiter = lane.queue.put(data, tick, not later)
             if waiter is not None:  # overflow="block" and the lane is full
                 await waiter
             elif later:
@@ -80,7 +80,7 @@ class Fanout:
         asleep = self._asleep
         for i, lane in enumerate(targets, 1):
             later = i > CHUNK
-            waiter = lane.put(data, tick, wake=not later)
+            waiter = lane.queue.put(data, tick, not later)
             if waiter is not None:  # overflow="block" and the lane is full
                 return self._offer_rest(waiter, data, tick, targets[i:])
             if later:

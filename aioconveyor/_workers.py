@@ -449,7 +449,7 @@ class Caller:
         hand to ``run_here(started=...)``, which goes on with it."""
         clock = self.clock
         started = self.busy_since = clock.monotonic()
-        token = tick_module._set(tick)
+        token = tick_module._current.set(tick)  # not _set(): once per item per lane
         try:
             try:
                 call = self.fn(*args)
@@ -466,7 +466,7 @@ class Caller:
                 _raise_contained(exc)
             return Started(call, first, started)
         finally:
-            tick_module._reset(token)
+            tick_module._current.reset(token)
             self.busy_since = None
 
     async def run_here(self, tick: Tick | None, *args: Any, timeout: float,

@@ -24,7 +24,7 @@ from .._tick import Tick
 from .._workers import Caller, CallTimeout, Started, is_awaitable
 from .ledger import Ledger
 
-__all__ = ["Attempt", "Delivery", "Later", "Outcome"]
+__all__ = ["DELIVERED", "Attempt", "Delivery", "Later", "Outcome"]
 
 logger = logging.getLogger("aioconveyor._lanes")
 
@@ -52,7 +52,7 @@ class Attempt:
 
 
 #: The outcome of almost every call (immutable, so one for all).
-_DELIVERED = Attempt(Outcome.DELIVERED)
+DELIVERED = Attempt(Outcome.DELIVERED)
 
 
 class Later:
@@ -101,15 +101,22 @@ class Delivery:
         """:meth:`attempt` for an async consumer without a coroutine: its outcome when the
         call returns (or raises) without suspending, as most do; else a :class:`Later` to
         hand to ``attempt(later=...)``, which sees the call through."""
-        rejected_before = self._rejected_so_far()
+        # once per item per lane: _rejected_so_far() and _delivered() written out for
+        # the usual consumer, which keeps no ``rejected`` counter and returns None
+        rejected_before = getattr(self.settings.fn, "rejected", None)
+        if rejected_before is not None and (not isinstance(rejected_before, int)
+                                            or isinstance(rejected_before, bool)):
+            rejected_before = None
         self._hung_for = None
-        self._calling = tick.event_time
+        event_time = self._calling = tick.event_time
         try:
-            result = self.caller.run_now(tick, payload, tick.event_time)
+            result = self.caller.run_now(tick, payload, event_time)
         except Exception as exc:
             return self._failed(exc, n, tick, retries_done)
-        if type(result) is Started or is_awaitable(result):
+        if result is not None and (type(result) is Started or is_awaitable(result)):
             return Later(result, rejected_before)
+        if rejected_before is None:
+            return DELIVERED
         return self._delivered(rejected_before, n)
 
     async def attempt(self, payload: Any, n: int, tick: Tick, retries_done: int,
@@ -156,9 +163,9 @@ class Delivery:
 
     def _delivered(self, rejected_before: int | None, n: int) -> Attempt:
         if rejected_before is None:
-            return _DELIVERED
+            return DELIVERED
         counted = max(0, (self._rejected_so_far() or 0) - rejected_before)
-        return Attempt(Outcome.DELIVERED, rejected=min(n, counted)) if counted else _DELIVERED
+        return Attempt(Outcome.DELIVERED, rejected=min(n, counted)) if counted else DELIVERED
 
     def _hung(self, waited: float) -> float | None:
         """A call run here ignored its cancellation (from a timer, while it runs on):

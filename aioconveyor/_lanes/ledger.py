@@ -105,18 +105,24 @@ class Ledger:
             self._places[src] -= n
             self._places[dst] += n
 
-    def settled(self, n: int, rejected: int = 0) -> None:
+    def settled(self, n: int, rejected: int = 0, src: int = _IN_FLIGHT) -> None:
         """A batch of ``n`` in-flight items was delivered, ``rejected`` of them refused:
-        :meth:`move` and :meth:`outcome` in one go (once per item per consumer)."""
+        :meth:`move` and :meth:`outcome` in one go (once per item per consumer).
+
+        ``src=Place.QUEUED``: the lane took the item and its call returned within one
+        step of the loop (see ``Lane._deliver_now``), so it goes from queued to delivered
+        in one section: no other code of the loop could have seen it in flight."""
         now = self._clock.time()
         with self.lock:
             p = self._places
-            p[_IN_FLIGHT] -= n
+            p[src] -= n
             p[_DELIVERED] += n - rejected
-            p[_REJECTED] += rejected
+            if rejected:
+                p[_REJECTED] += rejected
             if n > rejected:
                 self.last_success_time = now
-                self.failing_since = None
+                if self.failing_since is not None:
+                    self.failing_since = None
             elif self.failing_since is None:
                 self.failing_since = now
 

@@ -28,6 +28,9 @@ __all__ = ["Entry", "LaneQueue"]
 
 logger = logging.getLogger("aioconveyor._lanes")
 
+#: ``tuple.__new__``: makes an :class:`Entry` from its four fields in one C call.
+_new_entry = tuple.__new__
+
 
 class Entry(NamedTuple):
     """One queued item."""
@@ -61,6 +64,8 @@ class LaneQueue:
         # overflow="block" ever waits): one object less per lane for the others
         self._has_room: asyncio.Event | None = None
         self._spooled = 0
+        self.refusing: str | None = None  # why every new item fails (a quarantined lane)
+        self._plain = spool is None  # put() takes its quick way (no spool, not refusing)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -89,7 +94,26 @@ class LaneQueue:
         """Queue ``data``; returns a future to await only if the policy is ``block`` and
         the queue is full (the item is queued when it resolves). ``wake=False`` leaves
         waking the lane to the caller (:meth:`wake`)."""
-        full = len(self._items) >= self.size
+        items = self._items
+        if self._plain and len(items) < self.size:
+            # the usual case, once per item per lane: _append() written out, and the
+            # entry made without the named tuple's Python-level __new__
+            items.append(_new_entry(Entry, (data, tick, self._clock.monotonic(), None)))
+            self.ledger.offer(1)
+            if wake:
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            if self._has_room is not None and len(items) >= self.size:
+                self._has_room.clear()
+            return None
+        if self.refusing is not None:
+            self.ledger.offer(1, Place.FAILED)
+            self._limiter.log(logger, logging.ERROR, "quarantined",
+                              "consumer %s is %s; the item of tick %s counts as failed",
+                              self.name, self.refusing, tick.event_time.isoformat())
+            return None
+        full = len(items) >= self.size
         if full and self.overflow is Overflow.DROP_NEWEST:
             self.ledger.offer(1, Place.DROPPED)
             self._dropped(tick, "queue full")
@@ -119,6 +143,12 @@ class LaneQueue:
             self._append(entry, wake)
             return None
         return asyncio.ensure_future(self._put_when_room(entry))
+
+    def refuse(self, why: str) -> None:
+        """From now on every item put counts as failed at once (``why``: the lane's
+        state, for the log)."""
+        self.refusing = why
+        self._plain = False
 
     async def _put_when_room(self, entry: Entry) -> None:
         try:
@@ -217,6 +247,16 @@ class LaneQueue:
         if self._has_room is not None and len(items) < self.size:
             self._has_room.set()
         return entries
+
+    def take_now(self) -> Entry:
+        """Take the oldest entry (there is one) without moving it in the ledger: the
+        caller settles it (from queued) or moves it to in flight before anything else of
+        the loop runs (``Lane._deliver_now``)."""
+        items = self._items
+        entry = items.popleft()
+        if self._has_room is not None and len(items) < self.size:
+            self._has_room.set()
+        return entry
 
     def push_front(self, entries: list[Entry], src: Place = Place.IN_FLIGHT) -> None:
         """Put ``entries`` (oldest first) back at the front, e.g. a batch whose delivery
