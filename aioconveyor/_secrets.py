@@ -200,6 +200,25 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     return _mask_kv(text)
 
 
+def masked_error(exc: BaseException) -> tuple[str, BaseException | None]:
+    """For a log line about ``exc`` (a user's consumer, producer or hook raised it): its
+    text masked by :func:`mask_text`, and the exception to attach for the traceback, or
+    None when masking changed the text of it or of an exception it chains to (a traceback
+    would print the secret again; the line says so instead)."""
+    text = str(exc)
+    masked = mask_text(text)
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    clean = masked == text
+    while clean and link is not None and id(link) not in seen:
+        seen.add(id(link))
+        clean = mask_text(str(link)) == str(link)
+        link = link.__cause__ or link.__context__
+    if clean:
+        return masked, exc
+    return f"{masked} (traceback withheld: the error's text held a secret)", None
+
+
 # -- secrets and scrubbing ---------------------------------------------------------------
 
 

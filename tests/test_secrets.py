@@ -245,3 +245,49 @@ def test_check_and_run_never_print_the_password(tmp_path: Path) -> None:
         assert "***@127.0.0.1" in run.stderr, run.stderr
         outputs += [run.stdout, run.stderr]
     assert_no_secret(outputs)
+
+
+def test_a_users_consumer_error_text_is_masked_in_the_logs_and_the_stats(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A consumer of the user's (not a built-in: it masks nothing itself) whose exceptions
+    carry a DSN with its password, when it opens, when it is called, and in its hook: the
+    lane's log lines and ``last_error`` show the error masked, and no traceback (which
+    would print the text again) is attached to those lines."""
+    from aioconveyor.testing import FakeClock
+
+    secret = "Pl4nted-pw-9"
+    dsn = f"postgresql://app:{secret}@db.invalid/x"
+    opened = 0
+
+    class Leaky:
+        name = "leaky"
+
+        async def open(self) -> None:
+            nonlocal opened
+            opened += 1
+            if opened == 1:
+                raise ConnectionError(f"cannot reach {dsn}")
+
+        async def __call__(self, data: Any, event_time: datetime) -> None:
+            raise OSError(f"write to {dsn} failed") from ValueError(f"{dsn} said no")
+
+    def hook(*args: Any) -> None:
+        raise RuntimeError(f"alerting via {dsn} failed")
+
+    async def produce(event_time: datetime) -> int:
+        return 1
+
+    caplog.set_level(logging.DEBUG)
+    conv = AioConveyor(produce, [Consumer(Leaky(), retries=0, on_error=hook)],
+                       loop_interval=1.0, clock=FakeClock(), max_ticks=5)
+    conv.start()
+    assert conv.join(60) and conv.exception is None
+    stats = conv.stats().consumer("leaky")
+    assert stats.open_errors == 1 and stats.failed == 5 and stats.hook_errors >= 1
+    texts = log_texts(caplog.records)
+    assert not [t for t in texts if secret in t]
+    assert stats.last_error is not None and secret not in stats.last_error
+    assert "app:***@db.invalid" in stats.last_error
+    withheld = [r for r in caplog.records if "traceback withheld" in r.getMessage()]
+    assert len(withheld) >= 3 and all(r.exc_info is None for r in withheld)

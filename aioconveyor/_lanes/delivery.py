@@ -20,6 +20,7 @@ from .._clock import Clock, wait_done
 from .._consumer import LaneSettings
 from .._errors import ConsumerTimeout, ContainedError, Rejected, RetryAfter
 from .._logs import LogLimiter
+from .._secrets import mask_text, masked_error
 from .._tick import Tick
 from .._workers import Caller, CallTimeout, Started, is_awaitable
 from .ledger import Ledger
@@ -218,11 +219,12 @@ class Delivery:
     def _failed(self, exc: Exception, n: int, tick: Tick, retries_done: int) -> Attempt:
         s = self.settings
         original = exc.original if isinstance(exc, ContainedError) else exc
-        self.ledger.error(f"{type(original).__name__}: {exc}")
+        text, attached = masked_error(exc)
+        self.ledger.error(f"{type(original).__name__}: {mask_text(str(exc))}")
         self.limiter.log(
             logger, logging.WARNING, ("error", type(original)),
             "consumer %s failed on tick %s: %s: %s",
-            s.name, tick.event_time.isoformat(), type(original).__name__, exc, exc=exc,
+            s.name, tick.event_time.isoformat(), type(original).__name__, text, exc=attached,
         )
         if isinstance(exc, Rejected):
             return Attempt(Outcome.REJECTED, rejected=n if exc.count is None

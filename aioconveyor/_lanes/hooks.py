@@ -9,6 +9,7 @@ from typing import Any
 
 from .._clock import Clock
 from .._logs import LogLimiter
+from .._secrets import masked_error
 from .._workers import Caller, CallerBusy
 from .ledger import Ledger
 
@@ -56,10 +57,11 @@ class Hooks:
             raise
         except (Exception, CallerBusy) as exc:
             self.ledger.bump("hook_errors")
+            text, attached = masked_error(exc)
             self.limiter.log(
                 logger, logging.WARNING, ("hook", which),
                 "consumer %s: %s hook failed: %s: %s", self.name, which, type(exc).__name__,
-                exc, exc=exc,
+                text, exc=attached,
             )
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from .._clock import Clock, wait_done
 from .._consumer import Batch, LaneSettings, Record
 from .._errors import RetryAfter
 from .._logs import LogLimiter
+from .._secrets import mask_text, masked_error
 from .._tick import Tick
 from .._workers import Caller, call_in_loop
 from .copier import Copier
@@ -158,11 +159,13 @@ class Lane:
         except Exception as exc:
             self._open_failures += 1
             self.ledger.bump("open_errors")
-            self.ledger.error(f"open() failed: {type(exc).__name__}: {exc}")
+            text, attached = masked_error(exc)
+            self.ledger.error(f"open() failed: {type(exc).__name__}: {mask_text(str(exc))}")
             self._limiter.log(
                 logger, logging.WARNING, "open",
                 "consumer %s: open() failed (%s: %s); %d item(s) waiting, retrying with "
-                "backoff", self.name, type(exc).__name__, exc, len(self.queue), exc=exc,
+                "backoff", self.name, type(exc).__name__, text, len(self.queue),
+                exc=attached,
             )
             return exc
         if self._open_failures:
