@@ -279,7 +279,7 @@ def _shape_encoder(shape: tuple[Any, ...], values: Mapping[str, Any],
               f"    if {' and '.join(guards)}:\n"
               f"        return f\"{''.join(pieces)}\"\n"
               "    return None\n")
-    exec(source, namespace)  # noqa: S102 - generated from the fixed templates above
+    exec(source, namespace)  # generated from the fixed templates above, no record text
     encoder: FieldEncoder = namespace["encode"]
     return encoder
 
