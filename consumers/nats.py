@@ -315,10 +315,14 @@ class _Message(NamedTuple):
 
 @dataclass(slots=True, eq=False)
 class _Connection:
-    """One nats-py connection, its JetStream context and a future done when it closes."""
+    """One nats-py connection, its JetStream contexts and a future done when it closes."""
 
     nc: _Client
     js: JetStreamContext
+    """For the stream's management: each request waits at most ``timeout``."""
+    publisher: JetStreamContext
+    """For publishing: no timer per message; :meth:`NatsConsumer._publish` waits for a
+    whole batch's PubAcks at most ``timeout``."""
     lost: asyncio.Future[None]
     unacked_since: float | None = None
     """When a publish was abandoned (the lane's timeout) before its PubAck came, if since."""
@@ -685,21 +689,26 @@ class NatsConsumer:
                                   f"{type(exc).__name__}: {exc}") from exc
 
     async def _publish(self, conn: _Connection, messages: Sequence[_Message]) -> None:
-        """Publish every message at once, then wait for every PubAck, or for the connection
-        to close (nats-py alone would wait for each PubAck until ``timeout``)."""
-        spawn, publish = asyncio.get_running_loop().create_task, conn.js.publish
-        timeout, stream, name = self.timeout, self._stream_name, self._task_name
+        """Publish every message at once, then wait for every PubAck, at most ``timeout``
+        for them all, or until the connection closes (nats-py alone would wait for each
+        PubAck until its own timer, one per message, runs out)."""
+        spawn, publish = asyncio.get_running_loop().create_task, conn.publisher.publish
+        stream, name = self._stream_name, self._task_name
         tasks = [  # a fresh headers dict each: nats-py adds the stream's header to it
-            spawn(publish(m.subject, m.payload, timeout=timeout, stream=stream,
-                          headers={MSG_ID: m.msg_id}), name=name)
+            spawn(publish(m.subject, m.payload, stream=stream, headers={MSG_ID: m.msg_id}),
+                  name=name)
             for m in messages
         ]
         acks = asyncio.gather(*tasks)  # fails with the first failed publish
         try:
             either: set[asyncio.Future[Any]] = {acks, conn.lost}
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            # one timer for the batch, not one per message (nats-py's own timeout)
+            await asyncio.wait(either, timeout=self.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
             if not acks.done():
-                raise nats.errors.ConnectionClosedError
+                if conn.lost.done():
+                    raise nats.errors.ConnectionClosedError
+                raise nats.errors.TimeoutError
             results: list[PubAck] = acks.result()
         except asyncio.CancelledError:  # the lane's timeout: remember, so a dead connection
             if not acks.done() and conn.unacked_since is None:  # is replaced (_connection)
@@ -798,7 +807,11 @@ class NatsConsumer:
                     allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
                     connect_timeout=max(1, math.ceil(self.timeout)),
                     pending_size=self.pending_size, flush_timeout=self.timeout,
-                    error_cb=on_error, closed_cb=on_closed, **options,
+                    error_cb=on_error, closed_cb=on_closed,
+                    # every subject is checked here (_check_subject at construction, a
+                    # producer's token per record), more strictly than nats-py would
+                    # check it again, three times, for every message
+                    skip_subject_validation=True, **options,
                 )
             except Exception as exc:
                 with contextlib.suppress(Exception):
@@ -816,7 +829,8 @@ class NatsConsumer:
                         else "refused the login" if refused else "unreachable")
                 raise NatsConnectionError(f"NATS server {self.url} {what}: {text}",
                                           refused=refused) from None
-            conn = _Connection(nc, nc.jetstream(timeout=self.timeout), lost)
+            conn = _Connection(nc, nc.jetstream(timeout=self.timeout),
+                               nc.jetstream(timeout=None), lost)
             try:
                 if self._state is not _State.OPEN:
                     raise NatsConnectionError(f"NatsConsumer {self.name!r} closed while "
