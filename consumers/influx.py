@@ -241,22 +241,45 @@ _FAST_KINDS: Final = {  # source text of the guard and of the f-string piece
 other value (None, NaN, a Decimal, an enum, a quote in a str) fails the guard and takes
 the general path, which checks and escapes it or refuses it."""
 
-FieldEncoder = Callable[[Mapping[str, Any]], "str | None"]
+ShapeEncoder = Callable[[Mapping[str, Any], str, Mapping[str, str], int], "str | None"]
+"""``encoder(values, head, escaped, timestamp)``: the line of a record whose measurement
+(escaped) is ``head``, or ``None`` for the general path."""
+TagPlan = tuple[tuple[str, str, bool, "str | None"], ...]
+"""Every tag key in order: (key, ``",key="``, whether records may carry it, its static
+value escaped)."""
 
 
-def _shape_encoder(shape: tuple[Any, ...], values: Mapping[str, Any],
-                   skip: frozenset[str]) -> FieldEncoder | None:
-    """A function writing the fields of a record with the keys ``shape`` (in that order)
-    as one f-string, or ``None`` if it returns ``None`` for a record whose values are not
-    all of the types ``values`` (the first record of the shape) has: then the general path
-    encodes it. ``None`` for a shape with a key or value the general path must look at.
+def _shape_encoder(shape: tuple[Any, ...], values: Mapping[str, Any], skip: frozenset[str],
+                   plan: TagPlan) -> ShapeEncoder | None:
+    """A function writing the line of a record with the keys ``shape`` (in that order) as
+    one f-string. It returns ``None`` (the general path then checks and encodes
+    the record) for a record whose field values are not all of the types ``values`` (the
+    first record of the shape) has, or whose tag values are not strings already escaped
+    once (in ``escaped``). ``None`` for a shape with a key or value the general path must
+    look at.
 
-    The generated source holds only generated names (``v0``, ``P0``); the keys and their
-    escaped names are constants of its namespace, never part of its text."""
+    The generated source holds only generated names (``v0``, ``P0``); the keys, their
+    escaped names and the static tags are constants of its namespace, never its text."""
     namespace: dict[str, Any] = {"I": _INT64}
     loads: list[str] = []
     guards: list[str] = []
-    pieces: list[str] = []
+    pieces: list[str] = ["{head}"]
+    present = set(shape)
+    for n, (key, prefix, from_record, static) in enumerate(plan):
+        if from_record and key in present:
+            if type(values[key]) is not str:
+                return None
+            namespace[f"T{n}"], namespace[f"Q{n}"] = key, prefix
+            loads.append(f"    e{n} = values[T{n}]\n"
+                         f"    e{n} = escaped.get(e{n}) if type(e{n}) is str else None\n"
+                         f"    if e{n} is None:\n"
+                         "        return None\n")
+            pieces.append(f"{{Q{n}}}{{e{n}}}")
+        elif static:
+            namespace[f"Q{n}"] = f"{prefix}{static}"
+            pieces.append(f"{{Q{n}}}")
+    pieces.append(" ")
+    fields = 0
     for key in shape:
         if key in skip:
             continue
@@ -267,20 +290,22 @@ def _shape_encoder(shape: tuple[Any, ...], values: Mapping[str, Any],
             name = _name("field key", key, _KEY_ESCAPES)
         except InfluxRecordError:
             return None
-        i = len(loads)
+        i = fields
+        fields += 1
         namespace[f"K{i}"] = key
         namespace[f"P{i}"] = f"{',' if i else ''}{name}="
         loads.append(f"    v{i} = values[K{i}]\n")
         guards.append(kind[0].format(v=f"v{i}"))
         pieces.append(f"{{P{i}}}{kind[1].format(v=f'v{i}')}")
-    if not loads:
+    if not fields:
         return None
-    source = (f"def encode(values):\n{''.join(loads)}"
+    pieces.append(" {timestamp}")
+    source = (f"def encode(values, head, escaped, timestamp):\n{''.join(loads)}"
               f"    if {' and '.join(guards)}:\n"
               f"        return f\"{''.join(pieces)}\"\n"
               "    return None\n")
     exec(source, namespace)  # generated from the fixed templates above, no record text
-    encoder: FieldEncoder = namespace["encode"]
+    encoder: ShapeEncoder = namespace["encode"]
     return encoder
 
 
@@ -532,13 +557,13 @@ class InfluxConsumer:
         self._measurements: dict[str, str] = {}
         # every tag key in order: (key, ",key=", whether records may carry it, its static
         # value escaped)
-        self._tag_plan = tuple(
+        self._tag_plan: TagPlan = tuple(
             (key, f",{_name('tag key', key, _KEY_ESCAPES)}=", key in self._tag_keys,
              _name(f"tag {key!r}", self.static_tags[key], _KEY_ESCAPES)
              if self.static_tags.get(key) else None)
             for key in sorted(self._tag_keys | set(self.static_tags)))
         self._skip = self._tag_keys if self.fields is None else frozenset()
-        self._shapes: dict[tuple[Any, ...], FieldEncoder | None] = {}  # by their keys
+        self._shapes: dict[tuple[Any, ...], ShapeEncoder | None] = {}  # by their keys
         self._days: dict[int, int] = {}  # microseconds since the epoch of each day
 
     def __repr__(self) -> str:
@@ -638,34 +663,6 @@ class InfluxConsumer:
                     measurement = producer or DEFAULT_MEASUREMENT
                     head = heads.get(measurement) or heads.setdefault(
                         measurement, _name("measurement", measurement, _MEASUREMENT_ESCAPES))
-                for key, prefix, from_record, static in plan:
-                    value = values.get(key) if from_record else None
-                    if value is None:
-                        text = static
-                    else:
-                        text = names.get(value) if type(value) is str else None
-                        if text is None:
-                            raw = _tag_value(key, value)
-                            if raw is None:
-                                text = static
-                            else:
-                                text = _name(f"tag {key!r}", raw, _KEY_ESCAPES)
-                                if type(value) is str:
-                                    names[value] = text
-                    if text:
-                        head = f"{head}{prefix}{text}"
-                body = None
-                if only is None and type(values) is dict:
-                    shape = tuple(values)
-                    encoder = shapes.get(shape, _UNKNOWN)
-                    if encoder is _UNKNOWN:
-                        if len(shapes) >= _SHAPES:
-                            shapes.clear()
-                        encoder = shapes[shape] = _shape_encoder(shape, values, skip)
-                    if encoder is not None:
-                        body = encoder(values)  # type: ignore[operator]
-                if body is None:
-                    body = self._fields(values, fixed or producer or DEFAULT_MEASUREMENT)
                 if event_time.tzinfo is None:
                     event_time = event_time.replace(tzinfo=dt.UTC)
                 since = event_time - _EPOCH
@@ -675,16 +672,52 @@ class InfluxConsumer:
                         days.clear()
                     day = days[since.days] = since.days * 86_400_000_000
                 micros = day + since.seconds * 1_000_000 + since.microseconds
-                line(f"{head} {body} {micros * 1000 if nano else micros // divisor}")
+                stamp = micros * 1000 if nano else micros // divisor
+                text = None
+                if only is None and type(values) is dict:
+                    shape = tuple(values)
+                    encoder = shapes.get(shape, _UNKNOWN)
+                    if encoder is _UNKNOWN:
+                        if len(shapes) >= _SHAPES:
+                            shapes.clear()
+                        encoder = shapes[shape] = _shape_encoder(shape, values, skip, plan)
+                    if encoder is not None:
+                        text = encoder(values, head, names, stamp)  # type: ignore[operator]
+                if text is None:
+                    text = self._general(values, head, fixed or producer or DEFAULT_MEASUREMENT)
+                    text = f"{text} {stamp}"
+                line(text)
             except InfluxRecordError as exc:
                 if skipped is None:
                     raise
                 skipped(data, event_time, exc)
         return lines
 
+    def _general(self, values: Mapping[str, Any], head: str, measurement: str) -> str:
+        """The tags and fields of a record after ``head``, each value checked and escaped
+        on its own (the general path: for what no shape encoder writes, and for
+        ``fields=[...]``)."""
+        names = self._escaped
+        for key, prefix, from_record, static in self._tag_plan:
+            value = values.get(key) if from_record else None
+            if value is None:
+                text = static
+            else:
+                text = names.get(value) if type(value) is str else None
+                if text is None:
+                    raw = _tag_value(key, value)
+                    if raw is None:
+                        text = static
+                    else:
+                        text = _name(f"tag {key!r}", raw, _KEY_ESCAPES)
+                        if type(value) is str:
+                            names[value] = text
+            if text:
+                head = f"{head}{prefix}{text}"
+        return f"{head} {self._fields(values, measurement)}"
+
     def _fields(self, values: Mapping[str, Any], measurement: str) -> str:
-        """The fields of a record, checked and escaped one by one (the general path: for
-        the values no shape encoder writes, and for ``fields=[...]``)."""
+        """The fields of a record, checked and escaped one by one."""
         names, skip, only = self._escaped, self._skip, self.fields
         fields: list[str] = []
         add = fields.append
