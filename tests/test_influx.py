@@ -584,3 +584,17 @@ def test_a_shapes_encoder_hands_odd_values_to_the_checks() -> None:
     with pytest.raises(InfluxRecordError, match="line break"):
         consumer.point({"site": "a", "w\n": 1.0}, when)
     assert consumer.point({"site": "a", "w": 1.0, "z": None}, when) == f"m,site=a w=1.0 {stamp}"
+
+
+def test_a_shapes_encoder_writes_static_and_record_tags_as_encode_point_does() -> None:
+    consumer = InfluxConsumer(database="d", tags=["site", "zone"],
+                              static_tags={"host": "pi", "site": "dflt"})
+    when = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    records = [{"site": "a b", "w": 1.5}, {"zone": "z,1", "site": "", "w": 2.5},
+               {"site": "a b", "w": 3.5}, {"zone": "z,1", "site": "", "w": 4.5},
+               {"site": None, "w": 5.5}, {"site": "c", "w": 6.5}, {"site": "a b", "w": 7.5}]
+    for record in records * 2:  # the second time round, every tag value is known
+        tags = {"host": "pi", "site": "dflt"} | {
+            k: v for k in ("site", "zone") if (v := record.get(k))}
+        expected = encode_point("p", tags, {"w": record["w"]}, time_ns(when))
+        assert consumer.point(record, when, "p") == expected
