@@ -227,6 +227,88 @@ def encode_point(measurement: str, tags: Mapping[str, Any], fields: Mapping[str,
     return line if timestamp is None else f"{line} {timestamp}"
 
 
+# -- per-shape encoders -------------------------------------------------------------------
+
+_SHAPES: Final = 1_024  # record shapes remembered (then forgotten, and again)
+_UNKNOWN: Final = object()
+_FAST_KINDS: Final = {  # source text of the guard and of the f-string piece
+    float: ("type({v}) is float and {v} - {v} == 0.0", "{{{v}!r}}"),  # finite
+    int: ("type({v}) is int and -I <= {v} < I", "{{{v}}}i"),
+    bool: ("type({v}) is bool", "{{'true' if {v} else 'false'}}"),
+    str: (r"""type({v}) is str and '"' not in {v} and '\\' not in {v}""", r'\"{{{v}}}\"'),
+}
+"""The value types a shape's encoder writes itself: (its guard, its f-string piece). Any
+other value (None, NaN, a Decimal, an enum, a quote in a str) fails the guard and takes
+the general path, which checks and escapes it or refuses it."""
+
+ShapeEncoder = Callable[[Mapping[str, Any], str, Mapping[str, str], int], "str | None"]
+"""``encoder(values, head, escaped, timestamp)``: the line of a record whose measurement
+(escaped) is ``head``, or ``None`` for the general path."""
+TagPlan = tuple[tuple[str, str, bool, "str | None"], ...]
+"""Every tag key in order: (key, ``",key="``, whether records may carry it, its static
+value escaped)."""
+
+
+def _shape_encoder(shape: tuple[Any, ...], values: Mapping[str, Any], skip: frozenset[str],
+                   plan: TagPlan) -> ShapeEncoder | None:
+    """A function writing the line of a record with the keys ``shape`` (in that order) as
+    one f-string. It returns ``None`` (the general path then checks and encodes
+    the record) for a record whose field values are not all of the types ``values`` (the
+    first record of the shape) has, or whose tag values are not strings already escaped
+    once (in ``escaped``). ``None`` for a shape with a key or value the general path must
+    look at.
+
+    The generated source holds only generated names (``v0``, ``P0``); the keys, their
+    escaped names and the static tags are constants of its namespace, never its text."""
+    namespace: dict[str, Any] = {"I": _INT64}
+    loads: list[str] = []
+    guards: list[str] = []
+    pieces: list[str] = ["{head}"]
+    present = set(shape)
+    for n, (key, prefix, from_record, static) in enumerate(plan):
+        if from_record and key in present:
+            if type(values[key]) is not str:
+                return None
+            namespace[f"T{n}"], namespace[f"Q{n}"] = key, prefix
+            loads.append(f"    e{n} = values[T{n}]\n"
+                         f"    e{n} = escaped.get(e{n}) if type(e{n}) is str else None\n"
+                         f"    if e{n} is None:\n"
+                         "        return None\n")
+            pieces.append(f"{{Q{n}}}{{e{n}}}")
+        elif static:
+            namespace[f"Q{n}"] = f"{prefix}{static}"
+            pieces.append(f"{{Q{n}}}")
+    pieces.append(" ")
+    fields = 0
+    for key in shape:
+        if key in skip:
+            continue
+        kind = _FAST_KINDS.get(type(values[key]))
+        if kind is None or not isinstance(key, str) or not key:
+            return None
+        try:
+            name = _name("field key", key, _KEY_ESCAPES)
+        except InfluxRecordError:
+            return None
+        i = fields
+        fields += 1
+        namespace[f"K{i}"] = key
+        namespace[f"P{i}"] = f"{',' if i else ''}{name}="
+        loads.append(f"    v{i} = values[K{i}]\n")
+        guards.append(kind[0].format(v=f"v{i}"))
+        pieces.append(f"{{P{i}}}{kind[1].format(v=f'v{i}')}")
+    if not fields:
+        return None
+    pieces.append(" {timestamp}")
+    source = (f"def encode(values, head, escaped, timestamp):\n{''.join(loads)}"
+              f"    if {' and '.join(guards)}:\n"
+              f"        return f\"{''.join(pieces)}\"\n"
+              "    return None\n")
+    exec(source, namespace)  # generated from the fixed templates above, no record text
+    encoder: ShapeEncoder = namespace["encode"]
+    return encoder
+
+
 # -- answers ------------------------------------------------------------------------------
 
 _LINE_NUMBER: Final = re.compile(r'\bline (\d+)\b|"line_number"\s*:\s*(\d+)')
@@ -475,15 +557,14 @@ class InfluxConsumer:
         self._measurements: dict[str, str] = {}
         # every tag key in order: (key, ",key=", whether records may carry it, its static
         # value escaped)
-        self._tag_plan = tuple(
+        self._tag_plan: TagPlan = tuple(
             (key, f",{_name('tag key', key, _KEY_ESCAPES)}=", key in self._tag_keys,
              _name(f"tag {key!r}", self.static_tags[key], _KEY_ESCAPES)
              if self.static_tags.get(key) else None)
             for key in sorted(self._tag_keys | set(self.static_tags)))
         self._skip = self._tag_keys if self.fields is None else frozenset()
-        # timestamps: (event_time - epoch) // unit * scale, in integers only
-        self._unit = dt.timedelta(microseconds=max(1, self._divisor // 1000))
-        self._scale = 1000 if self.precision == "ns" else 1
+        self._shapes: dict[tuple[Any, ...], ShapeEncoder | None] = {}  # by their keys
+        self._days: dict[int, int] = {}  # microseconds since the epoch of each day
 
     def __repr__(self) -> str:
         target = (f"db={self.database!r}" if self.api == "v1"
@@ -552,7 +633,9 @@ class InfluxConsumer:
         heads = self._measurements
         if len(heads) > _CACHE_SIZE:
             heads.clear()
-        plan, skip, unit, scale = self._tag_plan, self._skip, self._unit, self._scale
+        shapes, days = self._shapes, self._days
+        plan, skip = self._tag_plan, self._skip
+        nano, divisor = self.precision == "ns", self._divisor // 1000
         only = self.fields
         fixed = self.measurement
         fixed_head = None if fixed is None else _name("measurement", fixed,
@@ -580,60 +663,93 @@ class InfluxConsumer:
                     measurement = producer or DEFAULT_MEASUREMENT
                     head = heads.get(measurement) or heads.setdefault(
                         measurement, _name("measurement", measurement, _MEASUREMENT_ESCAPES))
-                for key, prefix, from_record, static in plan:
-                    value = values.get(key) if from_record else None
-                    if value is None:
-                        text = static
-                    else:
-                        text = names.get(value) if type(value) is str else None
-                        if text is None:
-                            raw = _tag_value(key, value)
-                            if raw is None:
-                                text = static
-                            else:
-                                text = _name(f"tag {key!r}", raw, _KEY_ESCAPES)
-                                if type(value) is str:
-                                    names[value] = text
-                    if text:
-                        head = f"{head}{prefix}{text}"
-                fields: list[str] = []
-                add = fields.append
-                for key, value in (values.items() if only is None
-                                   else [(k, values[k]) for k in only if k in values]):
-                    if value is None or (skip and key in skip):
-                        continue
-                    try:
-                        name = names[key]
-                    except KeyError:
-                        if not isinstance(key, str) or not key:
-                            raise InfluxRecordError(
-                                f"a field key is {key!r}, not a non-empty str") from None
-                        name = names[key] = _name("field key", key, _KEY_ESCAPES)
-                    kind = type(value)
-                    if kind is float and value - value == 0.0:  # finite
-                        add(f"{name}={value!r}")
-                    elif kind is int and -_INT64 <= value < _INT64:
-                        add(f"{name}={value}i")
-                    elif kind is bool:
-                        add(f"{name}=true" if value else f"{name}=false")
-                    elif kind is str and '"' not in value and "\\" not in value:
-                        add(f'{name}="{value}"')
-                    else:
-                        text = _field_value(key, value)  # raises for what cannot be carried
-                        if text is not None:
-                            add(f"{name}={text}")
-                if not fields:
-                    raise InfluxRecordError(
-                        f"measurement {fixed or producer or DEFAULT_MEASUREMENT!r}: the record "
-                        "has no field with a value (line protocol needs at least one)")
                 if event_time.tzinfo is None:
                     event_time = event_time.replace(tzinfo=dt.UTC)
-                line(f"{head} {','.join(fields)} {(event_time - _EPOCH) // unit * scale}")
+                since = event_time - _EPOCH
+                day = days.get(since.days)
+                if day is None:
+                    if len(days) >= _CACHE_SIZE:
+                        days.clear()
+                    day = days[since.days] = since.days * 86_400_000_000
+                micros = day + since.seconds * 1_000_000 + since.microseconds
+                stamp = micros * 1000 if nano else micros // divisor
+                text = None
+                if only is None and type(values) is dict:
+                    shape = tuple(values)
+                    encoder = shapes.get(shape, _UNKNOWN)
+                    if encoder is _UNKNOWN:
+                        if len(shapes) >= _SHAPES:
+                            shapes.clear()
+                        encoder = shapes[shape] = _shape_encoder(shape, values, skip, plan)
+                    if encoder is not None:
+                        text = encoder(values, head, names, stamp)  # type: ignore[operator]
+                if text is None:
+                    text = self._general(values, head, fixed or producer or DEFAULT_MEASUREMENT)
+                    text = f"{text} {stamp}"
+                line(text)
             except InfluxRecordError as exc:
                 if skipped is None:
                     raise
                 skipped(data, event_time, exc)
         return lines
+
+    def _general(self, values: Mapping[str, Any], head: str, measurement: str) -> str:
+        """The tags and fields of a record after ``head``, each value checked and escaped
+        on its own (the general path: for what no shape encoder writes, and for
+        ``fields=[...]``)."""
+        names = self._escaped
+        for key, prefix, from_record, static in self._tag_plan:
+            value = values.get(key) if from_record else None
+            if value is None:
+                text = static
+            else:
+                text = names.get(value) if type(value) is str else None
+                if text is None:
+                    raw = _tag_value(key, value)
+                    if raw is None:
+                        text = static
+                    else:
+                        text = _name(f"tag {key!r}", raw, _KEY_ESCAPES)
+                        if type(value) is str:
+                            names[value] = text
+            if text:
+                head = f"{head}{prefix}{text}"
+        return f"{head} {self._fields(values, measurement)}"
+
+    def _fields(self, values: Mapping[str, Any], measurement: str) -> str:
+        """The fields of a record, checked and escaped one by one."""
+        names, skip, only = self._escaped, self._skip, self.fields
+        fields: list[str] = []
+        add = fields.append
+        for key, value in (values.items() if only is None
+                           else [(k, values[k]) for k in only if k in values]):
+            if value is None or (skip and key in skip):
+                continue
+            try:
+                name = names[key]
+            except KeyError:
+                if not isinstance(key, str) or not key:
+                    raise InfluxRecordError(
+                        f"a field key is {key!r}, not a non-empty str") from None
+                name = names[key] = _name("field key", key, _KEY_ESCAPES)
+            kind = type(value)
+            if kind is float and value - value == 0.0:  # finite
+                add(f"{name}={value!r}")
+            elif kind is int and -_INT64 <= value < _INT64:
+                add(f"{name}={value}i")
+            elif kind is bool:
+                add(f"{name}=true" if value else f"{name}=false")
+            elif kind is str and '"' not in value and "\\" not in value:
+                add(f'{name}="{value}"')
+            else:
+                text = _field_value(key, value)  # raises for what cannot be carried
+                if text is not None:
+                    add(f"{name}={text}")
+        if not fields:
+            raise InfluxRecordError(
+                f"measurement {measurement!r}: the record has no field with a value (line "
+                "protocol needs at least one)")
+        return ",".join(fields)
 
     async def __call__(self, data: Any, event_time: dt.datetime) -> None:
         if self._session is None:

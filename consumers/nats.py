@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import enum
 import importlib
+import json
 import logging
 import math
 import os
@@ -50,7 +51,7 @@ from aioconveyor.kit import (
     split_url,
 )
 
-from ._records import as_mapping, iter_produced, json_dumps, producer_now
+from ._records import as_mapping, iter_produced, producer_now, to_jsonable
 
 try:
     import nats
@@ -90,6 +91,9 @@ token separator ``.`` and the wildcards ``*`` and ``>``."""
 _BAD_STREAM_NAME = re.compile(r"[\s.*>/\\]")
 _HEADER_OVERHEAD = len("NATS/1.0\r\n\r\n")
 _PENDING_SIZE = 8 * 1024 * 1024
+_JSON = json.JSONEncoder(default=to_jsonable, separators=(",", ":"), allow_nan=False).encode
+"""``_records.json_dumps`` with its encoder built once (``json.dumps`` with settings builds one
+per call)."""
 
 
 # -- errors ----------------------------------------------------------------------------
@@ -311,10 +315,14 @@ class _Message(NamedTuple):
 
 @dataclass(slots=True, eq=False)
 class _Connection:
-    """One nats-py connection, its JetStream context and a future done when it closes."""
+    """One nats-py connection, its JetStream contexts and a future done when it closes."""
 
     nc: _Client
     js: JetStreamContext
+    """For the stream's management: each request waits at most ``timeout``."""
+    publisher: JetStreamContext
+    """For publishing: no timer per message; :meth:`NatsConsumer._publish` waits for a
+    whole batch's PubAcks at most ``timeout``."""
     lost: asyncio.Future[None]
     unacked_since: float | None = None
     """When a publish was abandoned (the lane's timeout) before its PubAck came, if since."""
@@ -476,6 +484,12 @@ class NatsConsumer:
         self.pending_size = check.integer("pending_size", pending_size, minimum=65536,
                                           unit="bytes")
         self.name = check.text("name", "nats" if name is None else name)
+        self._task_name = f"aioconveyor.nats[{self.name}].publish"
+        # the bytes of a message's headers but its id: the status line, the id's key, and
+        # the expected stream's header when there is a stream
+        self._header_size = _HEADER_OVERHEAD + len(MSG_ID) + 4 + (
+            0 if self._stream_name is None
+            else len("Nats-Expected-Stream") + len(self._stream_name) + 4)
         check.integer("retries", retries, minimum=0)
         check.positive("max_backoff", max_backoff)
         self.consumer_defaults: dict[str, Any] = {
@@ -605,89 +619,96 @@ class NatsConsumer:
                  max_payload: int) -> _Message:
         subject = self.subject
         if self._templated:
-            when = event_time.isoformat()
             if not producer:
                 raise NatsRecordError(
                     f"subject {self.subject!r} needs the record's producer, and the record of "
-                    f"{when} has none (it did not come from a conveyor's producer)")
+                    f"{event_time.isoformat()} has none (it did not come from a conveyor's "
+                    "producer)")
             bad = _BAD_TOKEN.search(producer)
             if bad:
                 raise NatsRecordError(
                     f"subject {self.subject!r}: the producer name {producer!r} of the record "
-                    f"of {when} holds {bad[0]!r}; a producer fills exactly one subject token "
-                    "(no '.', '*', '>' or whitespace)")
+                    f"of {event_time.isoformat()} holds {bad[0]!r}; a producer fills exactly "
+                    "one subject token (no '.', '*', '>' or whitespace)")
             subject = subject.replace("{producer}", producer)
-        msg_id = f"{producer}/{_grid_id(event_time)}" if producer else _grid_id(event_time)
-        payload = self._payload(data, event_time)
-        size = len(payload) + _HEADER_OVERHEAD + len(MSG_ID) + len(msg_id) + 4
-        if self._stream_name is not None:
-            size += len("Nats-Expected-Stream") + len(self._stream_name) + 4
+        when = event_time.isoformat()  # the JSON's event_time, and (in UTC) the grid id
+        zone = event_time.tzinfo
+        grid = when if zone is None or zone is UTC else _grid_id(event_time)
+        msg_id = f"{producer}/{grid}" if producer else grid
+        payload = self._payload(data, event_time, when)
+        size = len(payload) + len(msg_id) + self._header_size
         if size > max_payload:
-            raise NatsRecordError(f"the message of the record of {event_time.isoformat()} is "
-                                  f"{size} bytes "
+            raise NatsRecordError(f"the message of the record of {when} is {size} bytes "
                                   f"(payload and headers), more than the server's "
                                   f"max_payload of {max_payload} bytes")
         return _Message(subject, payload, msg_id, event_time)
 
-    def _payload(self, data: Any, event_time: datetime) -> bytes:
+    def _payload(self, data: Any, event_time: datetime, when: str) -> bytes:
         out: object
         if self.encoder is not None:
             try:
                 out = self.encoder(data, event_time)
             except Exception as exc:
-                raise NatsRecordError(f"encoder failed on the record of {event_time.isoformat()}: "
+                raise NatsRecordError(f"encoder failed on the record of {when}: "
                                       f"{type(exc).__name__}: {exc}") from exc
         elif isinstance(data, _PASSTHROUGH):
             out = data
         else:
-            out = self._json(data, event_time)
+            out = self._json(data, when)
         if isinstance(out, str):
             return out.encode()
         if isinstance(out, bytes | bytearray | memoryview):
             return bytes(out)
         raise NatsRecordError(f"encoder must return bytes or str, got {type(out).__name__} "
-                              f"for the record of {event_time.isoformat()}")
+                              f"for the record of {when}")
 
-    def _json(self, data: Any, event_time: datetime) -> str:
-        """The default payload: JSON, with ``event_time_key`` added to a mapping."""
+    def _json(self, data: Any, when: str) -> str:
+        """The default payload: JSON, with ``event_time_key`` (``when``, the record's time
+        in ISO 8601) added to a mapping."""
         value: Any = data
-        try:
-            fields = as_mapping(data)
-        except TypeError:
-            pass
-        except Exception as exc:
-            raise NatsRecordError(f"the record of {event_time.isoformat()} cannot be read as "
-                                  f"a mapping: {type(exc).__name__}: {exc}") from exc
+        if type(data) is dict:
+            fields: Mapping[str, Any] = data
         else:
+            try:
+                fields = as_mapping(data)
+            except TypeError:
+                fields = None  # type: ignore[assignment]
+            except Exception as exc:
+                raise NatsRecordError(f"the record of {when} cannot be read as a mapping: "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        if fields is not None:
             value = fields if isinstance(fields, dict) else dict(fields)
             key = self.event_time_key
             if key is not None and key not in value:
                 # the ISO text json_dumps would make of the datetime, made here directly
-                value = {**value, key: event_time.isoformat()}
+                value = {**value, key: when}
         try:
-            return json_dumps(value)
+            return _JSON(value)
         except Exception as exc:  # the data's own fault: retrying cannot help
-            raise NatsRecordError(f"the record of {event_time.isoformat()} cannot be encoded "
-                                  f"as JSON: {type(exc).__name__}: {exc}") from exc
+            raise NatsRecordError(f"the record of {when} cannot be encoded as JSON: "
+                                  f"{type(exc).__name__}: {exc}") from exc
 
     async def _publish(self, conn: _Connection, messages: Sequence[_Message]) -> None:
-        """Publish every message at once, then wait for every PubAck, or for the connection
-        to close (nats-py alone would wait for each PubAck until ``timeout``)."""
-        loop = asyncio.get_running_loop()
-        tasks = [
-            loop.create_task(
-                conn.js.publish(m.subject, m.payload, timeout=self.timeout,
-                                stream=self._stream_name, headers={MSG_ID: m.msg_id}),
-                name=f"aioconveyor.nats[{self.name}].publish",
-            )
+        """Publish every message at once, then wait for every PubAck, at most ``timeout``
+        for them all, or until the connection closes (nats-py alone would wait for each
+        PubAck until its own timer, one per message, runs out)."""
+        spawn, publish = asyncio.get_running_loop().create_task, conn.publisher.publish
+        stream, name = self._stream_name, self._task_name
+        tasks = [  # a fresh headers dict each: nats-py adds the stream's header to it
+            spawn(publish(m.subject, m.payload, stream=stream, headers={MSG_ID: m.msg_id}),
+                  name=name)
             for m in messages
         ]
         acks = asyncio.gather(*tasks)  # fails with the first failed publish
         try:
             either: set[asyncio.Future[Any]] = {acks, conn.lost}
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            # one timer for the batch, not one per message (nats-py's own timeout)
+            await asyncio.wait(either, timeout=self.timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
             if not acks.done():
-                raise nats.errors.ConnectionClosedError
+                if conn.lost.done():
+                    raise nats.errors.ConnectionClosedError
+                raise nats.errors.TimeoutError
             results: list[PubAck] = acks.result()
         except asyncio.CancelledError:  # the lane's timeout: remember, so a dead connection
             if not acks.done() and conn.unacked_since is None:  # is replaced (_connection)
@@ -786,7 +807,11 @@ class NatsConsumer:
                     allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
                     connect_timeout=max(1, math.ceil(self.timeout)),
                     pending_size=self.pending_size, flush_timeout=self.timeout,
-                    error_cb=on_error, closed_cb=on_closed, **options,
+                    error_cb=on_error, closed_cb=on_closed,
+                    # every subject is checked here (_check_subject at construction, a
+                    # producer's token per record), more strictly than nats-py would
+                    # check it again, three times, for every message
+                    skip_subject_validation=True, **options,
                 )
             except Exception as exc:
                 with contextlib.suppress(Exception):
@@ -804,7 +829,8 @@ class NatsConsumer:
                         else "refused the login" if refused else "unreachable")
                 raise NatsConnectionError(f"NATS server {self.url} {what}: {text}",
                                           refused=refused) from None
-            conn = _Connection(nc, nc.jetstream(timeout=self.timeout), lost)
+            conn = _Connection(nc, nc.jetstream(timeout=self.timeout),
+                               nc.jetstream(timeout=None), lost)
             try:
                 if self._state is not _State.OPEN:
                     raise NatsConnectionError(f"NatsConsumer {self.name!r} closed while "

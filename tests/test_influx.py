@@ -561,3 +561,40 @@ def test_without_aiohttp_the_import_names_the_extra(tmp_path: Path) -> None:
                             text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert 'pip install "aioconveyor[influx]"' in result.stdout
+
+
+def test_a_shapes_encoder_hands_odd_values_to_the_checks() -> None:
+    """The first record of a key shape compiles a fast encoder for its value types; a later
+    record of the same shape with other values is still checked, escaped or refused."""
+    consumer = InfluxConsumer(database="d", measurement="m", tags=["site"])
+    when = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    stamp = time_ns(when)
+    first = {"site": "a", "w": 1.5, "n": 3, "ok": True, "s": "x"}
+    assert consumer.point(first, when) == f'm,site=a w=1.5,n=3i,ok=true,s="x" {stamp}'
+    odd = [{"site": "a", "w": None, "n": 3, "ok": True, "s": 'q"\\'},
+           {"site": "a", "w": 2, "n": 2.5, "ok": 1, "s": "y"},
+           {"site": "a", "w": Decimal("2.5"), "n": True, "ok": False, "s": "z"}]
+    for record in odd:
+        fields = {k: v for k, v in record.items() if k != "site"}
+        assert consumer.point(record, when) == encode_point("m", {"site": "a"}, fields, stamp)
+    for bad, message in [(math.nan, "is nan"), (math.inf, "is inf"), ([1], "is a list"),
+                         (2**63, "does not fit")]:
+        with pytest.raises(InfluxRecordError, match=message):
+            consumer.point(first | {"w": bad}, when)
+    with pytest.raises(InfluxRecordError, match="line break"):
+        consumer.point({"site": "a", "w\n": 1.0}, when)
+    assert consumer.point({"site": "a", "w": 1.0, "z": None}, when) == f"m,site=a w=1.0 {stamp}"
+
+
+def test_a_shapes_encoder_writes_static_and_record_tags_as_encode_point_does() -> None:
+    consumer = InfluxConsumer(database="d", tags=["site", "zone"],
+                              static_tags={"host": "pi", "site": "dflt"})
+    when = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    records = [{"site": "a b", "w": 1.5}, {"zone": "z,1", "site": "", "w": 2.5},
+               {"site": "a b", "w": 3.5}, {"zone": "z,1", "site": "", "w": 4.5},
+               {"site": None, "w": 5.5}, {"site": "c", "w": 6.5}, {"site": "a b", "w": 7.5}]
+    for record in records * 2:  # the second time round, every tag value is known
+        tags = {"host": "pi", "site": "dflt"} | {
+            k: v for k in ("site", "zone") if (v := record.get(k))}
+        expected = encode_point("p", tags, {"w": record["w"]}, time_ns(when))
+        assert consumer.point(record, when, "p") == expected
