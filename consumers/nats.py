@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import enum
 import importlib
+import inspect
 import json
 import logging
 import math
@@ -90,6 +91,10 @@ _BAD_TOKEN = re.compile(r"[\s.*>]")
 token separator ``.`` and the wildcards ``*`` and ``>``."""
 _BAD_STREAM_NAME = re.compile(r"[\s.*>/\\]")
 _HEADER_OVERHEAD = len("NATS/1.0\r\n\r\n")
+_SKIPS_SUBJECT_VALIDATION = "skip_subject_validation" in inspect.signature(
+    _Client.connect).parameters
+"""nats-py's ``connect()`` takes ``skip_subject_validation`` (added in 2026, with its
+client-side subject checks; older releases take neither)."""
 _PENDING_SIZE = 8 * 1024 * 1024
 _JSON = json.JSONEncoder(default=to_jsonable, separators=(",", ":"), allow_nan=False).encode
 """``_records.json_dumps`` with its encoder built once (``json.dumps`` with settings builds one
@@ -800,6 +805,11 @@ class NatsConsumer:
                 options["tls_hostname"] = self.host
             if self.credentials is not None:
                 options["user_credentials"] = self.credentials
+            if _SKIPS_SUBJECT_VALIDATION:
+                # every subject is checked here (_check_subject at construction, a
+                # producer's token per record: no whitespace, CR or LF), more strictly
+                # than nats-py would check it again, three times, for every message
+                options["skip_subject_validation"] = True
             try:
                 await nc.connect(
                     servers=[self._server], user=self._user, password=self._password,
@@ -807,11 +817,7 @@ class NatsConsumer:
                     allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
                     connect_timeout=max(1, math.ceil(self.timeout)),
                     pending_size=self.pending_size, flush_timeout=self.timeout,
-                    error_cb=on_error, closed_cb=on_closed,
-                    # every subject is checked here (_check_subject at construction, a
-                    # producer's token per record), more strictly than nats-py would
-                    # check it again, three times, for every message
-                    skip_subject_validation=True, **options,
+                    error_cb=on_error, closed_cb=on_closed, **options,
                 )
             except Exception as exc:
                 with contextlib.suppress(Exception):
