@@ -49,7 +49,7 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._util import ROOT, CallDriven, Row, Section, Target, ratio, run_worker
+from ._util import ROOT, CallDriven, Row, Section, Target, ratio, run_worker, settle_garbage
 
 CHUNK = 500
 ARRAY = 100
@@ -114,6 +114,7 @@ async def _raw(mode: str, url: str,
     import aiohttp
 
     producer = "bench" if mode == "each" else ""
+    settle_garbage()
     async with aiohttp.ClientSession(headers={"Content-Type": "application/json"}) as session:
         started, cpu = time.perf_counter(), time.process_time()
         if mode == "array":
@@ -140,6 +141,7 @@ async def _conveyor(mode: str, url: str,
 
     chunk = {"each": 1, "batch each": CHUNK, "array": ARRAY}[mode]
     items = [Record(data, when) for data, when in records]
+    settle_garbage()
     ticks = len(records) // chunk
     first: list[float] = []
     last: list[float] = []
