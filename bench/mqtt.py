@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._util import CallDriven, Row, Section, Target, ratio, run_worker
+from ._util import CallDriven, Row, Section, Target, ratio, run_worker, settle_garbage
 
 URL = os.environ.get("AIOCONVEYOR_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 CHUNK = 500
@@ -55,6 +55,7 @@ async def _raw(qos: int, messages: list[tuple[dict[str, Any], datetime]], topic:
     import aiomqtt
 
     host, port = _host_port()
+    settle_garbage()
     async with aiomqtt.Client(host, port) as client:
         started = time.perf_counter()
         if qos == 0:
@@ -78,6 +79,7 @@ async def _conveyor(qos: int, messages: list[tuple[dict[str, Any], datetime]],
     from aioconveyor.consumers import MqttConsumer
 
     records = [Record(data, when) for data, when in messages]
+    settle_garbage()
     first: list[float] = []
     last: list[float] = [0.0]
     position = 0

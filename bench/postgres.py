@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ._util import Row, Section, Target, ratio, run_worker
+from ._util import Row, Section, Target, ratio, run_worker, settle_garbage
 
 DSN = os.environ.get("AIOCONVEYOR_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 CHUNK = 500
@@ -75,6 +75,7 @@ async def _raw(method: str, table: str, rows: list[tuple[Any, ...]]) -> float:
     import asyncpg
 
     conn = await asyncpg.connect(DSN)
+    settle_garbage()
     try:
         started = time.perf_counter()
         if method == "copy":
@@ -97,6 +98,7 @@ async def _conveyor(table: str, rows: list[tuple[Any, ...]], per_tick: int) -> f
     from aioconveyor.testing import FakeClock
 
     records = [Record(dict(zip(COLUMNS[1:], r[1:], strict=True)), r[0]) for r in rows]
+    settle_garbage()
     first: list[float] = []
     last: list[float] = [0.0]
     position = 0
