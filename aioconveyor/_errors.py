@@ -20,6 +20,9 @@ construction time, before anything is opened.
 
 from __future__ import annotations
 
+import email.utils
+import re
+import time
 from datetime import datetime
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "RetryAfter",
     "SettingError",
     "StartupError",
+    "retry_after_seconds",
 ]
 
 
@@ -125,6 +129,37 @@ class RetryAfter(ConveyorError):
                                f"must be a finite number >= 0, got {seconds!r}")
         super().__init__(message or f"retry after {seconds:g} s")
         self.seconds = float(seconds)
+
+
+
+_DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+
+
+def retry_after_seconds(value: str | None, date: str | None = None, *,
+                        now: float | None = None) -> float | None:
+    """Seconds an HTTP ``Retry-After`` header asks to wait, or ``None`` if it says nothing
+    usable (for :class:`RetryAfter`; 429 and 503 answers carry it).
+
+    ``value`` is delta-seconds (``"120"``; a decimal fraction such as ``"1.5"``, which some
+    servers send though RFC 9110 has only digits, is taken too) or an HTTP date. A date
+    is counted from the answer's own ``Date`` header when there is one (so the server's
+    clock and ours need not agree), else from ``now`` (default: the wall clock); a date in
+    the past is 0. Negative, non-finite or other text is ``None``.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        until = email.utils.parsedate_to_datetime(value).timestamp()
+        if date is not None:
+            start = email.utils.parsedate_to_datetime(date).timestamp()
+        else:
+            start = time.time() if now is None else now
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0.0, until - start)
 
 
 class Rejected(ConveyorError):

@@ -31,7 +31,7 @@ from typing import Final
 
 from . import _validate as check
 from ._consumer import Batch, Record
-from ._errors import ConveyorError, Rejected, RetryAfter, SettingError
+from ._errors import ConveyorError, Rejected, RetryAfter, SettingError, retry_after_seconds
 from ._logs import LogLimiter
 from ._secrets import (
     check_pg_ssl,
@@ -64,6 +64,7 @@ __all__ = [  # noqa: RUF022 - plain sorted(), as tests/test_package.py checks ev
     "mask_dsn",
     "mask_text",
     "mask_url",
+    "retry_after_seconds",
     "scrub",
     "secrets_of",
     "split_url",

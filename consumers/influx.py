@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
-import email.utils
 import enum
 import gzip as gzip_module
 import itertools
@@ -35,7 +34,6 @@ import json
 import logging
 import math
 import re
-import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
@@ -59,6 +57,7 @@ from aioconveyor.kit import (
     current_tick,
     mask_text,
     mask_url,
+    retry_after_seconds,
     secrets_of,
     split_url,
 )
@@ -73,7 +72,6 @@ __all__ = [
     "InfluxRecordError",
     "InfluxServerError",
     "encode_point",
-    "retry_after",
     "time_ns",
 ]
 
@@ -343,24 +341,6 @@ def _json_unescape(detail: str) -> str:
         if isinstance(message, str):
             return message
     return detail
-
-
-def retry_after(value: str | None, date: str | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait: delta-seconds, or an HTTP date
-    counted from the answer's own ``Date`` (so the two clocks need not agree)."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            until = email.utils.parsedate_to_datetime(value).timestamp()
-            now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, until - now)
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 # -- the consumer -------------------------------------------------------------------------
@@ -823,7 +803,7 @@ class InfluxConsumer:
             raise InfluxAuthError(f"{self!r}: HTTP {status}, the server refused our {what}"
                                   f": {short}")
         if status in (429, 503):
-            seconds = retry_after(headers.get("Retry-After"), headers.get("Date"))
+            seconds = retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
             if seconds is not None:
                 if seconds > self.max_retry_after:
                     self._limiter.log(logger, logging.WARNING, "long retry-after",

@@ -32,13 +32,11 @@ errors raised.
 from __future__ import annotations
 
 import base64
-import email.utils
 import enum
 import json
 import logging
 import re
 import string
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -55,6 +53,7 @@ from aioconveyor.kit import (
     RetryAfter,
     check,
     mask_text,
+    retry_after_seconds,
     secrets_of,
     split_url,
 )
@@ -76,7 +75,6 @@ __all__ = [
     "WebhookHttpError",
     "WebhookRejected",
     "WebhookTimeoutError",
-    "retry_after_seconds",
 ]
 
 logger = logging.getLogger(__name__)
@@ -136,30 +134,6 @@ class WebhookRejected(WebhookError, Rejected):
 
 
 # -- Retry-After -----------------------------------------------------------------------
-
-
-def retry_after_seconds(value: str | None, date: str | None = None, *,
-                        now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait, or ``None`` if it says nothing usable.
-
-    ``value`` is delta-seconds (``"120"``) or an HTTP date; a date is counted from the
-    answer's own ``Date`` header when there is one (so the server's clock and ours need
-    not agree), else from ``now`` (default: the wall clock). A date in the past is 0.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        until = email.utils.parsedate_to_datetime(value).timestamp()
-        if date is not None:
-            start = email.utils.parsedate_to_datetime(date).timestamp()
-        else:
-            start = time.time() if now is None else now
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    return max(0.0, until - start)
 
 
 # -- the URL ---------------------------------------------------------------------------

@@ -9,10 +9,8 @@ through it.
 from __future__ import annotations
 
 import email.message
-import email.utils
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -25,6 +23,7 @@ from aioconveyor.kit import (
     RetryAfter,
     SyncWorker,
     mask_text,
+    retry_after_seconds,
     secrets_of,
 )
 
@@ -37,22 +36,6 @@ class HttpError(Exception):
     def __init__(self, status: int, detail: str) -> None:
         super().__init__(f"HTTP {status}: {detail}" if detail else f"HTTP {status}")
         self.status = status
-
-
-def retry_after(value: str | None, date: str | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait: delta-seconds, or an HTTP date
-    counted from the answer's own ``Date`` (so the two clocks need not agree)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        until = email.utils.parsedate_to_datetime(value).timestamp()
-        now = email.utils.parsedate_to_datetime(date).timestamp() if date else time.time()
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, until - now)
 
 
 class HttpJsonConsumer:
@@ -143,7 +126,7 @@ class HttpJsonConsumer:
             return
         detail = self._mask(" ".join(detail.split())[:200])
         if status in (429, 503):
-            seconds = retry_after(headers.get("Retry-After"), headers.get("Date"))
+            seconds = retry_after_seconds(headers.get("Retry-After"), headers.get("Date"))
             if seconds is not None:
                 if seconds > self.max_retry_after:
                     self._limiter.log(logger, logging.WARNING, "long retry-after",

@@ -31,10 +31,9 @@ from aioconveyor.consumers.influx import (
     InfluxRecordError,
     InfluxServerError,
     encode_point,
-    retry_after,
     time_ns,
 )
-from aioconveyor.kit import Batch, Record
+from aioconveyor.kit import Batch, Record, retry_after_seconds
 from support.influx import (
     DATABASE,
     VICTORIA_PASSWORD,
@@ -439,11 +438,11 @@ def test_a_batch_takes_each_records_producer() -> None:
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
-    assert retry_after("7") == 7.0
-    assert retry_after(" 1.5 ") == 1.5
-    assert retry_after("Wed, 21 Oct 2026 07:28:10 GMT", "Wed, 21 Oct 2026 07:28:00 GMT") == 10
-    assert retry_after("soon") is None and retry_after(None) is None
-    assert retry_after("-1") is None
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds(" 1.5 ") == 1.5
+    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:10 GMT", "Wed, 21 Oct 2026 07:28:00 GMT") == 10
+    assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+    assert retry_after_seconds("-1") is None
 
 
 # -- construction -------------------------------------------------------------------------

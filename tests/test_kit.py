@@ -36,6 +36,7 @@ KIT = [
     "mask_dsn",
     "mask_text",
     "mask_url",
+    "retry_after_seconds",
     "scrub",
     "secrets_of",
     "split_url",

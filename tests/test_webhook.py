@@ -34,9 +34,8 @@ from aioconveyor.consumers.webhook import (
     WebhookHttpError,
     WebhookRejected,
     WebhookTimeoutError,
-    retry_after_seconds,
 )
-from aioconveyor.kit import RetryAfter
+from aioconveyor.kit import RetryAfter, retry_after_seconds
 from aioconveyor.testing import FakeClock
 from support.leaks import exception_texts, log_texts
 from support.services import free_port
