@@ -131,7 +131,6 @@ class RetryAfter(ConveyorError):
         self.seconds = float(seconds)
 
 
-
 _DELTA_SECONDS = re.compile(r"\d+(?:\.\d+)?")
 
 

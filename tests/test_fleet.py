@@ -16,12 +16,10 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,10 @@ import asyncpg
 import pytest
 
 from aioconveyor import PostgresGroup
+from support.fleet_member import Member, wait_until
 from support.private_postgres import PrivatePostgres
 from support.services import NATS_URL, require_server
 
-WORKER = Path(__file__).parent / "support" / "fleet_worker.py"
 PRODUCERS = 300
 PERIOD = 1.0
 SESSION_TIMEOUT = 5
@@ -58,58 +56,6 @@ def sql(dsn: str, statement: str, *args: Any) -> list[Any]:
     return asyncio.run(run())
 
 
-def wait_until(check: Callable[[], bool], seconds: float, what: str) -> float:
-    """Poll ``check`` until true; the wall time it became true."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
-        time.sleep(0.1)
-    return time.time()
-
-
-class Member:
-    def __init__(self, fleet: Fleet, name: str) -> None:
-        self.name = name
-        self.log = fleet.dir / f"{name}.log"
-        self.status_path = fleet.dir / f"{name}.json"
-        self.stderr = open(fleet.dir / f"{name}.err", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "--dsn", fleet.data_dsn, "--group-dsn",
-             fleet.group_dsn, "--group", fleet.group, "--name", name, "--table", fleet.table,
-             "--producers", str(PRODUCERS), "--interval", str(PERIOD), "--log",
-             str(self.log), "--status", str(self.status_path), "--backend", fleet.backend],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.status_path.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    def produced(self) -> list[tuple[str, float]]:
-        if not self.log.exists():
-            return []
-        out = []
-        for line in self.log.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                out.append((parts[0], float(parts[1])))
-        return out
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> dict[str, Any]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        self.stderr.close()
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        return dict(json.loads(lines[-1])) if lines else {}
-
-
 class Fleet:
     def __init__(self, pg: PrivatePostgres, tmp: Path, backend: str = "postgres",
                  coordinator: str | None = None) -> None:
@@ -124,7 +70,10 @@ class Fleet:
         self.members: dict[str, Member] = {}
 
     def spawn(self, name: str) -> Member:
-        member = self.members[name] = Member(self, name)
+        member = self.members[name] = Member(self.dir, name, [
+            "--dsn", self.data_dsn, "--group-dsn", self.group_dsn, "--group", self.group,
+            "--table", self.table, "--producers", str(PRODUCERS), "--interval",
+            str(PERIOD), "--backend", self.backend])
         return member
 
     def live(self) -> list[Member]:

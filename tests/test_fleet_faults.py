@@ -20,22 +20,21 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from support.fleet_member import Member, wait_until
 from support.proxy import TcpProxy
 from support.services import POSTGRES_DSN, free_port, in_ci, require_server
 
-WORKER = Path(__file__).parent / "support" / "fleet_worker.py"
 NATS_SERVER = "/usr/sbin/nats-server"
 PRODUCERS = 24
 PERIOD = 1.0
@@ -68,59 +67,9 @@ def sql(statement: str) -> None:
     asyncio.run(run())
 
 
-def wait_until(check: Callable[[], bool], seconds: float, what: str) -> float:
-    """Poll ``check`` until true; the wall time it became true."""
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, f"no {what} within {seconds} s"
-        time.sleep(0.1)
-    return time.time()
-
-
 def grid(t: float) -> float:
     """The first grid time at or after wall time ``t``."""
     return math.ceil(t / PERIOD) * PERIOD
-
-
-class Member:
-    def __init__(self, fleet: Fleet, name: str, coordinator: str) -> None:
-        self.name = name
-        self.log = fleet.dir / f"{name}.log"
-        self.status_path = fleet.dir / f"{name}.json"
-        self.stderr = open(fleet.dir / f"{name}.err", "w")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER), "--dsn", POSTGRES_DSN, "--group-dsn", coordinator,
-             "--group", fleet.group, "--name", name, "--table", fleet.table,
-             "--producers", str(PRODUCERS), "--interval", str(PERIOD), "--log",
-             str(self.log), "--status", str(self.status_path), "--backend", fleet.backend,
-             "--check-interval", str(CHECK), "--session-timeout", str(SESSION_TIMEOUT),
-             "--keepalive", str(KEEPALIVE)],
-            stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.status_path.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    def produced(self) -> list[tuple[str, float]]:
-        if not self.log.exists():
-            return []
-        out = []
-        for line in self.log.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 2:
-                out.append((parts[0], round(float(parts[1]), 3)))
-        return out
-
-    def stop(self) -> dict[str, Any]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        self.stderr.close()
-        lines = [line for line in out.splitlines() if line.startswith("{")]
-        return dict(json.loads(lines[-1])) if lines else {}
 
 
 class Fleet:
@@ -134,7 +83,11 @@ class Fleet:
         self.members: dict[str, Member] = {}
 
     def spawn(self, name: str, coordinator: str) -> Member:
-        member = self.members[name] = Member(self, name, coordinator)
+        member = self.members[name] = Member(self.dir, name, [
+            "--dsn", POSTGRES_DSN, "--group-dsn", coordinator, "--group", self.group,
+            "--table", self.table, "--producers", str(PRODUCERS), "--interval", str(PERIOD),
+            "--backend", self.backend, "--check-interval", str(CHECK), "--session-timeout",
+            str(SESSION_TIMEOUT), "--keepalive", str(KEEPALIVE)])
         return member
 
     def balanced(self, names: list[str]) -> bool:
