@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
-import os
 import signal
 import time
 import uuid
@@ -28,7 +26,7 @@ import asyncpg
 import pytest
 
 from aioconveyor import PostgresGroup
-from support.fleet_member import Member, wait_until
+from support.fleet_member import Member, figure, wait_until
 from support.private_postgres import PrivatePostgres
 from support.services import NATS_URL, require_server
 
@@ -122,16 +120,6 @@ def fleet(pg: PrivatePostgres, tmp_path: Path) -> Iterator[Fleet]:
         yield f
     finally:
         f.close()
-
-
-def figure(name: str, value: Any) -> None:
-    """Note a figure for the docs in $AIOCONVEYOR_FLEET_FIGURES (a JSON file), if set."""
-    path = os.environ.get("AIOCONVEYOR_FLEET_FIGURES")
-    if not path:
-        return
-    figures = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-    figures[name] = value
-    Path(path).write_text(json.dumps(figures, indent=1, sort_keys=True))
 
 
 def grid(t: float) -> float:

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
-import os
 import shutil
 import signal
 import socket
@@ -26,12 +24,11 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 
-from support.fleet_member import Member, wait_until
+from support.fleet_member import Member, figure, wait_until
 from support.proxy import TcpProxy
 from support.services import POSTGRES_DSN, free_port, in_ci, require_server
 
@@ -45,16 +42,6 @@ SESSION_TIMEOUT = 2.0
 KEEPALIVE = 1.0
 SLACK = 2
 """Grid periods allowed over each documented bound (a loaded 2-core machine)."""
-
-
-def figure(name: str, value: Any) -> None:
-    """Note a figure for the docs in $AIOCONVEYOR_FLEET_FIGURES (a JSON file), if set."""
-    path = os.environ.get("AIOCONVEYOR_FLEET_FIGURES")
-    if not path:
-        return
-    figures = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-    figures[name] = value
-    Path(path).write_text(json.dumps(figures, indent=1, sort_keys=True))
 
 
 def sql(statement: str) -> None:

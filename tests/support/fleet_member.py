@@ -16,6 +16,16 @@ from typing import Any
 WORKER = Path(__file__).parent / "fleet_worker.py"
 
 
+def figure(name: str, value: Any) -> None:
+    """Note a figure for the docs in $AIOCONVEYOR_FLEET_FIGURES (a JSON file), if set."""
+    path = os.environ.get("AIOCONVEYOR_FLEET_FIGURES")
+    if not path:
+        return
+    figures = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    figures[name] = value
+    Path(path).write_text(json.dumps(figures, indent=1, sort_keys=True))
+
+
 def wait_until(check: Callable[[], bool], seconds: float, what: str) -> float:
     """Poll ``check`` until true (bounded); the wall time it became true."""
     deadline = time.monotonic() + seconds
