@@ -494,34 +494,19 @@ class Caller:
         """
         clock = self.clock
         if started is None:
-            begun = self.busy_since = clock.monotonic()
-        else:  # run_now() made its first step
-            begun = self.busy_since = started.started
+            # the first step at once, in this task as `await` would run it (run_now). A
+            # call that returns without suspending (most do: a counter, a buffer append)
+            # cannot have run past a timeout, which only acts at a suspension: it costs no
+            # timeout scope and no timer slot. Only one that suspends gets them.
+            begun_now = self.run_now(tick, *args)
+            if not isinstance(begun_now, Started):
+                return begun_now
+            started = begun_now
+        begun = self.busy_since = started.started
         token = tick_module._set(tick)
         watch: _CallTimeout | None = None
+        call, first = started.call, started.first
         try:
-            if started is not None:
-                call, first = started.call, started.first
-            else:
-                try:
-                    call = self.fn(*args)
-                except BaseException as exc:  # raised before its first await
-                    raise contain(exc) from None
-                # The call's first step runs at once, in this task as `await` would run
-                # it. A call that returns without suspending (most do: a counter, a buffer
-                # append) cannot have run past a timeout, which only acts at a suspension:
-                # it costs no timeout scope and no timer slot. Only one that suspends gets
-                # them.
-                send = getattr(call, "send", None)
-                if send is None:  # an awaitable that is no coroutine: awaited as it is
-                    first = _NOT_STARTED
-                else:
-                    try:
-                        first = send(None)
-                    except StopIteration as done:
-                        return done.value
-                    except BaseException as exc:
-                        _raise_contained(exc)
             async with asyncio.timeout(None) as scope:
                 if 0 < timeout < math.inf:
                     watch = _CallTimeout(clock, scope, begun, on_hung)
